@@ -1,0 +1,1 @@
+"""HTTP edge of runledger: routes, wire formats and error mapping."""

@@ -1,0 +1,227 @@
+"""Shared machinery of the four stream kinds: deterministic ids, event metadata, idempotency.
+
+Every stream is one aggregate whose id is ``uuid5(NAMESPACE, f"{project}/{kind}/{external_id}")``
+(DESIGN.md §2), so any writer addresses a stream by the upstream tool's own id. Any event may be a
+stream's first one: the upstream tools send in any order, so there is no separate "created" event
+(a hook for a tool call may be the first thing the ledger hears of a session).
+
+Every event carries, besides its payload:
+
+- ``event_id``: the writer's idempotency key. Re-sending it with the same ``content_sha256``
+  appends nothing (duplicate); with a different one it is an ``IdempotencyConflictError``.
+  Keys are unique within a stream (the stream is part of every request's address).
+- ``content_sha256``: sha256 hex of the canonical JSON of what the writer sent.
+- ``occurred_at``: the writer's clock (tz-aware UTC); ``timestamp`` is the ledger's own
+  ``recorded_at``.
+- ``source``: how it arrived (``otlp``, ``hook:claude-code``, ``api``, ``import:<tool>``).
+- ``project``, ``external_id``: the stream's address, so each event is self-describing in the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import DomainEvent, OriginatorVersionError
+
+#: Namespace of every stream id (fixed forever: ids derived from it are in the log).
+NAMESPACE = UUID("6f1c6b52-5a1e-4f0e-9c84-3b1d2a7e9d10")
+
+#: The stream kinds of DESIGN.md §2.
+KINDS = ("session", "trace", "approval", "chain")
+
+DEFAULT_PROJECT = "default"
+
+
+def stream_id(project: str, kind: str, external_id: str) -> UUID:
+    """Deterministic id of a stream.
+
+    Args:
+        project: the tenant (``default`` unless given).
+        kind: one of ``KINDS``.
+        external_id: the upstream tool's own id (Claude Code ``session_id``, OTLP ``trace_id``, ...).
+
+    Returns:
+        ``uuid5(NAMESPACE, f"{project}/{kind}/{external_id}")``.
+    """
+    return uuid5(NAMESPACE, f"{project}/{kind}/{external_id}")
+
+
+def canonical_json(value: Any) -> bytes:
+    """Sorted-key compact UTF-8 JSON: the bytes a content hash is taken over."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    ).encode()
+
+
+def content_sha256(value: Any) -> str:
+    """sha256 hex of ``canonical_json(value)``."""
+    return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def utcnow() -> datetime:
+    """The current time, tz-aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class EventMeta:
+    """What every command carries besides its payload (see module docstring)."""
+
+    event_id: str
+    content_sha256: str
+    occurred_at: datetime
+    source: str
+
+
+class LedgerEvent(DomainEvent):
+    """Base of every runledger event: a frozen dataclass (eventsourcing ``DomainEvent``).
+
+    Subclasses are named in the past tense, declare their payload fields and implement
+    ``apply(aggregate)``, which only records (it runs again on every replay).
+    """
+
+    class_version = 1
+
+    project: str
+    external_id: str
+    event_id: str
+    content_sha256: str
+    occurred_at: datetime
+    source: str
+
+    #: The aggregate class whose stream this event belongs to (set by ``LedgerAggregate``).
+    aggregate_class: ClassVar[type[LedgerAggregate]]
+
+    def mutate(self, aggregate: Any) -> Any:
+        """Evolve ``aggregate`` (``None`` for a stream's first event) by this event."""
+        if aggregate is None:
+            aggregate = type(self).aggregate_class(self.originator_id)
+            aggregate.project = self.project
+            aggregate.external_id = self.external_id
+            aggregate._created_on = self.timestamp
+        next_version = aggregate.version + 1
+        if self.originator_version != next_version:
+            raise OriginatorVersionError(self.originator_version, next_version)
+        self.apply(aggregate)
+        aggregate._version = self.originator_version
+        aggregate._modified_on = self.timestamp
+        aggregate.event_ids[self.event_id] = [self.originator_version, self.content_sha256]
+        return aggregate
+
+    def apply(self, aggregate: Any) -> None:
+        """Record this event's facts on the aggregate. Never checks, never does I/O."""
+
+
+TEvent = TypeVar("TEvent", bound=LedgerEvent)
+
+
+class LedgerAggregate:
+    """Base of the four aggregates: id, version, pending events and the idempotency index.
+
+    Not eventsourcing's ``Aggregate`` (whose "created" event must come first): any event may open
+    a stream here. Satisfies what ``Application.save`` and the repository need (``id``,
+    ``version``, ``collect_events``) and snapshots (all state is JSON-transcodable).
+    """
+
+    KIND: ClassVar[str]
+    EVENT_BASE: ClassVar[type[LedgerEvent]]
+    #: Public command methods the Ledger may dispatch to, by name.
+    COMMANDS: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "EVENT_BASE" in cls.__dict__:
+            cls.EVENT_BASE.aggregate_class = cls
+
+    def __init__(self, id: UUID) -> None:  # noqa: A002 - eventsourcing's name
+        self._id = id
+        self._version = 0
+        self._created_on: datetime | None = None
+        self._modified_on: datetime | None = None
+        self._pending_events: list[LedgerEvent] = []
+        self.project = ""
+        self.external_id = ""
+        #: event_id -> [version, content_sha256]; the idempotency index of this stream.
+        self.event_ids: dict[str, list[Any]] = {}
+
+    @property
+    def id(self) -> UUID:
+        """The stream id (``stream_id(project, KIND, external_id)``)."""
+        return self._id
+
+    @property
+    def version(self) -> int:
+        """Number of events in the stream (0 for a stream not yet written)."""
+        return self._version
+
+    @property
+    def created_on(self) -> datetime | None:
+        """``recorded_at`` of the stream's first event."""
+        return self._created_on
+
+    @property
+    def modified_on(self) -> datetime | None:
+        """``recorded_at`` of the stream's last event."""
+        return self._modified_on
+
+    @classmethod
+    def blank(cls, project: str, external_id: str) -> LedgerAggregate:
+        """A stream that has no event yet, addressed by its project and external id."""
+        agg = cls(stream_id(project, cls.KIND, external_id))
+        agg.project = project
+        agg.external_id = external_id
+        return agg
+
+    def seen(self, meta: EventMeta) -> int | None:
+        """The version an ``event_id`` was recorded at, if it was, with the same content.
+
+        Raises:
+            IdempotencyConflictError: recorded before with a different ``content_sha256``.
+        """
+        from domain.errors import IdempotencyConflictError
+
+        prior = self.event_ids.get(meta.event_id)
+        if prior is None:
+            return None
+        if prior[1] != meta.content_sha256:
+            raise IdempotencyConflictError(
+                event_id=meta.event_id, stream_id=str(self.id), version=int(prior[0])
+            )
+        return int(prior[0])
+
+    def trigger(self, event_class: type[LedgerEvent], meta: EventMeta, **payload: Any) -> None:
+        """Construct the next event of this stream, apply it and queue it for saving."""
+        event = event_class(
+            originator_id=self.id,
+            originator_version=self.version + 1,
+            timestamp=utcnow(),
+            project=self.project,
+            external_id=self.external_id,
+            event_id=meta.event_id,
+            content_sha256=meta.content_sha256,
+            occurred_at=meta.occurred_at,
+            source=meta.source,
+            **payload,
+        )
+        event.mutate(self)
+        self._pending_events.append(event)
+
+    def collect_events(self) -> list[LedgerEvent]:
+        """Take the events triggered since the last save (eventsourcing protocol)."""
+        collected, self._pending_events = self._pending_events, []
+        return collected
+
+    def state(self) -> dict[str, Any]:
+        """The stream's state as plain JSON-able data (what ``/state`` answers)."""
+        return {
+            "kind": self.KIND,
+            "project": self.project,
+            "external_id": self.external_id,
+            "stream_id": str(self.id),
+            "version": self.version,
+        }

@@ -1,0 +1,275 @@
+"""The Ledger application service: commands in, immutable events out (eventsourcing ``Application``).
+
+A ``Command`` names a stream (``kind``, ``project``, ``external_id``), one public command method of
+that stream's aggregate (``action``), the event metadata (``EventMeta``) and the method's keyword
+arguments. ``Ledger.handle`` executes a batch of commands:
+
+1. loads each stream once (a stream with no event yet starts blank),
+2. per command: an ``event_id`` already in the stream with the same content is a ``duplicate``
+   (nothing appended); with other content, or when the aggregate refuses the command, the command
+   is ``rejected`` with its ``LedgerError``; otherwise it is ``created``;
+3. saves every stream's new events in one ``save()`` (one transaction), and only then reports;
+4. a lost optimistic-concurrency race with another writer (``IntegrityError`` on
+   ``(originator_id, originator_version)``) reloads and retries the whole batch.
+
+Positions (``notification_id``) of new events come from the recordings; for duplicates of
+events committed earlier, from ``position_lookup(stream_id, version)`` given by the composition root
+(the domain does no SQL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Snapshot
+from eventsourcing.persistence import IntegrityError
+
+from domain.approval import Approval
+from domain.base import DEFAULT_PROJECT, EventMeta, LedgerAggregate, LedgerEvent, stream_id
+from domain.chain import Chain
+from domain.errors import LedgerError, RuleViolationError, StreamNotFoundError, VersionNotFoundError
+from domain.session import Session
+from domain.trace import Trace
+
+AGGREGATES: dict[str, type[LedgerAggregate]] = {
+    cls.KIND: cls for cls in (Session, Trace, Approval, Chain)
+}
+
+PositionLookup = Callable[[UUID, int], "int | None"]
+
+#: How often a batch is retried after losing a race with another writer.
+MAX_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class Command:
+    """One request to a stream.
+
+    Attributes:
+        kind: ``session`` | ``trace`` | ``approval`` | ``chain``.
+        external_id: the upstream id of the stream.
+        action: a name in the aggregate's ``COMMANDS``.
+        meta: ``event_id``, ``content_sha256``, ``occurred_at``, ``source``.
+        args: keyword arguments of the command method.
+        project: the tenant.
+    """
+
+    kind: str
+    external_id: str
+    action: str
+    meta: EventMeta
+    args: Mapping[str, Any] = field(default_factory=dict)
+    project: str = DEFAULT_PROJECT
+
+
+@dataclass
+class Outcome:
+    """What became of one command.
+
+    Attributes:
+        status: ``created`` (events appended), ``duplicate`` (nothing appended; ``version`` and
+            ``position`` are the original's) or ``rejected`` (``error`` says why).
+        version: the stream version of the command's first event.
+        position: its ``notification_id`` in the application log (None when unknown).
+        appended: how many events the command appended (a command may append a status change too).
+    """
+
+    command: Command
+    stream_id: UUID
+    status: Literal["created", "duplicate", "rejected"]
+    version: int | None = None
+    position: int | None = None
+    appended: int = 0
+    error: LedgerError | None = None
+
+
+class Ledger(Application[UUID]):
+    """runledger's one application: four stream kinds on one append-only log."""
+
+    name = "runledger"
+    snapshot_class = Snapshot
+
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        position_lookup: PositionLookup | None = None,
+        snapshot_interval: int | None = None,
+    ) -> None:
+        """Wire the application.
+
+        Args:
+            env: eventsourcing environment (``PERSISTENCE_MODULE``, ``SQLITE_DBNAME``, ``POSTGRES_*``,
+                ``CREATE_TABLE``...); built by ``infra``, never read from ``os.environ`` here.
+            position_lookup: ``(stream_id, version) -> notification_id`` for earlier events.
+            snapshot_interval: take a snapshot every N events of a stream (None: never).
+        """
+        env = dict(env or {})
+        if snapshot_interval:
+            env["IS_SNAPSHOTTING_ENABLED"] = "y"
+            self.snapshotting_intervals = {cls: snapshot_interval for cls in AGGREGATES.values()}
+        super().__init__(env)
+        self._position_lookup = position_lookup
+
+    # -- write side ------------------------------------------------------------------------
+
+    def handle(self, commands: Sequence[Command]) -> list[Outcome]:
+        """Execute a batch of commands; see the module docstring.
+
+        Returns:
+            One ``Outcome`` per command, in order. Acknowledgeable: ``created`` outcomes are
+            committed when this returns.
+
+        Raises:
+            IntegrityError: still losing races after ``MAX_ATTEMPTS`` (the caller answers 503).
+        """
+        for attempt in range(MAX_ATTEMPTS):
+            outcomes, aggregates, pending = self._execute(commands)
+            try:
+                recordings = self.save(*aggregates.values()) if pending else []
+            except IntegrityError:
+                if attempt == MAX_ATTEMPTS - 1:
+                    raise
+                continue
+            positions = {
+                (r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id
+                for r in recordings
+            }
+            for outcome in outcomes:
+                if outcome.version is None:
+                    continue
+                key = (outcome.stream_id, outcome.version)
+                if key in positions:
+                    outcome.position = positions[key]
+                elif self._position_lookup is not None:
+                    outcome.position = self._position_lookup(outcome.stream_id, outcome.version)
+            return outcomes
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _execute(
+        self, commands: Sequence[Command]
+    ) -> tuple[list[Outcome], dict[UUID, LedgerAggregate], bool]:
+        aggregates: dict[UUID, LedgerAggregate] = {}
+        outcomes: list[Outcome] = []
+        pending = False
+        for command in commands:
+            sid = stream_id(command.project, command.kind, command.external_id)
+            outcome = Outcome(command=command, stream_id=sid, status="rejected")
+            outcomes.append(outcome)
+            try:
+                aggregate = aggregates.get(sid)
+                if aggregate is None:
+                    aggregate = aggregates[sid] = self._load_or_blank(command)
+                prior = aggregate.seen(command.meta)
+                if prior is not None:
+                    outcome.status, outcome.version = "duplicate", prior
+                    continue
+                method = _command_method(aggregate, command.action)
+                before = aggregate.version
+                method(command.meta, **command.args)
+            except LedgerError as error:
+                outcome.error = error
+                continue
+            except TypeError as error:  # arguments that do not fit the command method
+                outcome.error = RuleViolationError(str(error), action=command.action)
+                continue
+            outcome.status = "created"
+            outcome.version = before + 1
+            outcome.appended = aggregate.version - before
+            pending = True
+        return outcomes, aggregates, pending
+
+    def _load_or_blank(self, command: Command) -> LedgerAggregate:
+        cls = _aggregate_class(command.kind)
+        try:
+            aggregate = self.repository.get(stream_id(command.project, command.kind, command.external_id))
+        except AggregateNotFoundError:
+            return cls.blank(command.project, command.external_id)
+        assert isinstance(aggregate, cls)
+        return aggregate
+
+    # -- read side ---------------------------------------------------------------------------
+
+    def load(
+        self, kind: str, external_id: str, *, project: str = DEFAULT_PROJECT, version: int | None = None
+    ) -> LedgerAggregate:
+        """A stream's state, now or at ``version`` (uses snapshots when enabled).
+
+        Raises:
+            StreamNotFoundError: the stream has no events.
+            VersionNotFoundError: ``version`` < 1.
+        """
+        _aggregate_class(kind)
+        if version is not None and version < 1:
+            raise VersionNotFoundError(
+                kind=kind, external_id=external_id, detail=f"version must be >= 1, got {version}"
+            )
+        try:
+            aggregate = self.repository.get(stream_id(project, kind, external_id), version=version)
+        except AggregateNotFoundError:
+            raise StreamNotFoundError(kind=kind, external_id=external_id, project=project) from None
+        assert isinstance(aggregate, LedgerAggregate)
+        return aggregate
+
+    def history(
+        self, kind: str, external_id: str, *, project: str = DEFAULT_PROJECT
+    ) -> list[LedgerEvent]:
+        """Every event of a stream in version order.
+
+        Raises:
+            StreamNotFoundError: the stream has no events.
+        """
+        _aggregate_class(kind)
+        found = list(self.events_of(stream_id(project, kind, external_id)))
+        if not found:
+            raise StreamNotFoundError(kind=kind, external_id=external_id, project=project)
+        return found
+
+    def events_of(self, sid: UUID) -> Sequence[LedgerEvent]:
+        """Every event of the stream with id ``sid`` (empty when none)."""
+        return [e for e in self.events.get(sid) if isinstance(e, LedgerEvent)]
+
+    def version_as_of(
+        self, kind: str, external_id: str, as_of: datetime, *, project: str = DEFAULT_PROJECT
+    ) -> int:
+        """The stream's last version the ledger had recorded at ``as_of`` (its ``recorded_at`` clock).
+
+        Raises:
+            StreamNotFoundError: the stream has no events.
+            VersionNotFoundError: the stream's first event was recorded after ``as_of``.
+        """
+        version = 0
+        for event in self.history(kind, external_id, project=project):
+            if event.timestamp > as_of:
+                break
+            version = event.originator_version
+        if version == 0:
+            raise VersionNotFoundError(
+                kind=kind,
+                external_id=external_id,
+                detail=f"{kind} stream {external_id!r} had no event recorded at {as_of.isoformat()}",
+            )
+        return version
+
+
+def _aggregate_class(kind: str) -> type[LedgerAggregate]:
+    try:
+        return AGGREGATES[kind]
+    except KeyError:
+        raise RuleViolationError(
+            f"unknown stream kind {kind!r}; one of {', '.join(AGGREGATES)}", kind=kind
+        ) from None
+
+
+def _command_method(aggregate: LedgerAggregate, action: str) -> Callable[..., None]:
+    if action not in aggregate.COMMANDS:
+        raise RuleViolationError(
+            f"{aggregate.KIND} streams have no command {action!r}", action=action
+        )
+    method: Callable[..., None] = getattr(aggregate, action)
+    return method
