@@ -265,14 +265,8 @@ def _decompress(body: bytes, content_encoding: str | None, max_bytes: int) -> by
     if encoding == "deflate":
         # HTTP "deflate" means a zlib stream, but some clients send raw deflate; a zlib
         # stream starts with a CM=8 header whose first two bytes are a multiple of 31.
-        is_zlib = (
-            len(body) >= 2
-            and body[0] & 0x0F == 8
-            and (body[0] << 8 | body[1]) % 31 == 0
-        )
-        return _inflate(
-            body, zlib.MAX_WBITS if is_zlib else -zlib.MAX_WBITS, max_bytes, encoding
-        )
+        is_zlib = len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
+        return _inflate(body, zlib.MAX_WBITS if is_zlib else -zlib.MAX_WBITS, max_bytes, encoding)
     raise UnsupportedMediaTypeError(
         f"unsupported content encoding {content_encoding!r}; expected gzip, deflate or identity"
     )
@@ -290,9 +284,7 @@ def _inflate(data: bytes, wbits: int, max_bytes: int, encoding: str) -> bytes:
         except zlib.error as error:
             raise OTLPDecodeError(f"corrupt {encoding} body: {error}") from error
         if len(output) > max_bytes:
-            raise PayloadTooLargeError(
-                f"decompressed body is larger than {max_bytes} bytes"
-            )
+            raise PayloadTooLargeError(f"decompressed body is larger than {max_bytes} bytes")
         if decompressor.eof:
             pending = decompressor.unused_data
             if not pending:
@@ -316,9 +308,7 @@ def _decode_protobuf(payload: bytes) -> DecodedTraces:
     try:
         request.ParseFromString(payload)
     except DecodeError as error:
-        raise OTLPDecodeError(
-            f"invalid protobuf ExportTraceServiceRequest: {error}"
-        ) from error
+        raise OTLPDecodeError(f"invalid protobuf ExportTraceServiceRequest: {error}") from error
     spans: list[dict[str, Any]] = []
     rejected: list[RejectedSpan] = []
     for resource_spans in request.resource_spans:
@@ -382,9 +372,7 @@ def _pb_span(span: trace_pb2.Span) -> dict[str, Any]:
             {
                 "name": event.name,
                 "time_unix_nano": event.time_unix_nano,
-                "attributes": _pb_attributes(
-                    event.attributes, f"events[{index}].attributes"
-                ),
+                "attributes": _pb_attributes(event.attributes, f"events[{index}].attributes"),
             }
             for index, event in enumerate(span.events)
         ],
@@ -399,9 +387,7 @@ def _pb_span(span: trace_pb2.Span) -> dict[str, Any]:
                     link.span_id.hex(), f"links[{index}].span_id", _SPAN_ID_HEX_LENGTH
                 ),
                 "trace_state": link.trace_state,
-                "attributes": _pb_attributes(
-                    link.attributes, f"links[{index}].attributes"
-                ),
+                "attributes": _pb_attributes(link.attributes, f"links[{index}].attributes"),
             }
             for index, link in enumerate(span.links)
         ],
@@ -416,9 +402,7 @@ def _pb_attributes(
 ) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
     for index, key_value in enumerate(key_values):
-        attributes[key_value.key] = _pb_any_value(
-            key_value.value, f"{field}[{index}].value"
-        )
+        attributes[key_value.key] = _pb_any_value(key_value.value, f"{field}[{index}].value")
     return attributes
 
 
@@ -498,9 +482,7 @@ def _decode_json(payload: bytes) -> DecodedTraces:
         if scope_spans_list is None:
             scope_spans_list = []
         if not isinstance(scope_spans_list, list):
-            rejected.append(
-                _unlocalised(f"{resource_path}.scopeSpans must be an array")
-            )
+            rejected.append(_unlocalised(f"{resource_path}.scopeSpans must be an array"))
             continue
 
         for scope_index, scope_spans in enumerate(scope_spans_list):
@@ -530,9 +512,7 @@ def _decode_json(payload: bytes) -> DecodedTraces:
             for span_index, span in enumerate(span_list):
                 if not isinstance(span, dict):
                     rejected.append(
-                        _unlocalised(
-                            f"{scope_path}.spans[{span_index}] must be an object"
-                        )
+                        _unlocalised(f"{scope_path}.spans[{span_index}] must be an object")
                     )
                     continue
                 try:
@@ -553,9 +533,7 @@ def _decode_json(payload: bytes) -> DecodedTraces:
 def _json_scope(scope_spans: Mapping[str, Any]) -> dict[str, Any]:
     raw_scope = scope_spans.get("scope")
     if raw_scope is None:
-        raw_scope = _get(
-            scope_spans, "instrumentationLibrary", "instrumentation_library"
-        )
+        raw_scope = _get(scope_spans, "instrumentationLibrary", "instrumentation_library")
     scope = _json_object(raw_scope, "scope")
     return {
         "name": _json_str(scope.get("name"), "scope.name"),
@@ -580,26 +558,18 @@ def _json_span(span: Mapping[str, Any]) -> dict[str, Any]:
     _check_times(start, end)
     status = _json_object(span.get("status"), "status")
     return {
-        "trace_id": _json_id(
-            _get(span, "traceId", "trace_id"), "trace_id", _TRACE_ID_HEX_LENGTH
-        ),
-        "span_id": _json_id(
-            _get(span, "spanId", "span_id"), "span_id", _SPAN_ID_HEX_LENGTH
-        ),
+        "trace_id": _json_id(_get(span, "traceId", "trace_id"), "trace_id", _TRACE_ID_HEX_LENGTH),
+        "span_id": _json_id(_get(span, "spanId", "span_id"), "span_id", _SPAN_ID_HEX_LENGTH),
         "parent_span_id": _parent_span_id(
             _json_str(_get(span, "parentSpanId", "parent_span_id"), "parent_span_id")
         ),
-        "trace_state": _json_str(
-            _get(span, "traceState", "trace_state"), "trace_state"
-        ),
+        "trace_state": _json_str(_get(span, "traceState", "trace_state"), "trace_state"),
         "flags": _json_int(span.get("flags"), "flags", 0, _UINT32_MAX),
         "name": _json_str(span.get("name"), "name"),
         "kind": _json_enum(span.get("kind"), _SPAN_KIND_NAMES, "kind"),
         "start_time_unix_nano": start,
         "end_time_unix_nano": end,
-        "status_code": _json_enum(
-            status.get("code"), _STATUS_CODE_NAMES, "status.code"
-        ),
+        "status_code": _json_enum(status.get("code"), _STATUS_CODE_NAMES, "status.code"),
         "status_message": _json_str(status.get("message"), "status.message"),
         "attributes": _json_attributes(span.get("attributes"), "attributes"),
         "events": [
@@ -610,9 +580,7 @@ def _json_span(span: Mapping[str, Any]) -> dict[str, Any]:
             _json_link(link, f"links[{index}]")
             for index, link in enumerate(_json_list(span.get("links"), "links"))
         ],
-        "dropped_attributes_count": _json_count(
-            span, "droppedAttributesCount", "attributes"
-        ),
+        "dropped_attributes_count": _json_count(span, "droppedAttributesCount", "attributes"),
         "dropped_events_count": _json_count(span, "droppedEventsCount", "events"),
         "dropped_links_count": _json_count(span, "droppedLinksCount", "links"),
     }
@@ -641,9 +609,7 @@ def _json_link(value: Any, field: str) -> dict[str, Any]:
         "span_id": _json_id(
             _get(link, "spanId", "span_id"), f"{field}.span_id", _SPAN_ID_HEX_LENGTH
         ),
-        "trace_state": _json_str(
-            _get(link, "traceState", "trace_state"), f"{field}.trace_state"
-        ),
+        "trace_state": _json_str(_get(link, "traceState", "trace_state"), f"{field}.trace_state"),
         "attributes": _json_attributes(link.get("attributes"), f"{field}.attributes"),
     }
 
@@ -659,20 +625,14 @@ def _json_attributes(value: Any, field: str, depth: int = 0) -> dict[str, Any]:
         key_value = _json_object(item, f"{field}[{index}]")
         key = key_value.get("key")
         if not isinstance(key, str):
-            raise _InvalidSpanError(
-                f"{field}[{index}].key must be a string, got {_json_type(key)}"
-            )
-        attributes[key] = _json_any_value(
-            key_value.get("value"), f"{field}[{index}].value", depth
-        )
+            raise _InvalidSpanError(f"{field}[{index}].key must be a string, got {_json_type(key)}")
+        attributes[key] = _json_any_value(key_value.get("value"), f"{field}[{index}].value", depth)
     return attributes
 
 
 def _json_any_value(value: Any, field: str, depth: int) -> Any:
     if depth > _MAX_ANY_VALUE_DEPTH:
-        raise _InvalidSpanError(
-            f"{field} is nested more than {_MAX_ANY_VALUE_DEPTH} levels deep"
-        )
+        raise _InvalidSpanError(f"{field} is nested more than {_MAX_ANY_VALUE_DEPTH} levels deep")
     any_value = _json_object(value, field)
     if (string := _get(any_value, "stringValue", "string_value")) is not None:
         return _json_str(string, f"{field}.string_value")
@@ -705,9 +665,7 @@ def _json_any_value(value: Any, field: str, depth: int) -> Any:
         # Already base64 in OTLP/JSON (ids are the only bytes fields written as hex).
         return _json_str(raw_bytes, f"{field}.bytes_value")
     if _get(any_value, "stringValueStrindex", "string_value_strindex") is not None:
-        raise _InvalidSpanError(
-            f"{field}: string_value_strindex is not valid in a trace export"
-        )
+        raise _InvalidSpanError(f"{field}: string_value_strindex is not valid in a trace export")
     return None
 
 
@@ -751,9 +709,7 @@ def _json_int(value: Any, field: str, minimum: int, maximum: int) -> int:
             f"{field} must be an integer or a decimal string, got {value!r:.80}"
         )
     if not minimum <= number <= maximum:
-        raise _InvalidSpanError(
-            f"{field} must be between {minimum} and {maximum}, got {number}"
-        )
+        raise _InvalidSpanError(f"{field} must be between {minimum} and {maximum}, got {number}")
     return number
 
 
@@ -823,9 +779,7 @@ def _unlocalised(reason: str) -> RejectedSpan:
 
 def _checked_id(value: str, field: str, hex_length: int) -> str:
     if len(value) != hex_length:
-        raise _InvalidSpanError(
-            f"{field} must be {hex_length} hex characters, got {len(value)}"
-        )
+        raise _InvalidSpanError(f"{field} must be {hex_length} hex characters, got {len(value)}")
     if not _HEX_RE.fullmatch(value):
         raise _InvalidSpanError(
             f"{field} must be {hex_length} hex characters, got non-hex {value!r}"
@@ -845,9 +799,7 @@ def _parent_span_id(value: str) -> str | None:
 
 def _check_times(start: int, end: int) -> None:
     if end < start:
-        raise _InvalidSpanError(
-            f"end_time_unix_nano before start_time_unix_nano ({end} < {start})"
-        )
+        raise _InvalidSpanError(f"end_time_unix_nano before start_time_unix_nano ({end} < {start})")
 
 
 def _enum_name(number: int, names: Mapping[int, str], field: str) -> str:
