@@ -1,0 +1,1 @@
+"""Infrastructure: settings, event-store wiring, blob store, view database, composition root."""

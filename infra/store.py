@@ -1,0 +1,135 @@
+"""Event-store wiring: the eventsourcing environment for SQLite / PostgreSQL / in-memory, and the
+few log queries eventsourcing's recorders do not offer (the position of a stream's event).
+
+Tables are created once: by ``runledger migrate``, or by the first process under a lock
+(PostgreSQL advisory lock; concurrent ``CREATE TABLE`` otherwise fails with "tuple concurrently
+updated"). ``POSTGRES_ENABLE_DB_FUNCTIONS`` is never set: it drops the table lock that keeps
+notification ids gap-safe for tailing readers (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from domain.ledger import Ledger
+from infra.settings import Settings
+
+#: Advisory lock key serialising table creation across processes (arbitrary, fixed).
+MIGRATION_LOCK_KEY = 0x72756E6C  # "runl"
+
+
+def ledger_env(settings: Settings, *, create_table: bool) -> dict[str, str]:
+    """The eventsourcing environment for ``settings``.
+
+    Returns:
+        ``PERSISTENCE_MODULE`` plus the SQLite or PostgreSQL keys.
+    """
+    env = {"CREATE_TABLE": "y" if create_table else "n"}
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        env.update(
+            PERSISTENCE_MODULE="eventsourcing.sqlite",
+            SQLITE_DBNAME=str(settings.sqlite_path),
+            SQLITE_LOCK_TIMEOUT="30",
+        )
+        return env
+    info = conninfo_to_dict(settings.database_url)
+    env.update(
+        PERSISTENCE_MODULE="eventsourcing.postgres",
+        POSTGRES_DBNAME=str(info.get("dbname") or "postgres"),
+        POSTGRES_HOST=str(info.get("host") or "127.0.0.1"),
+        POSTGRES_PORT=str(info.get("port") or "5432"),
+        POSTGRES_USER=str(info.get("user") or "postgres"),
+        POSTGRES_PASSWORD=str(info.get("password") or ""),
+        POSTGRES_CONNECT_TIMEOUT="10",
+        POSTGRES_POOL_SIZE="5",
+        POSTGRES_MAX_OVERFLOW="10",
+    )
+    if settings.database_schema:
+        env["POSTGRES_SCHEMA"] = settings.database_schema
+    return env
+
+
+@contextmanager
+def migration_lock(settings: Settings) -> Iterator[None]:
+    """Hold the cluster-wide migration lock (PostgreSQL); a no-op on SQLite (one file, one writer)."""
+    if settings.database_url is None:
+        yield
+        return
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+class EventLog:
+    """Positions of stream events in the application log, read straight from the recorder's table.
+
+    Args:
+        ledger: the application whose recorder is queried (SQLite, PostgreSQL or in-memory).
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._recorder: Any = ledger.recorder
+        module = type(self._recorder).__module__
+        self._kind = "postgres" if "postgres" in module else "sqlite" if "sqlite" in module else "popo"
+
+    def positions(self, sid: UUID, *, from_version: int = 1, to_version: int | None = None) -> dict[int, int]:
+        """``{version: notification_id}`` for a stream's events in ``[from_version, to_version]``."""
+        upper = to_version if to_version is not None else 2**62
+        if self._kind == "popo":
+            index = self._recorder._stored_events_index.get(str(sid), {})
+            return {v: i + 1 for v, i in index.items() if from_version <= v <= upper}
+        table = self._recorder.events_table_name
+        if self._kind == "sqlite":
+            sql = (
+                f"SELECT originator_version, rowid FROM {table} "  # noqa: S608 - table name is ours
+                "WHERE originator_id = ? AND originator_version BETWEEN ? AND ?"
+            )
+            params: tuple[Any, ...] = (sid.hex, from_version, upper)
+        else:
+            schema = self._recorder.datastore.schema
+            sql = (
+                f'SELECT originator_version, notification_id FROM "{schema}"."{table}" '  # noqa: S608
+                "WHERE originator_id = %s AND originator_version BETWEEN %s AND %s"
+            )
+            params = (sid, from_version, upper)
+        with self._recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        return {int(_col(r, 0)): int(_col(r, 1)) for r in rows}
+
+    def position(self, sid: UUID, version: int) -> int | None:
+        """The ``notification_id`` of one stream event, or None."""
+        return self.positions(sid, from_version=version, to_version=version).get(version)
+
+    def head(self) -> int:
+        """The highest ``notification_id`` (0 for an empty log)."""
+        return int(self._recorder.max_notification_id() or 0)
+
+
+def _col(row: Any, index: int) -> Any:
+    """Column ``index`` of a row from sqlite3 (tuple-like) or psycopg (dict rows)."""
+    if isinstance(row, dict):
+        return list(row.values())[index]
+    return row[index]
+
+
+def build_ledger(settings: Settings, *, create_table: bool) -> tuple[Ledger, EventLog]:
+    """Construct the Ledger on the configured store, with position lookups wired in."""
+    holder: dict[str, EventLog] = {}
+    ledger = Ledger(
+        ledger_env(settings, create_table=create_table),
+        position_lookup=lambda sid, version: holder["log"].position(sid, version),
+        snapshot_interval=settings.snapshot_interval or None,
+    )
+    holder["log"] = EventLog(ledger)
+    return ledger, holder["log"]
