@@ -45,7 +45,7 @@ class ApprovalRequested(ApprovalEvent):
     def apply(self, aggregate: Approval) -> None:
         aggregate.status = "pending"
         aggregate.requested_at = self.occurred_at
-        aggregate.request = {
+        aggregate.requested = {
             "approval_type": self.approval_type,
             "session_id": self.session_id,
             "tool_use_id": self.tool_use_id,
@@ -87,7 +87,7 @@ class Approval(LedgerAggregate):
     def __init__(self, id: Any) -> None:  # noqa: A002
         super().__init__(id)
         self.status: str | None = None
-        self.request: dict[str, Any] | None = None
+        self.requested: dict[str, Any] | None = None
         self.decision: dict[str, Any] | None = None
         self.requested_at: Any = None
         self.decided_at: Any = None
@@ -164,7 +164,7 @@ class Approval(LedgerAggregate):
         return {
             **super().state(),
             "status": self.status,
-            "request": self.request,
+            "request": self.requested,
             "decision": self.decision,
             "requested_at": self.requested_at,
             "decided_at": self.decided_at,
