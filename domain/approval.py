@@ -84,7 +84,7 @@ class Approval(LedgerAggregate):
     EVENT_BASE = ApprovalEvent
     COMMANDS = ("request", "decide")
 
-    def __init__(self, id: Any) -> None:  # noqa: A002
+    def __init__(self, id: Any) -> None:
         super().__init__(id)
         self.status: str | None = None
         self.requested: dict[str, Any] | None = None

@@ -138,7 +138,7 @@ class LedgerAggregate:
         if "EVENT_BASE" in cls.__dict__:
             cls.EVENT_BASE.aggregate_class = cls
 
-    def __init__(self, id: UUID) -> None:  # noqa: A002 - eventsourcing's name
+    def __init__(self, id: UUID) -> None:
         self._id = id
         self._version = 0
         self._created_on: datetime | None = None

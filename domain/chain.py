@@ -159,7 +159,7 @@ class Chain(LedgerAggregate):
         "change_status",
     )
 
-    def __init__(self, id: Any) -> None:  # noqa: A002
+    def __init__(self, id: Any) -> None:
         super().__init__(id)
         self.created = False
         self.status: str | None = None

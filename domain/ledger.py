@@ -179,7 +179,8 @@ class Ledger(Application[UUID]):
                 outcome.error = RuleViolationError(str(error), action=command.action)
                 continue
             outcome.status = "created"
-            outcome.version = before + 1
+            # The command's own event (a command may first append an implied status change).
+            outcome.version = int(aggregate.event_ids[command.meta.event_id][0])
             outcome.appended = aggregate.version - before
             pending = True
         return outcomes, aggregates, pending
@@ -187,7 +188,9 @@ class Ledger(Application[UUID]):
     def _load_or_blank(self, command: Command) -> LedgerAggregate:
         cls = _aggregate_class(command.kind)
         try:
-            aggregate = self.repository.get(stream_id(command.project, command.kind, command.external_id))
+            aggregate = self.repository.get(
+                stream_id(command.project, command.kind, command.external_id)
+            )
         except AggregateNotFoundError:
             return cls.blank(command.project, command.external_id)
         assert isinstance(aggregate, cls)
@@ -196,7 +199,12 @@ class Ledger(Application[UUID]):
     # -- read side ---------------------------------------------------------------------------
 
     def load(
-        self, kind: str, external_id: str, *, project: str = DEFAULT_PROJECT, version: int | None = None
+        self,
+        kind: str,
+        external_id: str,
+        *,
+        project: str = DEFAULT_PROJECT,
+        version: int | None = None,
     ) -> LedgerAggregate:
         """A stream's state, now or at ``version`` (uses snapshots when enabled).
 

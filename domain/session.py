@@ -84,6 +84,7 @@ class SessionStatusChanged(SessionEvent):
     status: str
     previous_status: str | None
     reason: str | None
+    attributes: dict[str, Any]
 
     def apply(self, aggregate: Session) -> None:
         aggregate.status = self.status
@@ -113,11 +114,15 @@ class ToolCallStarted(SessionEvent):
     attributes: dict[str, Any]
 
     def apply(self, aggregate: Session) -> None:
-        aggregate.tool_calls[self.tool_use_id] = {
-            "tool_name": self.tool_name,
-            "ended": False,
-            "started_version": self.originator_version,
-        }
+        call = aggregate.tool_calls.get(self.tool_use_id)
+        if call is None:
+            aggregate.tool_calls[self.tool_use_id] = {
+                "tool_name": self.tool_name,
+                "ended": False,
+                "started_version": self.originator_version,
+            }
+        else:  # the end arrived first (recorded as an orphan); this is its late start
+            call["started_version"] = self.originator_version
 
 
 class ToolCallEnded(SessionEvent):
@@ -247,7 +252,7 @@ class Session(LedgerAggregate):
         "record_hook_event",
     )
 
-    def __init__(self, id: Any) -> None:  # noqa: A002
+    def __init__(self, id: Any) -> None:
         super().__init__(id)
         self.status: str | None = None
         self.ended = False
@@ -298,7 +303,12 @@ class Session(LedgerAggregate):
         """
         self._check_transition(status)
         self.trigger(
-            SessionStatusChanged, meta, status=status, previous_status=self.status, reason=reason
+            SessionStatusChanged,
+            meta,
+            status=status,
+            previous_status=self.status,
+            reason=reason,
+            attributes={},
         )
 
     def record_message(
@@ -340,7 +350,9 @@ class Session(LedgerAggregate):
         """
         generated = tool_use_id is None
         resolved = tool_use_id if tool_use_id is not None else _generated_tool_use_id(meta)
-        if resolved in self.tool_calls:
+        known = self.tool_calls.get(resolved)
+        # A start after its (orphan) end is recorded late; a second start is refused.
+        if known is not None and known["started_version"] is not None:
             raise ToolCallAlreadyStartedError(session_id=self.external_id, tool_use_id=resolved)
         self._resume_on_activity(meta, "tool call started")
         self.trigger(
@@ -404,7 +416,8 @@ class Session(LedgerAggregate):
     def stop_turn(self, meta: EventMeta, *, payload: dict[str, Any]) -> None:
         """Claude Code ``Stop``: the agent finished its turn and waits for input.
 
-        A running session moves to ``waiting_input``; otherwise the hook is kept verbatim.
+        A running session moves to ``waiting_input`` (the payload kept as the change's
+        ``attributes``); otherwise the hook is kept verbatim as ``HookEventRecorded``.
         """
         if self.status == "running":
             self.trigger(
@@ -413,6 +426,7 @@ class Session(LedgerAggregate):
                 status="waiting_input",
                 previous_status=self.status,
                 reason="Stop",
+                attributes=payload,
             )
         else:
             self.trigger(HookEventRecorded, meta, hook_event_name="Stop", payload=payload)
@@ -489,19 +503,35 @@ class Session(LedgerAggregate):
     ) -> None:
         """Record a file's content as the agent saw it."""
         self.trigger(
-            FileSnapshotRecorded, meta, file_path=file_path, content=content, tool_use_id=tool_use_id
+            FileSnapshotRecorded,
+            meta,
+            file_path=file_path,
+            content=content,
+            tool_use_id=tool_use_id,
         )
 
     def end(
-        self, meta: EventMeta, *, reason: str | None = None, attributes: dict[str, Any] | None = None
+        self,
+        meta: EventMeta,
+        *,
+        reason: str | None = None,
+        attributes: dict[str, Any] | None = None,
+        strict: bool = True,
     ) -> None:
         """Record the end of the session.
 
+        With ``strict=False`` (Claude Code hooks, which log ``SessionEnd`` more than once) a second
+        end is kept verbatim as ``HookEventRecorded`` instead of refused.
+
         Raises:
-            SessionEndedError: it already ended and was not started again since.
+            SessionEndedError: it already ended and was not started again since (``strict``).
         """
         if self.ended:
-            raise SessionEndedError(session_id=self.external_id)
+            if strict:
+                raise SessionEndedError(session_id=self.external_id)
+            payload = {"reason": reason, **(attributes or {})}
+            self.trigger(HookEventRecorded, meta, hook_event_name="SessionEnd", payload=payload)
+            return
         self.trigger(SessionEnded, meta, reason=reason, attributes=attributes or {})
 
     def record_hook_event(
@@ -566,6 +596,7 @@ class Session(LedgerAggregate):
                 status="running",
                 previous_status=self.status,
                 reason=reason,
+                attributes={},
             )
 
 

@@ -64,7 +64,7 @@ class Trace(LedgerAggregate):
     EVENT_BASE = TraceEvent
     COMMANDS = ("record_span",)
 
-    def __init__(self, id: Any) -> None:  # noqa: A002
+    def __init__(self, id: Any) -> None:
         super().__init__(id)
         self.span_count = 0
         self.root_span_ids: list[str] = []
@@ -75,4 +75,8 @@ class Trace(LedgerAggregate):
 
     def state(self) -> dict[str, Any]:
         """Span count and root span ids."""
-        return {**super().state(), "span_count": self.span_count, "root_span_ids": self.root_span_ids}
+        return {
+            **super().state(),
+            "span_count": self.span_count,
+            "root_span_ids": self.root_span_ids,
+        }

@@ -27,7 +27,11 @@ def is_sha256_hex(value: str) -> bool:
 
 def blob_ref(data: bytes, media_type: str) -> dict[str, object]:
     """The reference an event holds for ``data``."""
-    return {"sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data), "media_type": media_type}
+    return {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size_bytes": len(data),
+        "media_type": media_type,
+    }
 
 
 class BlobStore(Protocol):

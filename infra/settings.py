@@ -24,36 +24,60 @@ class Settings(BaseSettings):
         description="postgresql://user:pass@host:port/db selects PostgreSQL; unset: SQLite under data_dir.",
     )
     database_schema: str | None = Field(
-        default=None, description="PostgreSQL schema for the log and the read models (default: public)."
+        default=None,
+        description="PostgreSQL schema for the log and the read models (default: public).",
     )
-    data_dir: Path = Field(default=Path("var"), description="Where the SQLite file and local blobs live.")
+    data_dir: Path = Field(
+        default=Path("var"), description="Where the SQLite file and local blobs live."
+    )
     host: str = Field(default="127.0.0.1", description="Bind address of `runledger serve`.")
     port: int = Field(default=8000, ge=0, le=65535, description="Bind port of `runledger serve`.")
     projector: Literal["inprocess", "off"] = Field(
-        default="inprocess", description="Run the projector inside the API process, or not (then run `runledger project`)."
+        default="inprocess",
+        description="Run the projector inside the API process, or not (then run `runledger project`).",
     )
-    projector_poll_interval_s: float = Field(default=0.2, gt=0, description="Projector idle poll interval, seconds.")
-    projector_page_size: int = Field(default=1000, ge=1, le=100_000, description="Events folded per transaction.")
+    projector_poll_interval_s: float = Field(
+        default=0.2, gt=0, description="Projector idle poll interval, seconds."
+    )
+    projector_page_size: int = Field(
+        default=1000, ge=1, le=100_000, description="Events folded per transaction."
+    )
     create_tables: bool = Field(
-        default=True, description="Create tables at start-up (under a lock); off once `runledger migrate` ran."
+        default=True,
+        description="Create tables at start-up (under a lock); off once `runledger migrate` ran.",
     )
-    snapshot_interval: int = Field(default=100, ge=0, description="Snapshot a stream every N events (0: never).")
+    snapshot_interval: int = Field(
+        default=100, ge=0, description="Snapshot a stream every N events (0: never)."
+    )
     blob_threshold_bytes: int = Field(
-        default=16 * 1024, ge=0, description="Values larger than this go to the blob store, referenced by sha256."
+        default=16 * 1024,
+        ge=0,
+        description="Values larger than this go to the blob store, referenced by sha256.",
     )
-    blob_dir: Path | None = Field(default=None, description="Local blob directory (default: data_dir/blobs).")
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")
-    max_batch_events: int = Field(default=5000, ge=1, description="Most events in one POST /v1/events batch.")
-    default_project: str = Field(default="default", description="Project (tenant) of requests that name none.")
+    blob_dir: Path | None = Field(
+        default=None, description="Local blob directory (default: data_dir/blobs)."
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    max_batch_events: int = Field(
+        default=5000, ge=1, description="Most events in one POST /v1/events batch."
+    )
+    default_project: str = Field(
+        default="default", description="Project (tenant) of requests that name none."
+    )
     api_token: str | None = Field(
-        default=None, description="When set, every /v1 request needs `Authorization: Bearer <token>`."
+        default=None,
+        description="When set, every /v1 request needs `Authorization: Bearer <token>`.",
     )
 
     @field_validator("database_url")
     @classmethod
     def _postgres_only(cls, value: str | None) -> str | None:
         if value and not value.startswith(("postgresql://", "postgres://")):
-            raise ValueError("database_url must be a postgresql:// URL (unset for the SQLite default)")
+            raise ValueError(
+                "database_url must be a postgresql:// URL (unset for the SQLite default)"
+            )
         return value or None
 
     @property

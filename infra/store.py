@@ -80,9 +80,13 @@ class EventLog:
     def __init__(self, ledger: Ledger) -> None:
         self._recorder: Any = ledger.recorder
         module = type(self._recorder).__module__
-        self._kind = "postgres" if "postgres" in module else "sqlite" if "sqlite" in module else "popo"
+        self._kind = (
+            "postgres" if "postgres" in module else "sqlite" if "sqlite" in module else "popo"
+        )
 
-    def positions(self, sid: UUID, *, from_version: int = 1, to_version: int | None = None) -> dict[int, int]:
+    def positions(
+        self, sid: UUID, *, from_version: int = 1, to_version: int | None = None
+    ) -> dict[int, int]:
         """``{version: notification_id}`` for a stream's events in ``[from_version, to_version]``."""
         upper = to_version if to_version is not None else 2**62
         if self._kind == "popo":
@@ -91,14 +95,14 @@ class EventLog:
         table = self._recorder.events_table_name
         if self._kind == "sqlite":
             sql = (
-                f"SELECT originator_version, rowid FROM {table} "  # noqa: S608 - table name is ours
+                f"SELECT originator_version, rowid FROM {table} "
                 "WHERE originator_id = ? AND originator_version BETWEEN ? AND ?"
             )
             params: tuple[Any, ...] = (sid.hex, from_version, upper)
         else:
             schema = self._recorder.datastore.schema
             sql = (
-                f'SELECT originator_version, notification_id FROM "{schema}"."{table}" '  # noqa: S608
+                f'SELECT originator_version, notification_id FROM "{schema}"."{table}" '
                 "WHERE originator_id = %s AND originator_version BETWEEN %s AND %s"
             )
             params = (sid, from_version, upper)

@@ -34,7 +34,7 @@ def postgres_url() -> str:
 
         with psycopg.connect(url, connect_timeout=5) as conn:
             conn.execute("SELECT 1")
-    except Exception as error:  # noqa: BLE001 - any failure means "not reachable"
+    except Exception as error:
         missing_server(f"PostgreSQL at {url} ({error})")
     return url
 

@@ -17,7 +17,12 @@ pytestmark = pytest.mark.unit
 
 
 def meta(event_id: str, content: Any = None) -> EventMeta:
-    return EventMeta(event_id, content_sha256(content if content is not None else event_id), datetime.now(UTC), "api")
+    return EventMeta(
+        event_id,
+        content_sha256(content if content is not None else event_id),
+        datetime.now(UTC),
+        "api",
+    )
 
 
 @pytest.fixture()
@@ -34,7 +39,9 @@ def ledger() -> Ledger:
     return app
 
 
-def session_cmd(action: str, event_id: str, session: str = "s1", body: Any = None, **args: Any) -> Command:
+def session_cmd(
+    action: str, event_id: str, session: str = "s1", body: Any = None, **args: Any
+) -> Command:
     return Command("session", session, action, meta(event_id, body), args)
 
 
@@ -50,24 +57,43 @@ def test_stream_ids_are_uuid5_of_project_kind_and_external_id() -> None:
 
 
 def test_tool_call_end_pairs_by_tool_use_id(ledger: Ledger) -> None:
-    outcomes = ledger.handle([
-        session_cmd("start_tool_call", "a", tool_name="Bash", tool_input={}, tool_input_sha256="x", tool_use_id="t1"),
-        session_cmd("end_tool_call", "b", tool_name="Bash", success=True, tool_use_id="t1"),
-    ])
+    outcomes = ledger.handle(
+        [
+            session_cmd(
+                "start_tool_call",
+                "a",
+                tool_name="Bash",
+                tool_input={},
+                tool_input_sha256="x",
+                tool_use_id="t1",
+            ),
+            session_cmd("end_tool_call", "b", tool_name="Bash", success=True, tool_use_id="t1"),
+        ]
+    )
     assert [o.status for o in outcomes] == ["created", "created"]
     ended = [e for e in ledger.history("session", "s1") if isinstance(e, ToolCallEnded)]
     assert [(e.tool_use_id, e.pairing) for e in ended] == [("t1", "tool_use_id")]
 
 
-def test_end_without_tool_use_id_pairs_with_latest_unfinished_call_of_that_tool(ledger: Ledger) -> None:
-    ledger.handle([
-        session_cmd("start_tool_call", "a", tool_name="Read", tool_input={"p": 1}, tool_input_sha256="x"),
-        session_cmd("start_tool_call", "b", tool_name="Read", tool_input={"p": 2}, tool_input_sha256="y"),
-        session_cmd("start_tool_call", "c", tool_name="Bash", tool_input={}, tool_input_sha256="z"),
-        session_cmd("end_tool_call", "d", tool_name="Read", success=True),
-        session_cmd("end_tool_call", "e", tool_name="Read", success=True),
-        session_cmd("end_tool_call", "f", tool_name="Read", success=True),
-    ])
+def test_end_without_tool_use_id_pairs_with_latest_unfinished_call_of_that_tool(
+    ledger: Ledger,
+) -> None:
+    ledger.handle(
+        [
+            session_cmd(
+                "start_tool_call", "a", tool_name="Read", tool_input={"p": 1}, tool_input_sha256="x"
+            ),
+            session_cmd(
+                "start_tool_call", "b", tool_name="Read", tool_input={"p": 2}, tool_input_sha256="y"
+            ),
+            session_cmd(
+                "start_tool_call", "c", tool_name="Bash", tool_input={}, tool_input_sha256="z"
+            ),
+            session_cmd("end_tool_call", "d", tool_name="Read", success=True),
+            session_cmd("end_tool_call", "e", tool_name="Read", success=True),
+            session_cmd("end_tool_call", "f", tool_name="Read", success=True),
+        ]
+    )
     events = ledger.history("session", "s1")
     started = [e for e in events if isinstance(e, ToolCallStarted)]
     ended = [e for e in events if isinstance(e, ToolCallEnded)]
@@ -82,24 +108,39 @@ def test_end_without_tool_use_id_pairs_with_latest_unfinished_call_of_that_tool(
 
 
 def test_an_end_with_an_unknown_tool_use_id_is_recorded_as_orphan(ledger: Ledger) -> None:
-    [outcome] = ledger.handle([session_cmd("end_tool_call", "a", tool_name="Bash", success=False, tool_use_id="nope")])
+    [outcome] = ledger.handle(
+        [session_cmd("end_tool_call", "a", tool_name="Bash", success=False, tool_use_id="nope")]
+    )
     assert outcome.status == "created"
     [ended] = [e for e in ledger.history("session", "s1") if isinstance(e, ToolCallEnded)]
     assert (ended.tool_use_id, ended.pairing, ended.success) == ("nope", "orphan", False)
 
 
 def test_a_tool_call_ends_once(ledger: Ledger) -> None:
-    ledger.handle([
-        session_cmd("start_tool_call", "a", tool_name="Bash", tool_input={}, tool_input_sha256="x", tool_use_id="t1"),
-        session_cmd("end_tool_call", "b", tool_name="Bash", success=True, tool_use_id="t1"),
-    ])
-    [outcome] = ledger.handle([session_cmd("end_tool_call", "c", tool_name="Bash", success=False, tool_use_id="t1")])
+    ledger.handle(
+        [
+            session_cmd(
+                "start_tool_call",
+                "a",
+                tool_name="Bash",
+                tool_input={},
+                tool_input_sha256="x",
+                tool_use_id="t1",
+            ),
+            session_cmd("end_tool_call", "b", tool_name="Bash", success=True, tool_use_id="t1"),
+        ]
+    )
+    [outcome] = ledger.handle(
+        [session_cmd("end_tool_call", "c", tool_name="Bash", success=False, tool_use_id="t1")]
+    )
     assert outcome.status == "rejected"
     assert isinstance(outcome.error, errors.ToolCallAlreadyEndedError)
     assert outcome.error.fields["tool_use_id"] == "t1"
 
 
-def test_same_event_id_same_content_is_a_duplicate_with_the_original_position(ledger: Ledger) -> None:
+def test_same_event_id_same_content_is_a_duplicate_with_the_original_position(
+    ledger: Ledger,
+) -> None:
     first = ledger.handle([session_cmd("start", "e1", agent="claude-code")])
     again = ledger.handle([session_cmd("start", "e1", agent="claude-code")])
     assert first[0].status == "created" and again[0].status == "duplicate"
@@ -115,45 +156,82 @@ def test_same_event_id_different_content_is_an_idempotency_conflict(ledger: Ledg
 
 
 def test_a_rejected_command_does_not_fail_the_others_in_its_batch(ledger: Ledger) -> None:
-    outcomes = ledger.handle([
-        Command("approval", "a1", "decide", meta("d"), {"decision": "approved"}),
-        session_cmd("start", "e1"),
-    ])
+    outcomes = ledger.handle(
+        [
+            Command("approval", "a1", "decide", meta("d"), {"decision": "approved"}),
+            session_cmd("start", "e1"),
+        ]
+    )
     assert [o.status for o in outcomes] == ["rejected", "created"]
     assert isinstance(outcomes[0].error, errors.ApprovalNotFoundError)
 
 
 def test_second_decision_on_an_approval_is_refused(ledger: Ledger) -> None:
-    ledger.handle([
-        Command("approval", "a1", "request", meta("r"), {"tool_name": "Bash", "tool_input": {}, "tool_input_sha256": "x"}),
-        Command("approval", "a1", "decide", meta("d1"), {"decision": "approved", "source_decision": "approve"}),
-    ])
-    [outcome] = ledger.handle([Command("approval", "a1", "decide", meta("d2"), {"decision": "denied"})])
+    ledger.handle(
+        [
+            Command(
+                "approval",
+                "a1",
+                "request",
+                meta("r"),
+                {"tool_name": "Bash", "tool_input": {}, "tool_input_sha256": "x"},
+            ),
+            Command(
+                "approval",
+                "a1",
+                "decide",
+                meta("d1"),
+                {"decision": "approved", "source_decision": "approve"},
+            ),
+        ]
+    )
+    [outcome] = ledger.handle(
+        [Command("approval", "a1", "decide", meta("d2"), {"decision": "denied"})]
+    )
     assert isinstance(outcome.error, errors.ApprovalAlreadyDecidedError)
     assert outcome.error.fields["decision"] == "approved"
     assert ledger.load("approval", "a1").state()["status"] == "approved"
 
 
-def test_stage_transitions_follow_the_machine_and_refusals_name_allowed_targets(ledger: Ledger) -> None:
-    ledger.handle([chain_cmd("create", "c"), chain_cmd("add_stage", "s", stage_id="st1", agent_id="planner")])
-    [bad] = ledger.handle([chain_cmd("transition_stage", "t0", stage_id="st1", to_status="completed")])
+def test_stage_transitions_follow_the_machine_and_refusals_name_allowed_targets(
+    ledger: Ledger,
+) -> None:
+    ledger.handle(
+        [chain_cmd("create", "c"), chain_cmd("add_stage", "s", stage_id="st1", agent_id="planner")]
+    )
+    [bad] = ledger.handle(
+        [chain_cmd("transition_stage", "t0", stage_id="st1", to_status="completed")]
+    )
     assert isinstance(bad.error, errors.InvalidTransitionError)
     assert bad.error.fields["allowed"] == ["running"]
     moves = ["running", "awaiting_approval", "running", "completed"]
-    outcomes = ledger.handle([chain_cmd("transition_stage", f"t{i}", stage_id="st1", to_status=s) for i, s in enumerate(moves, 1)])
+    outcomes = ledger.handle(
+        [
+            chain_cmd("transition_stage", f"t{i}", stage_id="st1", to_status=s)
+            for i, s in enumerate(moves, 1)
+        ]
+    )
     assert [o.status for o in outcomes] == ["created"] * 4
-    [late] = ledger.handle([chain_cmd("transition_stage", "t9", stage_id="st1", to_status="running")])
-    assert isinstance(late.error, errors.InvalidTransitionError) and late.error.fields["allowed"] == []
+    [late] = ledger.handle(
+        [chain_cmd("transition_stage", "t9", stage_id="st1", to_status="running")]
+    )
+    assert (
+        isinstance(late.error, errors.InvalidTransitionError) and late.error.fields["allowed"] == []
+    )
 
 
-def test_a_stage_awaiting_approval_moves_the_chain_to_pending_approval_and_back(ledger: Ledger) -> None:
-    ledger.handle([
-        chain_cmd("create", "c"),
-        chain_cmd("add_stage", "s", stage_id="st1", agent_id="planner"),
-        chain_cmd("transition_stage", "t1", stage_id="st1", to_status="running"),
-        chain_cmd("transition_stage", "t2", stage_id="st1", to_status="awaiting_approval"),
-        chain_cmd("transition_stage", "t3", stage_id="st1", to_status="running"),
-    ])
+def test_a_stage_awaiting_approval_moves_the_chain_to_pending_approval_and_back(
+    ledger: Ledger,
+) -> None:
+    ledger.handle(
+        [
+            chain_cmd("create", "c"),
+            chain_cmd("add_stage", "s", stage_id="st1", agent_id="planner"),
+            chain_cmd("transition_stage", "t1", stage_id="st1", to_status="running"),
+            chain_cmd("transition_stage", "t2", stage_id="st1", to_status="awaiting_approval"),
+            chain_cmd("transition_stage", "t3", stage_id="st1", to_status="running"),
+        ]
+    )
     events = ledger.history("chain", "c1")
     statuses = [e.status for e in events if isinstance(e, ChainStatusChanged)]
     assert statuses == ["pending_approval", "active"]
@@ -164,7 +242,9 @@ def test_stage_commands_need_the_chain_and_the_stage(ledger: Ledger) -> None:
     [no_chain] = ledger.handle([chain_cmd("add_stage", "s", stage_id="st1", agent_id="planner")])
     assert isinstance(no_chain.error, errors.ChainNotFoundError)
     ledger.handle([chain_cmd("create", "c")])
-    [no_stage] = ledger.handle([chain_cmd("link_stage_session", "l", stage_id="zz", session_id="s1")])
+    [no_stage] = ledger.handle(
+        [chain_cmd("link_stage_session", "l", stage_id="zz", session_id="s1")]
+    )
     assert isinstance(no_stage.error, errors.StageNotFoundError)
 
 
@@ -178,18 +258,38 @@ def test_session_status_changes_follow_the_humanlayer_machine(ledger: Ledger) ->
 
 
 def test_a_prompt_after_stop_marks_the_session_running_again(ledger: Ledger) -> None:
-    ledger.handle([
-        session_cmd("start", "a"),
-        session_cmd("stop_turn", "b", payload={}),
-        session_cmd("record_message", "c", role="user", message_kind="prompt", content="hi"),
-    ])
-    changes = [(e.previous_status, e.status) for e in ledger.history("session", "s1") if isinstance(e, SessionStatusChanged)]
+    ledger.handle(
+        [
+            session_cmd("start", "a"),
+            session_cmd("stop_turn", "b", payload={}),
+            session_cmd("record_message", "c", role="user", message_kind="prompt", content="hi"),
+        ]
+    )
+    changes = [
+        (e.previous_status, e.status)
+        for e in ledger.history("session", "s1")
+        if isinstance(e, SessionStatusChanged)
+    ]
     assert changes == [("running", "waiting_input"), ("waiting_input", "running")]
     assert ledger.load("session", "s1").state()["status"] == "running"
 
 
 def test_state_at_a_version_and_as_of_a_time(ledger: Ledger) -> None:
-    ledger.handle([session_cmd("record_evidence", f"e{i}", entry={"type": "criterion", "criterion_id": "ac1", "status": s, "recorded_at": "2026-01-01T00:00:00Z"}) for i, s in enumerate(["fail", "pass", "fail", "pass", "pass", "fail", "pass"])])
+    ledger.handle(
+        [
+            session_cmd(
+                "record_evidence",
+                f"e{i}",
+                entry={
+                    "type": "criterion",
+                    "criterion_id": "ac1",
+                    "status": s,
+                    "recorded_at": "2026-01-01T00:00:00Z",
+                },
+            )
+            for i, s in enumerate(["fail", "pass", "fail", "pass", "pass", "fail", "pass"])
+        ]
+    )
     at3 = ledger.load("session", "s1", version=3).state()
     assert at3["version"] == 3 and at3["criterion_states"]["ac1"]["status"] == "fail"
     at7 = ledger.load("session", "s1", version=7).state()  # beyond a snapshot (interval 5)
@@ -203,10 +303,12 @@ def test_state_at_a_version_and_as_of_a_time(ledger: Ledger) -> None:
 
 
 def test_unknown_commands_and_bad_arguments_are_rule_violations(ledger: Ledger) -> None:
-    outcomes = ledger.handle([
-        session_cmd("drop_table", "a"),
-        session_cmd("start", "b", not_an_arg=1),
-    ])
+    outcomes = ledger.handle(
+        [
+            session_cmd("drop_table", "a"),
+            session_cmd("start", "b", not_an_arg=1),
+        ]
+    )
     assert all(isinstance(o.error, errors.RuleViolationError) for o in outcomes)
     with pytest.raises(errors.RuleViolationError):
         ledger.load("nonsense", "x")

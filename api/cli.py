@@ -1,0 +1,206 @@
+"""The ``runledger`` command line (typer): serve, migrate, project, rebuild, status, replay, demo.
+
+Configuration comes from ``RUNLEDGER_*`` environment variables (``infra.settings.Settings``);
+options given here override them.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from api.render import jsonable
+from infra.runtime import build_runtime
+from infra.settings import Settings
+
+app = typer.Typer(
+    help="runledger: an event-sourced audit ledger for AI agent runs.", no_args_is_help=True
+)
+console = Console()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (RUNLEDGER_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Bind port (RUNLEDGER_PORT)")] = None,
+    projector: Annotated[
+        str | None, typer.Option(help="inprocess | off (RUNLEDGER_PROJECTOR)")
+    ] = None,
+) -> None:
+    """Run the HTTP API (and, by default, the projector in-process)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if projector is not None:
+        overrides["projector"] = projector
+    settings = Settings(**overrides)
+    store = (settings.database_url and "PostgreSQL") or f"SQLite file {settings.sqlite_path}"
+    console.print(
+        f"runledger on http://{settings.host}:{settings.port} ({store}); OpenAPI at /docs"
+    )
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+@app.command()
+def migrate() -> None:
+    """Create the log's and the read models' tables (idempotent, under a lock)."""
+    runtime = build_runtime(Settings(), create_tables=True)
+    runtime.close()
+    console.print("tables ready")
+
+
+@app.command()
+def project(
+    once: Annotated[bool, typer.Option(help="Catch up to the head, then exit")] = False,
+) -> None:
+    """Run the projector on its own (use with ``RUNLEDGER_PROJECTOR=off`` on the API)."""
+    settings = Settings()
+    runtime = build_runtime(settings)
+    try:
+        if once:
+            count = runtime.projector.run_once()
+            console.print(f"projected {count} events")
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        console.print("projector running; Ctrl-C to stop")
+        runtime.projector.run_forever(stop, poll_interval_s=settings.projector_poll_interval_s)
+    finally:
+        runtime.close()
+
+
+@app.command()
+def rebuild(
+    name: Annotated[str | None, typer.Argument(help="Projection to rebuild")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Rebuild every projection")] = False,
+) -> None:
+    """Rebuild a projection (or all) from position 0, with a progress bar."""
+    if (name is None) == (not all_):
+        raise typer.BadParameter("give a projection NAME or --all")
+    runtime = build_runtime(Settings())
+    try:
+        names = None if all_ else [name]
+        columns = (TextColumn("rebuild"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("rebuild", total=None)
+
+            def report(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            count = runtime.projector.rebuild(names, progress=report)
+        console.print(
+            f"rebuilt {', '.join(names) if names else 'all projections'} over {count} events"
+        )
+    except KeyError as error:
+        raise typer.BadParameter(f"unknown projection {error}") from None
+    finally:
+        runtime.close()
+
+
+@app.command()
+def status() -> None:
+    """Each projection's position and lag behind the log's head."""
+    runtime = build_runtime(Settings())
+    try:
+        table = Table("projection", "position", "head", "lag")
+        for row in runtime.projector.status():
+            table.add_row(row["name"], str(row["position"]), str(row["head"]), str(row["lag"]))
+        console.print(table)
+    finally:
+        runtime.close()
+
+
+@app.command()
+def replay(
+    kind: Annotated[str, typer.Argument(help="session | trace | approval | chain")],
+    external_id: Annotated[str, typer.Argument(help="The stream's upstream id")],
+    version: Annotated[int | None, typer.Option(help="State at this version")] = None,
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(
+            help="State as recorded at this RFC 3339 time",
+            formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"],
+        ),
+    ] = None,
+    project_: Annotated[str, typer.Option("--project", help="Project (tenant)")] = "default",
+) -> None:
+    """Print a stream's history and its state (now, at --version, or --as-of)."""
+    from api.routes.audit import stream_history, stream_state
+    from domain.errors import LedgerError
+
+    runtime = build_runtime(Settings())
+    try:
+        history = stream_history(runtime, kind, external_id, project_, limit=1_000_000)
+        state = stream_state(runtime, kind, external_id, project_, version, as_of)
+    except LedgerError as error:
+        console.print(f"[red]{error.message}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        runtime.close()
+    table = Table("version", "position", "recorded_at", "occurred_at", "type", "event_id")
+    for item in history["items"]:
+        if state["version"] is not None and item["version"] > state["version"]:
+            style = "dim"
+        else:
+            style = ""
+        table.add_row(
+            str(item["version"]), str(item["position"]), item["recorded_at"], item["occurred_at"],
+            item["type"], item["event_id"], style=style,
+        )  # fmt: skip
+    console.print(table)
+    console.print_json(json.dumps(jsonable(state), default=str))
+
+
+@app.command()
+def demo(
+    url: Annotated[
+        str, typer.Option(help="Base URL of a running runledger")
+    ] = "http://127.0.0.1:8000",
+    project_: Annotated[str, typer.Option("--project", help="Project (tenant)")] = "default",
+) -> None:
+    """Post a real recorded agent run to a running server; print the chain summary and criterion states."""
+    from api.demo import run_demo
+
+    settings = Settings()
+    result = run_demo(url, project=project_, token=settings.api_token)
+    console.print(
+        f"posted {result['requests']} requests; the ledger appended {result['events_written']} events "
+        f"(0 when the run was posted before: every request is idempotent)"
+    )
+    chain = result["chain"]
+    console.print(
+        f"[bold]chain {chain['chain_id']}[/bold]: {chain['status']}, {chain['stages_completed']}/{chain['stage_count']} "
+        f"stages, flow {chain['agent_flow']}, cost ${chain['cost_usd']:.2f}"
+    )
+    table = Table("criterion", "status", "updated_at", "source_id")
+    for criterion_id, record in sorted(result["criteria"]["criterion_states"].items()):
+        table.add_row(
+            criterion_id,
+            record["status"],
+            record.get("updated_at", ""),
+            record.get("source_id", ""),
+        )
+    console.print(table)
+    session = result["session"]
+    console.print(
+        f"session {session['session_id']}: {session['status']}, {session['tool_call_count']} tool calls"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,157 @@
+"""RFC 9457 problem+json: the one table from error class to HTTP status and problem type.
+
+Every error the API answers with is rendered here; routes never catch ``Exception`` and never
+raise ``HTTPException`` for domain conditions. Problem types are URIs under
+``https://runledger.dev/problems/`` (documentation anchors, not fetched).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError, OperationalError
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.hooks import HookPayloadError
+from api.otlp import OTLPDecodeError, PayloadTooLargeError, UnsupportedMediaTypeError
+from domain import errors as e
+from infra.blobs import BlobNotFoundError
+
+PROBLEM_BASE = "https://runledger.dev/problems/"
+MEDIA_TYPE = "application/problem+json"
+
+
+class BadRequestError(ValueError):
+    """A request the API cannot read (400): bad cursor, bad timestamp, bad query combination."""
+
+
+class BodyTooLargeError(ValueError):
+    """The request body is larger than ``max_body_bytes`` (413)."""
+
+
+class UnauthorizedError(PermissionError):
+    """Missing or wrong bearer token (401)."""
+
+
+#: error class -> (HTTP status, problem type slug, title). First match in MRO order wins.
+PROBLEMS: dict[type[BaseException], tuple[int, str, str]] = {
+    e.IdempotencyConflictError: (409, "idempotency-conflict", "Same event_id, different content"),
+    e.ApprovalAlreadyDecidedError: (409, "approval-already-decided", "Approval already decided"),
+    e.ApprovalAlreadyRequestedError: (
+        409,
+        "approval-already-requested",
+        "Approval already requested",
+    ),
+    e.ToolCallAlreadyEndedError: (409, "tool-call-already-ended", "Tool call already ended"),
+    e.ToolCallAlreadyStartedError: (409, "tool-call-already-started", "Tool call already started"),
+    e.InvalidTransitionError: (409, "invalid-transition", "Invalid status transition"),
+    e.StageAlreadyExistsError: (409, "stage-already-exists", "Stage already exists"),
+    e.ChainAlreadyCreatedError: (409, "chain-already-created", "Chain already created"),
+    e.SpanConflictError: (409, "span-conflict", "Span recorded with different content"),
+    e.SessionEndedError: (409, "session-ended", "Session already ended"),
+    e.ConflictError: (409, "conflict", "Conflict"),
+    e.ApprovalNotFoundError: (404, "approval-not-found", "Approval not found"),
+    e.ChainNotFoundError: (404, "chain-not-found", "Chain not found"),
+    e.StageNotFoundError: (404, "stage-not-found", "Stage not found"),
+    e.StreamNotFoundError: (404, "stream-not-found", "Stream not found"),
+    e.VersionNotFoundError: (404, "version-not-found", "No such version"),
+    e.NotFoundError: (404, "not-found", "Not found"),
+    e.RuleViolationError: (422, "rule-violation", "Domain rule violated"),
+    e.LedgerError: (422, "ledger-error", "Refused by the ledger"),
+    HookPayloadError: (422, "invalid-hook-payload", "Not a Claude Code hook payload"),
+    UnsupportedMediaTypeError: (415, "unsupported-media-type", "Unsupported media type"),
+    PayloadTooLargeError: (413, "payload-too-large", "Payload too large"),
+    BodyTooLargeError: (413, "payload-too-large", "Payload too large"),
+    OTLPDecodeError: (400, "invalid-otlp", "Malformed OTLP request"),
+    BadRequestError: (400, "bad-request", "Bad request"),
+    UnauthorizedError: (401, "unauthorized", "Unauthorized"),
+    BlobNotFoundError: (404, "blob-not-found", "Blob not found"),
+    IntegrityError: (503, "write-contention", "Write contention, retry"),
+    OperationalError: (503, "store-unavailable", "Event store unavailable"),
+}
+
+
+def lookup(error: BaseException) -> tuple[int, str, str]:
+    """(status, type URI, title) for an error, by the most specific class in ``PROBLEMS``."""
+    for cls in type(error).__mro__:
+        if cls in PROBLEMS:
+            status, slug, title = PROBLEMS[cls]
+            return status, PROBLEM_BASE + slug, title
+    return 500, "about:blank", "Internal Server Error"
+
+
+def problem_body(error: BaseException, *, instance: str | None = None) -> dict[str, Any]:
+    """The problem+json object for ``error`` (domain errors' keyword fields become extensions)."""
+    status, type_uri, title = lookup(error)
+    detail = getattr(error, "message", None) or str(error) or title
+    body: dict[str, Any] = {"type": type_uri, "title": title, "status": status, "detail": detail}
+    if instance:
+        body["instance"] = instance
+    fields = getattr(error, "fields", None)
+    if isinstance(fields, dict):
+        body.update({k: v for k, v in fields.items() if k not in body})
+    errors = getattr(error, "errors", None)
+    if isinstance(errors, list):
+        body["errors"] = errors
+    return body
+
+
+def problem_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """A JSONResponse with the problem+json media type."""
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that render every error as problem+json."""
+
+    async def known(request: Request, error: Exception) -> JSONResponse:
+        body = problem_body(error, instance=request.url.path)
+        headers = {"WWW-Authenticate": "Bearer"} if body["status"] == 401 else None
+        if body["status"] == 503:
+            headers = {"Retry-After": "1"}
+        return problem_response(body["status"], body, headers)
+
+    for cls in PROBLEMS:
+        app.add_exception_handler(cls, known)
+
+    async def validation(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        errs = [
+            {
+                "loc": list(err.get("loc", ())),
+                "msg": err.get("msg", ""),
+                "type": err.get("type", ""),
+            }
+            for err in error.errors()
+        ]
+        # A body that is not JSON at all is a 400; JSON of the wrong shape is a 422.
+        status = 400 if any(err["type"] == "json_invalid" for err in errs) else 422
+        body = {
+            "type": PROBLEM_BASE + ("malformed-json" if status == 400 else "validation-error"),
+            "title": "Malformed JSON" if status == 400 else "Request validation failed",
+            "status": status,
+            "detail": "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in errs[:10]),
+            "instance": request.url.path,
+            "errors": errs[:100],
+        }
+        return problem_response(status, body)
+
+    app.add_exception_handler(RequestValidationError, validation)
+
+    async def http_error(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, StarletteHTTPException)
+        body = {
+            "type": "about:blank",
+            "title": str(error.detail),
+            "status": error.status_code,
+            "detail": str(error.detail),
+            "instance": request.url.path,
+        }
+        return problem_response(error.status_code, body, dict(error.headers or {}))
+
+    app.add_exception_handler(StarletteHTTPException, http_error)

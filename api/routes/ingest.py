@@ -1,0 +1,191 @@
+"""Ingest: ``POST /v1/events`` (typed events), ``POST /v1/hooks/claude-code``, ``POST /v1/traces`` (OTLP/HTTP).
+
+Every route validates the whole request before anything is appended (a malformed body appends
+nothing), maps it to domain commands, executes them in one ``Ledger.handle`` call (one transaction)
+and answers only after the commit.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import TypeAdapter, ValidationError
+
+from api.deps import ProjectDep, RuntimeDep
+from api.hooks import map_hook
+from api.offload import make_offload
+from api.otlp import decode_export_request, encode_export_response
+from api.problems import BadRequestError, BodyTooLargeError, problem_body, problem_response
+from api.schemas import EventBatch, EventResult, EventResults, StreamRef, TypedEvent
+from domain.base import EventMeta, content_sha256
+from domain.ledger import Command, Outcome
+from infra.runtime import Runtime
+
+router = APIRouter(prefix="/v1", tags=["ingest"])
+
+_single_event: TypeAdapter[Any] = TypeAdapter(TypedEvent)
+_batch: TypeAdapter[EventBatch] = TypeAdapter(EventBatch)
+
+
+async def read_body(request: Request, runtime: Runtime) -> bytes:
+    """The request body, refusing more than ``max_body_bytes``.
+
+    Raises:
+        BodyTooLargeError: the body (as sent, before decompression) is too large.
+    """
+    limit = runtime.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(f"request body of {declared} bytes exceeds {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise BadRequestError(f"body is not valid JSON: {error}") from None
+
+
+def _result(index: int, outcome: Outcome) -> EventResult:
+    command = outcome.command
+    return EventResult(
+        index=index,
+        event_id=command.meta.event_id,
+        status=outcome.status,
+        stream=StreamRef(
+            kind=command.kind, external_id=command.external_id, stream_id=str(outcome.stream_id)
+        ),
+        version=outcome.version,
+        position=outcome.position,
+        error=problem_body(outcome.error) if outcome.error is not None else None,
+    )
+
+
+@router.post(
+    "/events",
+    response_model=EventResults,
+    summary='Append one typed event, or a batch {"events": [...]}',
+    responses={
+        201: {"description": "single event created"},
+        200: {"description": "batch, or a duplicate"},
+    },
+)
+async def post_events(request: Request, runtime: RuntimeDep, project: ProjectDep) -> Response:
+    """Append typed events (discriminated by ``type``; see the ``TypedEvent`` schemas).
+
+    A single event answers 201 (created), 200 (duplicate: nothing appended, the original's version
+    and position) or the problem+json of its rejection (404/409/422). A batch answers 200 with a
+    result per event, in order; schema errors anywhere in a batch reject the whole batch (422).
+    """
+    raw = _parse_json(await read_body(request, runtime))
+    single = not (isinstance(raw, dict) and "events" in raw and "type" not in raw)
+    try:
+        events = (
+            [_single_event.validate_python(raw)] if single else _batch.validate_python(raw).events
+        )
+    except ValidationError as error:
+        from fastapi.exceptions import RequestValidationError
+
+        raise RequestValidationError(error.errors(include_url=False)) from None
+    if len(events) > runtime.settings.max_batch_events:
+        raise BadRequestError(
+            f"a batch holds at most {runtime.settings.max_batch_events} events, got {len(events)}"
+        )
+    offload = make_offload(runtime.blobs, runtime.settings.blob_threshold_bytes)
+    commands = [event.to_command(project, offload) for event in events]
+    outcomes = await run_in_threadpool(runtime.ledger.handle, commands)
+    results = [_result(i, o) for i, o in enumerate(outcomes)]
+    body = EventResults(
+        results=results,
+        created=sum(r.status == "created" for r in results),
+        duplicates=sum(r.status == "duplicate" for r in results),
+        rejected=sum(r.status == "rejected" for r in results),
+    )
+    if single:
+        outcome = outcomes[0]
+        if outcome.error is not None:
+            problem = problem_body(outcome.error, instance=request.url.path)
+            return problem_response(problem["status"], problem)
+        status = 201 if outcome.status == "created" else 200
+        return Response(body.model_dump_json(), status_code=status, media_type="application/json")
+    return Response(body.model_dump_json(), status_code=200, media_type="application/json")
+
+
+@router.post(
+    "/hooks/claude-code",
+    summary="Any Claude Code hook payload, as Claude Code's HTTP hooks post it",
+)
+async def post_claude_code_hook(
+    request: Request, runtime: RuntimeDep, project: ProjectDep
+) -> Response:
+    """Record one Claude Code hook event (SessionStart, PreToolUse, PostToolUse, ... and unknown ones).
+
+    Answers 200 with ``{}`` (Claude Code reads a 2xx with an empty JSON object as "no decision",
+    so the hook never changes what the agent does). Malformed payloads answer 400/422 and a domain
+    refusal (e.g. the same ``tool_use_id`` with different content) its problem+json; Claude Code
+    treats a non-2xx as a non-blocking error.
+    """
+    payload = _parse_json(await read_body(request, runtime))
+    offload = make_offload(runtime.blobs, runtime.settings.blob_threshold_bytes)
+    commands = map_hook(payload, project=project, received_at=datetime.now(UTC), offload=offload)
+    outcomes = await run_in_threadpool(runtime.ledger.handle, commands)
+    for outcome in outcomes:
+        if outcome.error is not None:
+            problem = problem_body(outcome.error, instance=request.url.path)
+            return problem_response(problem["status"], problem)
+    return Response(b"{}", status_code=200, media_type="application/json")
+
+
+def span_command(span: dict[str, Any], project: str) -> Command:
+    """The ``record_span`` command for one decoded OTLP span (``event_id`` = ``trace_id/span_id``)."""
+    trace_id = span["trace_id"]
+    occurred_at = datetime.fromtimestamp(span["start_time_unix_nano"] / 1e9, UTC)
+    meta = EventMeta(
+        event_id=f"{trace_id}/{span['span_id']}",
+        content_sha256=content_sha256(span),
+        occurred_at=occurred_at,
+        source="otlp",
+    )
+    return Command("trace", trace_id, "record_span", meta, {"span": span}, project)
+
+
+@router.post(
+    "/traces",
+    summary="OTLP/HTTP ExportTraceServiceRequest (application/x-protobuf or application/json, gzip)",
+)
+async def post_traces(request: Request, runtime: RuntimeDep, project: ProjectDep) -> Response:
+    """Record spans (OTLP/HTTP, https://opentelemetry.io/docs/specs/otlp/#otlphttp).
+
+    Answers an ``ExportTraceServiceResponse`` in the request's encoding; spans that are malformed
+    or conflict with an earlier span of the same ``span_id`` are counted in ``partial_success``.
+    A repeated span is a duplicate and is neither appended nor rejected.
+    """
+    content_type = request.headers.get("content-type", "")
+    body = await read_body(request, runtime)
+    decoded = decode_export_request(
+        body,
+        content_type,
+        request.headers.get("content-encoding"),
+        max_decompressed_bytes=runtime.settings.max_body_bytes * 4,
+    )
+    commands = [span_command(span, project) for span in decoded.spans]
+    outcomes = await run_in_threadpool(runtime.ledger.handle, commands) if commands else []
+    reasons = [f"span {r.span_id}: {r.reason}" for r in decoded.rejected]
+    reasons += [
+        f"span {o.command.args['span']['span_id']}: {o.error.message}"
+        for o in outcomes
+        if o.error is not None
+    ]
+    data, media_type = encode_export_response(len(reasons), "; ".join(reasons[:20]), content_type)
+    return Response(data, status_code=200, media_type=media_type)

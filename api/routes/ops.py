@@ -1,0 +1,41 @@
+"""Operations: ``/healthz`` (the process answers), ``/readyz`` (store reachable, projections' lag),
+``GET /v1/projections`` (each projection's position and lag)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from api.deps import RuntimeDep
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    """Always ``{"status": "ok"}`` while the process serves requests."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: store reachable, projections' lag")
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    """200 with head position and projection lag when the store answers; 503 problem+json otherwise."""
+    try:
+        status = await run_in_threadpool(runtime.projector.status)
+        head = await run_in_threadpool(runtime.log.head)
+    except Exception as error:
+        return JSONResponse(
+            {"type": "about:blank", "title": "Not ready", "status": 503, "detail": str(error)},
+            status_code=503,
+            media_type="application/problem+json",
+        )
+    return JSONResponse({"status": "ready", "head": head, "projections": status})
+
+
+@router.get("/v1/projections", summary="Projection positions and lag")
+async def projections_status(runtime: RuntimeDep) -> list[dict[str, Any]]:
+    """``[{"name", "position", "head", "lag"}]``."""
+    return await run_in_threadpool(runtime.projector.status)  # type: ignore[no-any-return]

@@ -1,0 +1,163 @@
+"""Read models: sessions, tool calls, criteria, approvals, chains, traces and spans.
+
+Lists are cursor-paginated: ``{"items": [...], "next_cursor": str | null}``; pass ``cursor`` back
+to get the next page. Read models are eventually consistent with the log (see ``/readyz`` for lag).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+from projections.views import InvalidCursorError
+
+from api.deps import ProjectDep, RuntimeDep
+from api.problems import BadRequestError
+from domain.errors import NotFoundError
+
+router = APIRouter(prefix="/v1", tags=["read"])
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
+Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
+
+
+class ReadModelNotFoundError(NotFoundError):
+    """Nothing in the read model under that id (yet: read models lag the log slightly)."""
+
+
+async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return await run_in_threadpool(fn, *args, **kwargs)
+    except InvalidCursorError as error:
+        raise BadRequestError(f"invalid cursor: {error}") from None
+
+
+def _found(value: Any, what: str, ident: str) -> Any:
+    if value is None:
+        raise ReadModelNotFoundError(f"no {what} {ident!r}", id=ident)
+    return value
+
+
+@router.get("/sessions", summary="Sessions, newest first")
+async def list_sessions(
+    runtime: RuntimeDep,
+    project: ProjectDep,
+    status: str | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Sessions (status, agent, model, workspace, started/ended, counts, cost, tokens)."""
+    return await _call(
+        runtime.views.list_sessions, project, status=status, limit=limit, cursor=cursor
+    )  # type: ignore[no-any-return]
+
+
+@router.get("/sessions/{session_id}", summary="One session")
+async def get_session(runtime: RuntimeDep, project: ProjectDep, session_id: str) -> dict[str, Any]:
+    """One session's row. 404 problem+json when unknown."""
+    return _found(
+        await _call(runtime.views.get_session, project, session_id), "session", session_id
+    )  # type: ignore[no-any-return]
+
+
+@router.get("/sessions/{session_id}/tool-calls", summary="A session's tool calls, in start order")
+async def list_tool_calls(
+    runtime: RuntimeDep,
+    project: ProjectDep,
+    session_id: str,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Tool calls with ``tool_use_id``, timing (``duration_ms``), success and ``pairing``."""
+    return await _call(
+        runtime.views.list_tool_calls, project, session_id, limit=limit, cursor=cursor
+    )  # type: ignore[no-any-return]
+
+
+@router.get("/sessions/{session_id}/criteria", summary="scafld criterion states and phase blocks")
+async def get_criteria(runtime: RuntimeDep, project: ProjectDep, session_id: str) -> dict[str, Any]:
+    """``{"criterion_states": {criterion_id: StateRecord}, "phase_blocks": {phase_id: StateRecord}}``."""
+    return await _call(runtime.views.get_criteria, project, session_id)  # type: ignore[no-any-return]
+
+
+@router.get("/approvals", summary="Approvals; ?status=pending is the queue")
+async def list_approvals(
+    runtime: RuntimeDep,
+    project: ProjectDep,
+    status: Literal["pending", "approved", "denied"] | None = None,
+    session_id: str | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Approvals with decision, who decided, and latency."""
+    return await _call(  # type: ignore[no-any-return]
+        runtime.views.list_approvals,
+        project,
+        status=status,
+        session_id=session_id,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+@router.get("/chains", summary="Execution chains")
+async def list_chains(
+    runtime: RuntimeDep,
+    project: ProjectDep,
+    status: str | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Chain summaries (status, current stage, totals, ``agent_flow``)."""
+    return await _call(
+        runtime.views.list_chains, project, status=status, limit=limit, cursor=cursor
+    )  # type: ignore[no-any-return]
+
+
+@router.get("/chains/{chain_id}", summary="One chain with its stages")
+async def get_chain(runtime: RuntimeDep, project: ProjectDep, chain_id: str) -> dict[str, Any]:
+    """The chain summary plus ``stages`` in stage-number order."""
+    return _found(await _call(runtime.views.get_chain, project, chain_id), "chain", chain_id)  # type: ignore[no-any-return]
+
+
+@router.get("/traces", summary="Trace summaries")
+async def list_traces(
+    runtime: RuntimeDep,
+    project: ProjectDep,
+    session_id: str | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Traces (root span, span count, error count, duration, service name)."""
+    return await _call(
+        runtime.views.list_traces, project, session_id=session_id, limit=limit, cursor=cursor
+    )  # type: ignore[no-any-return]
+
+
+@router.get("/traces/{trace_id}", summary="One trace as a span tree")
+async def get_trace(runtime: RuntimeDep, project: ProjectDep, trace_id: str) -> dict[str, Any]:
+    """The trace summary plus ``spans``: roots with nested ``children``, by start time."""
+    return _found(
+        await _call(runtime.views.get_trace, project, trace_id.lower()), "trace", trace_id
+    )  # type: ignore[no-any-return]
+
+
+@router.get("/spans", summary="Spans, filtered by trace or session")
+async def list_spans(
+    runtime: RuntimeDep,
+    project: ProjectDep,
+    trace_id: str | None = None,
+    session_id: str | None = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Spans with OTel columns and session/chain/stage links, tokens, cost, model."""
+    return await _call(  # type: ignore[no-any-return]
+        runtime.views.list_spans,
+        project,
+        trace_id=trace_id,
+        session_id=session_id,
+        limit=limit,
+        cursor=cursor,
+    )

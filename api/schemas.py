@@ -1,0 +1,670 @@
+"""Request bodies of ``POST /v1/events``: typed events discriminated by ``type``.
+
+Each model maps to one command of one stream (``to_command``). Field names are the domain's, which
+are the upstream tools' (SOURCES.md): ``tool_use_id`` (Claude Code), ``criterion_id``/``phase_id``
+(scafld), approval ``decision`` (neutral) with the source's own word kept, AILANG chain and stage
+statuses. Unknown fields are refused (422), so a typo is never silently dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from domain.approval import APPROVAL_TYPES
+from domain.base import DEFAULT_PROJECT, EventMeta, content_sha256, utcnow
+from domain.chain import CHAIN_TRANSITIONS, STAGE_METRICS, STAGE_TRANSITIONS
+from domain.evidence import ENTRY_FIELDS
+from domain.ledger import Command
+from domain.session import STATUSES
+
+#: Source words for a decision, mapped to the neutral ``approved`` / ``denied``
+#: (HumanLayer approve/deny, AILANG approved/rejected, cc-broker allow/deny, Claude Code OTel accept/reject).
+DECISION_WORDS = {
+    "approved": "approved", "approve": "approved", "allow": "approved", "accept": "approved",
+    "allowed": "approved", "accepted": "approved",
+    "denied": "denied", "deny": "denied", "rejected": "denied", "reject": "denied",
+}  # fmt: skip
+
+#: scafld workspace baseline line: ``"<XY> <sha256|deleted|unreadable> <path>"``.
+BASELINE_LINE = re.compile(r"^[ MADRCU?!T]{2} ([0-9a-f]{64}|deleted|unreadable) \S.*$")
+
+Id = Annotated[str, Field(min_length=1, max_length=512)]
+Offload = Callable[[Any, str], Any]
+
+
+class EventBody(BaseModel):
+    """Fields every typed event may carry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    KIND: ClassVar[str]
+    ACTION: ClassVar[str]
+
+    event_id: Id | None = Field(
+        default=None,
+        description="Idempotency key. Omitted: derived from the sha256 of the event body, so a retried body is a duplicate.",
+    )
+    occurred_at: AwareDatetime | None = Field(
+        default=None, description="Writer's clock (RFC 3339 with offset). Omitted: now."
+    )
+    source: str = Field(
+        default="api",
+        pattern=r"^(api|otlp|hook:[A-Za-z0-9_.-]+|import:[A-Za-z0-9_.-]+)$",
+        description="How it arrived: api, import:<tool>, ...",
+    )
+
+    def external_id(self) -> str:
+        """The stream's upstream id."""
+        raise NotImplementedError
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        """Keyword arguments of the aggregate command."""
+        raise NotImplementedError
+
+    def to_command(
+        self, project: str = DEFAULT_PROJECT, offload: Offload = lambda v, _m: v
+    ) -> Command:
+        """The domain command this event asks for."""
+        body = self.model_dump(mode="json", exclude_none=True)
+        digest = content_sha256(body)
+        meta = EventMeta(
+            event_id=self.event_id or f"api:sha256:{digest}",
+            content_sha256=digest,
+            occurred_at=self.occurred_at or utcnow(),
+            source=self.source,
+        )
+        return Command(
+            self.KIND, self.external_id(), self.ACTION, meta, self.args(offload), project
+        )
+
+
+def _fields(model: BaseModel, *names: str) -> dict[str, Any]:
+    return {name: getattr(model, name) for name in names}
+
+
+# -- approvals ---------------------------------------------------------------------------------
+
+
+class ApprovalRequestedBody(EventBody):
+    """Ask for an approval (HumanLayer ``approvals`` row; AILANG stage approval; cc-broker ``permission_request``)."""
+
+    KIND = "approval"
+    ACTION = "request"
+    type: Literal["approval.requested"]
+    approval_id: Id
+    approval_type: Literal["tool", "merge", "handoff", "merge_handoff"] = "tool"
+    session_id: Id | None = None
+    tool_use_id: Id | None = None
+    tool_name: str | None = None
+    tool_input: Any = None
+    chain_id: Id | None = None
+    stage_id: Id | None = None
+    requested_by: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    def external_id(self) -> str:
+        return self.approval_id
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        assert self.approval_type in APPROVAL_TYPES
+        return {
+            **_fields(
+                self,
+                "approval_type",
+                "session_id",
+                "tool_use_id",
+                "tool_name",
+                "chain_id",
+                "stage_id",
+                "requested_by",
+                "attributes",
+            ),
+            "tool_input": offload(self.tool_input, "application/json"),
+            "tool_input_sha256": content_sha256(self.tool_input)
+            if self.tool_input is not None
+            else None,
+        }
+
+
+class ApprovalDecidedBody(EventBody):
+    """Decide an approval. ``decision`` in any source's words; stored neutral + verbatim."""
+
+    KIND = "approval"
+    ACTION = "decide"
+    type: Literal["approval.decided"]
+    approval_id: Id
+    decision: str = Field(
+        description="approved|denied, or approve|deny|allow|rejected|accept|reject"
+    )
+    scope: str | None = Field(
+        default=None, description="e.g. cc-broker once|always|timeout|cancelled"
+    )
+    decided_by: str | None = None
+    comment: str | None = None
+
+    @field_validator("decision")
+    @classmethod
+    def _known_word(cls, value: str) -> str:
+        if value.lower() not in DECISION_WORDS:
+            raise ValueError(f"decision must be one of {sorted(DECISION_WORDS)}")
+        return value
+
+    def external_id(self) -> str:
+        return self.approval_id
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return {
+            "decision": DECISION_WORDS[self.decision.lower()],
+            "source_decision": self.decision,
+            **_fields(self, "scope", "decided_by", "comment"),
+        }
+
+
+# -- chains ------------------------------------------------------------------------------------
+
+
+class ChainCreatedBody(EventBody):
+    """Create an execution chain (AILANG ``execution_chains``)."""
+
+    KIND = "chain"
+    ACTION = "create"
+    type: Literal["chain.created"]
+    chain_id: Id
+    title: str | None = None
+    source_type: Literal["github_issue", "message", "email", "manual", "eval_suite"] | None = None
+    source_ref: str | None = None
+    github_repo: str | None = None
+    github_issue_number: int | None = None
+    workspace: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    def external_id(self) -> str:
+        return self.chain_id
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return _fields(
+            self,
+            "title",
+            "source_type",
+            "source_ref",
+            "github_repo",
+            "github_issue_number",
+            "workspace",
+            "attributes",
+        )
+
+
+class _StageBody(EventBody):
+    KIND = "chain"
+    chain_id: Id
+    stage_id: Id
+
+    def external_id(self) -> str:
+        return self.chain_id
+
+
+class StageAddedBody(_StageBody):
+    """Add a stage (AILANG ``chain_stages``; ``agent_id`` e.g. ``sprint-planner``)."""
+
+    ACTION = "add_stage"
+    type: Literal["chain.stage_added"]
+    agent_id: Id
+    stage_number: int | None = Field(default=None, ge=1)
+    provider: str | None = None
+    handoff_to: str | None = None
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return _fields(self, "stage_id", "agent_id", "stage_number", "provider", "handoff_to")
+
+
+class StageTransitionedBody(_StageBody):
+    """Move a stage: pending -> running -> awaiting_approval -> running/completed/failed."""
+
+    ACTION = "transition_stage"
+    type: Literal["chain.stage_transitioned"]
+    to_status: str
+    reason: str | None = None
+    error_message: str | None = None
+
+    @field_validator("to_status")
+    @classmethod
+    def _known_status(cls, value: str) -> str:
+        if value not in STAGE_TRANSITIONS:
+            raise ValueError(f"to_status must be one of {list(STAGE_TRANSITIONS)}")
+        return value
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return _fields(self, "stage_id", "to_status", "reason", "error_message")
+
+
+class StageSessionLinkedBody(_StageBody):
+    """Link the agent session that ran a stage."""
+
+    ACTION = "link_stage_session"
+    type: Literal["chain.stage_session_linked"]
+    session_id: Id
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return _fields(self, "stage_id", "session_id")
+
+
+class StageApprovalRecordedBody(_StageBody):
+    """A stage's approval state (AILANG ``approval_status`` pending|approved|rejected)."""
+
+    ACTION = "record_stage_approval"
+    type: Literal["chain.stage_approval_recorded"]
+    approval_status: Literal["pending", "approved", "rejected"]
+    approval_id: Id | None = None
+    approval_type: Literal["tool", "merge", "handoff", "merge_handoff"] | None = None
+    human_feedback: str | None = None
+    iteration: int | None = Field(default=None, ge=1)
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return _fields(
+            self,
+            "stage_id",
+            "approval_status",
+            "approval_id",
+            "approval_type",
+            "human_feedback",
+            "iteration",
+        )
+
+
+class StageMetricsRecordedBody(_StageBody):
+    """Cost (USD), tokens, turns, tool calls and duration (ms) of a stage, as increments."""
+
+    ACTION = "record_stage_metrics"
+    type: Literal["chain.stage_metrics_recorded"]
+    metrics: dict[str, float]
+    model: str | None = None
+    cost_provenance: Literal["metered", "list-price-equivalent", "free-local", "unknown"] | None = (
+        None
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(STAGE_METRICS))
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; known: {list(STAGE_METRICS)}")
+        if any(v < 0 for v in value.values()):
+            raise ValueError("metrics must not be negative")
+        return value
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return _fields(self, "stage_id", "metrics", "model", "cost_provenance")
+
+
+class ChainStatusChangedBody(EventBody):
+    """Move the chain's status (AILANG active|pending_approval|completed|failed)."""
+
+    KIND = "chain"
+    ACTION = "change_status"
+    type: Literal["chain.status_changed"]
+    chain_id: Id
+    status: str
+    reason: str | None = None
+
+    @field_validator("status")
+    @classmethod
+    def _known_status(cls, value: str) -> str:
+        if value not in CHAIN_TRANSITIONS:
+            raise ValueError(f"status must be one of {list(CHAIN_TRANSITIONS)}")
+        return value
+
+    def external_id(self) -> str:
+        return self.chain_id
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return _fields(self, "status", "reason")
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+class _SessionBody(EventBody):
+    KIND = "session"
+    session_id: Id
+
+    def external_id(self) -> str:
+        return self.session_id
+
+
+class SessionStartedBody(_SessionBody):
+    """A session started (for agents without Claude Code hooks: Moat run, HumanLayer session, ...)."""
+
+    ACTION = "start"
+    type: Literal["session.started"]
+    agent: str | None = None
+    model: str | None = None
+    cwd: str | None = None
+    start_source: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return _fields(self, "agent", "model", "cwd", "start_source", "attributes")
+
+
+class SessionStatusChangedBody(_SessionBody):
+    """Move the HumanLayer session status machine."""
+
+    ACTION = "change_status"
+    type: Literal["session.status_changed"]
+    status: str
+    reason: str | None = None
+
+    @field_validator("status")
+    @classmethod
+    def _known_status(cls, value: str) -> str:
+        if value not in STATUSES:
+            raise ValueError(f"status must be one of {list(STATUSES)}")
+        return value
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return _fields(self, "status", "reason")
+
+
+class MessageRecordedBody(_SessionBody):
+    """A message of the conversation."""
+
+    ACTION = "record_message"
+    type: Literal["session.message_recorded"]
+    role: Literal["user", "assistant", "system"]
+    message_kind: str = "message"
+    content: Any = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        media = "text/plain" if isinstance(self.content, str) else "application/json"
+        return {
+            **_fields(self, "role", "message_kind", "attributes"),
+            "content": offload(self.content, media),
+        }
+
+
+class ToolCallStartedBody(_SessionBody):
+    """A tool call started."""
+
+    ACTION = "start_tool_call"
+    type: Literal["session.tool_call_started"]
+    tool_name: Id
+    tool_input: Any = None
+    tool_use_id: Id | None = None
+    agent_id: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return {
+            **_fields(self, "tool_name", "tool_use_id", "agent_id", "attributes"),
+            "tool_input": offload(self.tool_input, "application/json"),
+            "tool_input_sha256": content_sha256(self.tool_input),
+        }
+
+
+class ToolCallEndedBody(_SessionBody):
+    """A tool call ended."""
+
+    ACTION = "end_tool_call"
+    type: Literal["session.tool_call_ended"]
+    tool_name: Id
+    success: bool
+    tool_use_id: Id | None = None
+    tool_response: Any = None
+    error: str | None = None
+    is_interrupt: bool | None = None
+    duration_ms: float | None = Field(default=None, ge=0)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return {
+            **_fields(
+                self,
+                "tool_name",
+                "success",
+                "tool_use_id",
+                "error",
+                "is_interrupt",
+                "duration_ms",
+                "attributes",
+            ),
+            "tool_response": offload(self.tool_response, "application/json"),
+        }
+
+
+class CommandExecutedBody(_SessionBody):
+    """A process run in the sandbox (Moat ``ExecEvent``: give ``duration_ns`` as Moat writes it, or ``duration_ms``)."""
+
+    ACTION = "record_command"
+    type: Literal["session.command_executed"]
+    command: str
+    args_: list[str] = Field(default_factory=list, alias="args")
+    exit_code: int | None = None
+    duration_ms: float | None = Field(default=None, ge=0)
+    duration_ns: int | None = Field(
+        default=None, ge=0, description="Go time.Duration (integer nanoseconds)"
+    )
+    working_dir: str | None = None
+    pid: int | None = None
+    output: Any = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        duration = self.duration_ms
+        if duration is None and self.duration_ns is not None:
+            duration = self.duration_ns / 1e6
+        return {
+            **_fields(self, "command", "exit_code", "working_dir", "pid"),
+            "args": self.args_,
+            "duration_ms": duration,
+            "output": offload(
+                self.output, "text/plain" if isinstance(self.output, str) else "application/json"
+            ),
+        }
+
+
+class NetworkRequestRecordedBody(_SessionBody):
+    """An HTTP request through the sandbox proxy (Moat ``NetworkRequest``)."""
+
+    ACTION = "record_network_request"
+    type: Literal["session.network_request_recorded"]
+    method: str
+    url: str
+    status_code: int | None = None
+    duration_ms: float | None = Field(default=None, ge=0)
+    error: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return _fields(self, "method", "url", "status_code", "duration_ms", "error", "attributes")
+
+
+class SecretResolvedBody(_SessionBody):
+    """A secret was resolved: name and backend only (Moat ``secrets.jsonl``). A ``value`` is refused."""
+
+    ACTION = "resolve_secret"
+    type: Literal["session.secret_resolved"]
+    name: str
+    backend: str
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return _fields(self, "name", "backend")
+
+
+class WorkspaceBaselineCapturedBody(_SessionBody):
+    """scafld ``workspace_baseline``: ``files`` as lines, or ``output`` newline-joined as scafld stores it.
+
+    ``archive_base64``: optional tar.gz of the changed files, stored as a blob.
+    """
+
+    ACTION = "capture_workspace_baseline"
+    type: Literal["session.workspace_baseline_captured"]
+    files: list[str] | None = None
+    output: str | None = None
+    reason: str | None = None
+    archive_base64: str | None = None
+
+    @model_validator(mode="after")
+    def _lines(self) -> WorkspaceBaselineCapturedBody:
+        if self.files is None and self.output is None:
+            raise ValueError("give files (a list of lines) or output (newline-joined lines)")
+        for line in self.lines():
+            if not BASELINE_LINE.match(line):
+                raise ValueError(
+                    f'not a baseline line "<XY> <sha256|deleted|unreadable> <path>": {line!r}'
+                )
+        if self.archive_base64 is not None:
+            try:
+                base64.b64decode(self.archive_base64, validate=True)
+            except binascii.Error as error:
+                raise ValueError(f"archive_base64 is not base64: {error}") from None
+        return self
+
+    def lines(self) -> list[str]:
+        """The baseline lines (scafld ``WorkspaceBaselineSnapshot``: blank lines dropped, ``\\r`` trimmed)."""
+        if self.files is not None:
+            return list(self.files)
+        return [ln.rstrip("\r") for ln in (self.output or "").split("\n") if ln.strip()]
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        archive = None
+        if self.archive_base64 is not None:
+            archive = offload(base64.b64decode(self.archive_base64), "application/gzip")
+        return {"files": self.lines(), "reason": self.reason, "archive": archive}
+
+
+class EvidenceRecordedBody(_SessionBody):
+    """One scafld evidence ``Entry`` (``model.go`` field names; ``type`` of the entry is ``entry.type``)."""
+
+    ACTION = "record_evidence"
+    type: Literal["session.evidence_recorded"]
+    entry: dict[str, Any]
+
+    @field_validator("entry")
+    @classmethod
+    def _scafld_entry(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(ENTRY_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown scafld Entry fields {unknown}")
+        if not isinstance(value.get("type"), str) or not value["type"]:
+            raise ValueError(
+                "entry.type is required (e.g. criterion, phase, command, workspace_baseline)"
+            )
+        recorded_at = value.get("recorded_at")
+        if not isinstance(recorded_at, str) or not recorded_at:
+            raise ValueError("entry.recorded_at is required (RFC 3339)")
+        try:
+            datetime.fromisoformat(recorded_at.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"entry.recorded_at is not RFC 3339: {recorded_at!r}") from None
+        return {
+            k: v
+            for k, v in value.items()
+            if v not in (None, "", [], 0) or k in ("type", "recorded_at")
+        }
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        entry = dict(self.entry)
+        if isinstance(entry.get("output"), str):
+            entry["output"] = offload(entry["output"], "text/plain")
+        return {"entry": entry}
+
+
+class FileSnapshotRecordedBody(_SessionBody):
+    """A file's content as the agent saw it (HumanLayer ``file_snapshots``)."""
+
+    ACTION = "record_file_snapshot"
+    type: Literal["session.file_snapshot_recorded"]
+    file_path: str
+    content: str
+    tool_use_id: Id | None = None
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return {
+            **_fields(self, "file_path", "tool_use_id"),
+            "content": offload(self.content, "text/plain"),
+        }
+
+
+class SessionEndedBody(_SessionBody):
+    """The session ended."""
+
+    ACTION = "end"
+    type: Literal["session.ended"]
+    reason: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    def args(self, offload: Offload) -> dict[str, Any]:
+        return _fields(self, "reason", "attributes")
+
+
+TypedEvent = Annotated[
+    ApprovalRequestedBody
+    | ApprovalDecidedBody
+    | ChainCreatedBody
+    | StageAddedBody
+    | StageTransitionedBody
+    | StageSessionLinkedBody
+    | StageApprovalRecordedBody
+    | StageMetricsRecordedBody
+    | ChainStatusChangedBody
+    | SessionStartedBody
+    | SessionStatusChangedBody
+    | MessageRecordedBody
+    | ToolCallStartedBody
+    | ToolCallEndedBody
+    | CommandExecutedBody
+    | NetworkRequestRecordedBody
+    | SecretResolvedBody
+    | WorkspaceBaselineCapturedBody
+    | EvidenceRecordedBody
+    | FileSnapshotRecordedBody
+    | SessionEndedBody,
+    Field(discriminator="type"),
+]
+
+
+class EventBatch(BaseModel):
+    """A batch: ``{"events": [...]}``; results come back in the same order."""
+
+    model_config = ConfigDict(extra="forbid")
+    events: list[TypedEvent] = Field(min_length=1)
+
+
+class StreamRef(BaseModel):
+    """Where an event went."""
+
+    kind: str
+    external_id: str
+    stream_id: str
+
+
+class EventResult(BaseModel):
+    """Per-event outcome: ``created`` / ``duplicate`` (with the original's version and position) / ``rejected``."""
+
+    index: int
+    event_id: str
+    status: Literal["created", "duplicate", "rejected"]
+    stream: StreamRef
+    version: int | None = None
+    position: int | None = None
+    error: dict[str, Any] | None = Field(
+        default=None, description="problem+json object when rejected"
+    )
+
+
+class EventResults(BaseModel):
+    """Response of ``POST /v1/events``."""
+
+    results: list[EventResult]
+    created: int
+    duplicates: int
+    rejected: int

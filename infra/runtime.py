@@ -1,0 +1,105 @@
+"""Composition root: builds the ledger, the view database, the projector and the blob store from
+``Settings``. Nothing is built at import time; the API's lifespan and the CLI call ``build_runtime``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from projections.views import Views
+
+from domain.ledger import Ledger
+from infra.blobs import BlobStore, LocalBlobStore
+from infra.database import PostgresDatabase
+from infra.settings import Settings
+from infra.store import EventLog, build_ledger, migration_lock
+from projections.db import Database, SQLiteDatabase
+from projections.runner import Projector
+
+log = logging.getLogger("runledger")
+
+
+@dataclass
+class Runtime:
+    """Everything a process of runledger works with."""
+
+    settings: Settings
+    ledger: Ledger
+    log: EventLog
+    db: Database
+    views: Views
+    projector: Projector
+    blobs: BlobStore
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start_projector(self) -> None:
+        """Run the projector in a background thread of this process (``projector=inprocess``)."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self.projector.run_forever,
+            args=(self._stop,),
+            kwargs={"poll_interval_s": self.settings.projector_poll_interval_s},
+            name="runledger-projector",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop_projector(self, timeout_s: float = 10.0) -> None:
+        """Stop the background projector, letting its current page finish."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout_s)
+        self._thread = None
+
+    def close(self) -> None:
+        """Stop the projector and close every connection."""
+        self.stop_projector()
+        self.ledger.close()
+        closer: Any = getattr(self.db, "close", None)
+        if callable(closer):
+            closer()
+
+
+def build_database(settings: Settings) -> Database:
+    """The view database: the SQLite file of the log, or the PostgreSQL database of the log."""
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return SQLiteDatabase(settings.sqlite_path)
+    return PostgresDatabase(settings.database_url, schema=settings.database_schema)
+
+
+def build_runtime(settings: Settings, *, create_tables: bool | None = None) -> Runtime:
+    """Wire a runtime. Tables are created under the migration lock when ``create_tables``
+    (default: ``settings.create_tables``)."""
+    create = settings.create_tables if create_tables is None else create_tables
+    with migration_lock(settings) if create else _nullcontext():
+        ledger, event_log = build_ledger(settings, create_table=create)
+        db = build_database(settings)
+        projector = Projector(ledger, db, page_size=settings.projector_page_size)
+        if create:
+            projector.create_tables()
+    blobs = LocalBlobStore(settings.blob_path)
+    return Runtime(
+        settings=settings,
+        ledger=ledger,
+        log=event_log,
+        db=db,
+        views=Views(db),
+        projector=projector,
+        blobs=blobs,
+    )
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
