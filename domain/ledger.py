@@ -9,8 +9,11 @@ arguments. ``Ledger.handle`` executes a batch of commands:
    (nothing appended); with other content, or when the aggregate refuses the command, the command
    is ``rejected`` with its ``LedgerError``; otherwise it is ``created``;
 3. saves every stream's new events in one ``save()`` (one transaction), and only then reports;
-4. a lost optimistic-concurrency race with another writer (``IntegrityError`` on
-   ``(originator_id, originator_version)``) reloads and retries the whole batch.
+4. a lost optimistic-concurrency race with another writer process (``IntegrityError`` on
+   ``(originator_id, originator_version)``) reloads and retries the whole batch after a short
+   randomised backoff. Within one process batches are handled one at a time: the recorders
+   serialise commits anyway (PostgreSQL table lock, SQLite's single writer), so this costs no
+   throughput and leaves only cross-process races to retry.
 
 Positions (``notification_id``) of new events come from the recordings; for duplicates of
 events committed earlier, from ``position_lookup(stream_id, version)`` given by the composition root
@@ -19,6 +22,9 @@ events committed earlier, from ``position_lookup(stream_id, version)`` given by 
 
 from __future__ import annotations
 
+import random
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,8 +48,10 @@ AGGREGATES: dict[str, type[LedgerAggregate]] = {
 
 PositionLookup = Callable[[UUID, int], "int | None"]
 
-#: How often a batch is retried after losing a race with another writer.
-MAX_ATTEMPTS = 20
+#: How often a batch is tried before the race is reported (``IntegrityError``; the API answers 503).
+MAX_ATTEMPTS = 50
+#: Upper bound of the randomised pause between attempts, seconds.
+MAX_BACKOFF_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,7 @@ class Ledger(Application[UUID]):
             self.snapshotting_intervals = {cls: snapshot_interval for cls in AGGREGATES.values()}
         super().__init__(env)
         self._position_lookup = position_lookup
+        self._write_lock = threading.Lock()
 
     # -- write side ------------------------------------------------------------------------
 
@@ -129,12 +138,16 @@ class Ledger(Application[UUID]):
             IntegrityError: still losing races after ``MAX_ATTEMPTS`` (the caller answers 503).
         """
         for attempt in range(MAX_ATTEMPTS):
-            outcomes, aggregates, pending = self._execute(commands)
-            try:
-                recordings = self.save(*aggregates.values()) if pending else []
-            except IntegrityError:
-                if attempt == MAX_ATTEMPTS - 1:
-                    raise
+            with self._write_lock:
+                outcomes, aggregates, pending = self._execute(commands)
+                try:
+                    recordings = self.save(*aggregates.values()) if pending else []
+                except IntegrityError:
+                    if attempt == MAX_ATTEMPTS - 1:
+                        raise
+                    recordings = None
+            if recordings is None:
+                time.sleep(random.uniform(0, min(MAX_BACKOFF_S, 0.005 * 2**attempt)))
                 continue
             positions = {
                 (r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id

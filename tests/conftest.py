@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import Server, make_server, sqlite_server
+
+__all__ = ["Server", "make_server", "sqlite_server"]
+
 FIXTURES = Path(__file__).parent / "fixtures"
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
 

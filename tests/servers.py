@@ -1,4 +1,6 @@
-"""The real server on a free port: ``runledger serve`` in a subprocess, reached over HTTP."""
+"""The real server on a free port: ``runledger serve`` in a subprocess, reached over HTTP.
+
+Fixtures here are registered by ``tests/conftest.py``."""
 
 from __future__ import annotations
 

@@ -1,0 +1,405 @@
+"""End to end on the embedded default: a real ``runledger serve`` on a port, real HTTP clients,
+real Claude Code hook captures and the OpenTelemetry SDK's own OTLP/HTTP exporter."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.servers import Server
+
+pytestmark = pytest.mark.e2e
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+RAW = FIXTURES / "claude-code-hooks/agentic-framework-2026-02/raw-all-sessions"
+
+
+def one_real_session() -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The captured PreToolUse and PostToolUse payloads of session 94692e6b, in capture order."""
+    pre = json.loads((RAW / "pre_tool_use.json").read_text())
+    post = json.loads((RAW / "post_tool_use.matching-pre.small.json").read_text())
+    session_ids = {p["session_id"] for p in pre} | {p["session_id"] for p in post}
+    assert len(session_ids) == 1
+    return session_ids.pop(), pre, post
+
+
+def in_capture_order(pre: list[dict[str, Any]], post: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each PreToolUse followed by its PostToolUse (when captured), as Claude Code sends them."""
+    post_by_id = {p["tool_use_id"]: p for p in post}
+    ordered: list[dict[str, Any]] = []
+    for p in pre:
+        ordered.append(p)
+        if p["tool_use_id"] in post_by_id:
+            ordered.append(post_by_id[p["tool_use_id"]])
+    return ordered
+
+
+def all_pages(client: httpx.Client, path: str, **params: Any) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = (
+            client.get(path, params={**params, **({"cursor": cursor} if cursor else {})})
+            .raise_for_status()
+            .json()
+        )
+        items.extend(page["items"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            return items
+
+
+def test_real_hook_captures_posted_in_order_pair_every_tool_call_and_a_resend_changes_nothing(
+    sqlite_server: Server,
+) -> None:
+    session_id, pre, post = one_real_session()
+    payloads = in_capture_order(pre, post)
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        for payload in payloads:
+            response = client.post("/v1/hooks/claude-code", json=payload)
+            assert response.status_code == 200, response.text
+            assert response.json() == {}
+        head = client.get("/readyz").json()["head"]
+        sqlite_server.wait_projected()
+        calls = all_pages(client, f"/v1/sessions/{session_id}/tool-calls", limit=17)
+
+        assert len(calls) == len(pre)
+        ended = {c["tool_use_id"]: c for c in calls if c["ended_at"] is not None}
+        assert set(ended) == {p["tool_use_id"] for p in post}
+        assert all(c["pairing"] == "tool_use_id" and c["success"] is True for c in ended.values())
+        assert [c["tool_use_id"] for c in calls] == [p["tool_use_id"] for p in pre]
+        names = {p["tool_use_id"]: p["tool_name"] for p in pre}
+        assert all(c["tool_name"] == names[c["tool_use_id"]] for c in calls)
+
+        for payload in payloads:  # the whole session again, as a retrying sender would
+            assert client.post("/v1/hooks/claude-code", json=payload).status_code == 200
+        assert client.get("/readyz").json()["head"] == head
+        sqlite_server.wait_projected()
+        assert all_pages(client, f"/v1/sessions/{session_id}/tool-calls", limit=17) == calls
+
+
+def test_otlp_sdk_exporter_sends_a_nested_trace_and_the_span_tree_reads_back(
+    sqlite_server: Server,
+) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    # session.id on the resource links every span of this process to the session (Claude Code's key)
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "agent-e2e", "session.id": "otel-s1"})
+    )
+    provider.add_span_processor(
+        SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{sqlite_server.url}/v1/traces"))
+    )
+    tracer = provider.get_tracer("runledger-e2e", "1.0")
+    with tracer.start_as_current_span("agent.run") as root:
+        with tracer.start_as_current_span(
+            "llm.call",
+            attributes={"gen_ai.usage.input_tokens": 120, "gen_ai.usage.output_tokens": 30},
+        ):
+            with tracer.start_as_current_span("tool.bash"):
+                pass
+        with tracer.start_as_current_span("tool.read"):
+            pass
+    provider.shutdown()
+    trace_id = format(root.get_span_context().trace_id, "032x")
+
+    sqlite_server.wait_projected()
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        trace = client.get(f"/v1/traces/{trace_id}").raise_for_status().json()
+        assert trace["span_count"] == 4 and trace["service_name"] == "agent-e2e"
+        [tree] = trace["spans"]
+        assert tree["name"] == "agent.run"
+        assert sorted(c["name"] for c in tree["children"]) == ["llm.call", "tool.read"]
+        llm = next(c for c in tree["children"] if c["name"] == "llm.call")
+        assert [c["name"] for c in llm["children"]] == ["tool.bash"]
+        session = client.get("/v1/sessions/otel-s1").raise_for_status().json()
+        assert (session["input_tokens"], session["output_tokens"]) == (120, 30)
+
+
+def test_otlp_json_and_gzip_bodies_answer_partial_success_for_bad_spans(
+    sqlite_server: Server,
+) -> None:
+    example = json.loads((FIXTURES / "otlp/trace.json").read_text())
+    bad = json.loads(json.dumps(example))
+    bad_span = bad["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    bad_span["traceId"] = (
+        "5b8efff798038103d269b633813fc60c5b8efff798038103"  # 48 hex: the protojson bug
+    )
+    bad_span["spanId"] = "1111111111111111"
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        ok = client.post(
+            "/v1/traces",
+            content=gzip.compress(json.dumps(example).encode()),
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
+        assert ok.status_code == 200 and ok.json() == {}
+        mixed = client.post("/v1/traces", json=bad)
+        assert mixed.status_code == 200
+        assert mixed.json()["partialSuccess"]["rejectedSpans"] == "1"
+        assert "48" in mixed.json()["partialSuccess"]["errorMessage"]
+        garbage = client.post(
+            "/v1/traces",
+            content=b"\xff\xff\xff",
+            headers={"content-type": "application/x-protobuf"},
+        )
+        assert garbage.status_code == 400
+        assert garbage.headers["content-type"] == "application/problem+json"
+        unsupported = client.post(
+            "/v1/traces", content=b"x", headers={"content-type": "text/plain"}
+        )
+        assert unsupported.status_code == 415
+
+
+def test_bad_input_gets_problem_json_and_appends_nothing(sqlite_server: Server) -> None:
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        head = client.get("/readyz").json()["head"]
+        cases = [
+            ("/v1/events", b"{not json", 400),
+            ("/v1/events", json.dumps({"type": "chain.created"}).encode(), 422),
+            ("/v1/events", json.dumps({"type": "no.such.type", "chain_id": "x"}).encode(), 422),
+            (
+                "/v1/events",
+                json.dumps(
+                    {
+                        "events": [
+                            {"type": "chain.created", "chain_id": "ok"},
+                            {"type": "chain.created"},
+                        ]
+                    }
+                ).encode(),
+                422,
+            ),
+            (
+                "/v1/events",
+                json.dumps({"type": "chain.created", "chain_id": "x", "surprise": 1}).encode(),
+                422,
+            ),
+            (
+                "/v1/events",
+                json.dumps(
+                    {
+                        "type": "session.workspace_baseline_captured",
+                        "session_id": "s",
+                        "files": ["nonsense"],
+                    }
+                ).encode(),
+                422,
+            ),
+            ("/v1/hooks/claude-code", json.dumps({"hook_event_name": "PreToolUse"}).encode(), 422),
+            ("/v1/hooks/claude-code", json.dumps([1, 2]).encode(), 422),
+            ("/v1/hooks/claude-code", b"\x00\x01", 400),
+        ]
+        for path, body, status in cases:
+            response = client.post(path, content=body, headers={"content-type": "application/json"})
+            assert response.status_code == status, (body, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            problem = response.json()
+            assert problem["status"] == status and problem["title"] and problem["type"]
+        big = client.post(
+            "/v1/events",
+            content=b"x" * (17 * 1024 * 1024),
+            headers={"content-type": "application/json"},
+        )
+        assert big.status_code == 413
+        assert client.get("/readyz").json()["head"] == head
+        assert client.get("/v1/sessions/nope").status_code == 404
+        assert client.get("/v1/streams/session/nope/events").status_code == 404
+        assert client.get("/v1/sessions", params={"cursor": "%%%"}).status_code == 400
+
+
+def test_typed_events_answer_per_event_results_and_domain_refusals(sqlite_server: Server) -> None:
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        created = client.post(
+            "/v1/events", json={"type": "chain.created", "chain_id": "c-e2e", "event_id": "k1"}
+        )
+        assert created.status_code == 201
+        [result] = created.json()["results"]
+        again = client.post(
+            "/v1/events", json={"type": "chain.created", "chain_id": "c-e2e", "event_id": "k1"}
+        )
+        assert again.status_code == 200
+        assert again.json()["results"][0]["status"] == "duplicate"
+        assert again.json()["results"][0]["position"] == result["position"]
+        conflict = client.post(
+            "/v1/events",
+            json={"type": "chain.created", "chain_id": "c-e2e", "event_id": "k1", "title": "other"},
+        )
+        assert conflict.status_code == 409 and conflict.json()["type"].endswith(
+            "idempotency-conflict"
+        )
+        batch = (
+            client.post(
+                "/v1/events",
+                json={
+                    "events": [
+                        {
+                            "type": "chain.stage_added",
+                            "chain_id": "c-e2e",
+                            "stage_id": "s1",
+                            "agent_id": "planner",
+                        },
+                        {
+                            "type": "chain.stage_transitioned",
+                            "chain_id": "c-e2e",
+                            "stage_id": "s1",
+                            "to_status": "completed",
+                        },
+                        {"type": "approval.decided", "approval_id": "never", "decision": "deny"},
+                    ]
+                },
+            )
+            .raise_for_status()
+            .json()
+        )
+        assert [r["status"] for r in batch["results"]] == ["created", "rejected", "rejected"]
+        assert batch["results"][1]["error"]["status"] == 409
+        assert batch["results"][1]["error"]["allowed"] == ["running"]
+        assert batch["results"][2]["error"]["status"] == 404
+        single = client.post(
+            "/v1/events",
+            json={
+                "type": "chain.stage_transitioned",
+                "chain_id": "c-e2e",
+                "stage_id": "s1",
+                "to_status": "failed",
+            },
+        )
+        assert single.status_code == 409 and single.json()["allowed"] == ["running"]
+
+
+def test_approval_requested_and_decided_once_shows_in_the_queue(sqlite_server: Server) -> None:
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        client.post(
+            "/v1/events",
+            json={
+                "type": "approval.requested",
+                "approval_id": "ap-e2e",
+                "session_id": "s-ap",
+                "tool_name": "Bash",
+                "tool_input": {"command": "rm -rf /tmp/x"},
+            },
+        ).raise_for_status()
+        sqlite_server.wait_projected()
+        pending = client.get("/v1/approvals", params={"status": "pending"}).json()["items"]
+        assert [a["approval_id"] for a in pending] == ["ap-e2e"]
+        decided = client.post(
+            "/v1/events",
+            json={
+                "type": "approval.decided",
+                "approval_id": "ap-e2e",
+                "decision": "deny",
+                "decided_by": "alice",
+                "comment": "no",
+            },
+        )
+        assert decided.status_code == 201
+        second = client.post(
+            "/v1/events",
+            json={"type": "approval.decided", "approval_id": "ap-e2e", "decision": "approve"},
+        )
+        assert second.status_code == 409 and second.json()["decision"] == "denied"
+        sqlite_server.wait_projected()
+        assert client.get("/v1/approvals", params={"status": "pending"}).json()["items"] == []
+        [row] = client.get("/v1/approvals", params={"status": "denied"}).json()["items"]
+        assert (row["decision"], row["source_decision"], row["decided_by"]) == (
+            "denied",
+            "deny",
+            "alice",
+        )
+
+
+def test_a_server_restart_loses_nothing(make_server: Any) -> None:
+    server = make_server()
+    session_id, pre, post = one_real_session()
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for payload in in_capture_order(pre, post)[:40]:
+            client.post("/v1/hooks/claude-code", json=payload).raise_for_status()
+        server.wait_projected()
+        history = client.get(f"/v1/streams/session/{session_id}/events").json()
+        log = client.get("/v1/log", params={"limit": 10000}).json()
+        calls = client.get(f"/v1/sessions/{session_id}/tool-calls", params={"limit": 1000}).json()
+    server.restart()
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get(f"/v1/streams/session/{session_id}/events").json() == history
+        assert client.get("/v1/log", params={"limit": 10000}).json() == log
+        server.wait_projected()
+        assert (
+            client.get(f"/v1/sessions/{session_id}/tool-calls", params={"limit": 1000}).json()
+            == calls
+        )
+        # and the idempotency index survived: a resend is a duplicate with the original position
+        first = in_capture_order(pre, post)[0]
+        client.post("/v1/hooks/claude-code", json=first).raise_for_status()
+        assert client.get("/v1/log", params={"limit": 10000}).json()["head"] == log["head"]
+
+
+def test_stream_state_at_a_version_and_as_of_a_time(sqlite_server: Server) -> None:
+    entries = [("ac1", "fail"), ("ac1", "pass"), ("ac2", "pass"), ("ac1", "fail")]
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        stamps = []
+        for i, (criterion, status) in enumerate(entries):
+            client.post(
+                "/v1/events",
+                json={
+                    "type": "session.evidence_recorded",
+                    "session_id": "s-state",
+                    "entry": {
+                        "id": f"e{i}",
+                        "type": "criterion",
+                        "criterion_id": criterion,
+                        "status": status,
+                        "recorded_at": f"2026-01-01T00:00:0{i}Z",
+                    },
+                },
+            ).raise_for_status()
+            time.sleep(0.02)
+        history = client.get("/v1/streams/session/s-state/events").json()["items"]
+        stamps = [item["recorded_at"] for item in history]
+        at2 = client.get("/v1/streams/session/s-state/state", params={"version": 2}).json()
+        assert at2["state"]["criterion_states"] == {
+            "ac1": {"status": "pass", "updated_at": "2026-01-01T00:00:01Z", "source_id": "e1"}
+        }
+        as_of = client.get("/v1/streams/session/s-state/state", params={"as_of": stamps[2]}).json()
+        assert as_of["version"] == 3
+        assert set(as_of["state"]["criterion_states"]) == {"ac1", "ac2"}
+        now = client.get("/v1/streams/session/s-state/state").json()
+        assert now["state"]["criterion_states"]["ac1"]["status"] == "fail"
+        assert (
+            client.get("/v1/streams/session/s-state/state", params={"version": 9}).status_code
+            == 404
+        )
+        assert (
+            client.get(
+                "/v1/streams/session/s-state/state", params={"as_of": "2000-01-01T00:00:00Z"}
+            ).status_code
+            == 404
+        )
+        sqlite_server.wait_projected()
+        criteria = client.get("/v1/sessions/s-state/criteria").json()
+        assert criteria["criterion_states"]["ac1"]["status"] == "fail"
+        assert criteria["criterion_states"]["ac2"]["source_id"] == "e2"
+
+
+def test_demo_posts_a_real_run_and_reports_chain_and_criteria(sqlite_server: Server) -> None:
+    from api.demo import run_demo
+
+    first = run_demo(sqlite_server.url)
+    chain = first["chain"]
+    assert chain["agent_flow"] == "design-doc-creator -> sprint-planner -> sprint-executor"
+    assert (chain["status"], chain["stage_count"], chain["stages_completed"]) == ("completed", 3, 3)
+    assert chain["cost_usd"] == pytest.approx(0.42 + 0.18 + 1.25)
+    states = first["criteria"]["criterion_states"]
+    assert states["ac1"]["status"] == "pass" and states["ac2"]["status"] == "manual_evidence"
+    assert first["criteria"]["phase_blocks"]["phase1"]["status"] == "completed"
+    assert first["events_written"] > 200
+    second = run_demo(sqlite_server.url)
+    assert second["events_written"] == 0

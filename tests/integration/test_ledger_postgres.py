@@ -1,0 +1,118 @@
+"""Idempotency and concurrency on a real PostgreSQL, through two real server processes."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.servers import Server
+
+pytestmark = pytest.mark.integration
+
+RAW = (
+    Path(__file__).resolve().parents[1]
+    / "fixtures/claude-code-hooks/agentic-framework-2026-02/raw-all-sessions"
+)
+
+
+@pytest.fixture()
+def two_servers(make_server: Any, postgres_url: str, pg_schema: str) -> tuple[Server, Server]:
+    env = {"RUNLEDGER_DATABASE_URL": postgres_url, "RUNLEDGER_DATABASE_SCHEMA": pg_schema}
+    first = make_server(**env)
+    second = make_server(**env, RUNLEDGER_CREATE_TABLES="false", RUNLEDGER_PROJECTOR="off")
+    return first, second
+
+
+def full_log(server: Server) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    after = 0
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        while True:
+            page = (
+                client.get("/v1/log", params={"after": after, "limit": 10_000})
+                .raise_for_status()
+                .json()
+            )
+            items.extend(page["items"])
+            if not page["items"]:
+                return items
+            after = page["next_after"]
+
+
+def test_the_same_events_posted_to_two_processes_at_once_are_recorded_once(
+    two_servers: tuple[Server, Server],
+) -> None:
+    pre = json.loads((RAW / "pre_tool_use.json").read_text())
+    post = json.loads((RAW / "post_tool_use.matching-pre.small.json").read_text())
+    payloads = pre + post
+    targets = [(server, payload) for payload in payloads for server in two_servers]
+
+    def send(target: tuple[Server, dict[str, Any]]) -> int:
+        server, payload = target
+        return httpx.post(
+            f"{server.url}/v1/hooks/claude-code", json=payload, timeout=60
+        ).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(send, targets))
+    assert Counter(statuses) == {200: len(targets)}
+
+    log = full_log(two_servers[0])
+    event_ids = Counter(item["event_id"] for item in log)
+    assert all(count == 1 for count in event_ids.values())
+    tool_events = [item for item in log if item["type"] in ("ToolCallStarted", "ToolCallEnded")]
+    assert len(tool_events) == len(payloads)
+    assert {i["payload"]["tool_use_id"] for i in tool_events if i["type"] == "ToolCallEnded"} == {
+        p["tool_use_id"] for p in post
+    }
+    # Every PostToolUse was paired by tool_use_id even when its start landed through the other process.
+    assert {i["payload"]["pairing"] for i in tool_events if i["type"] == "ToolCallEnded"} <= {
+        "tool_use_id",
+        "orphan",
+    }
+
+
+def test_a_race_on_one_stream_neither_loses_nor_duplicates_an_event(
+    two_servers: tuple[Server, Server],
+) -> None:
+    count = 240
+
+    def send(i: int, shift: int = 0) -> int:
+        server = two_servers[(i + shift) % 2]
+        body = {
+            "type": "session.message_recorded",
+            "session_id": "race",
+            "event_id": f"m{i}",
+            "role": "assistant",
+            "content": f"message {i}",
+        }
+        return httpx.post(f"{server.url}/v1/events", json=body, timeout=60).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(send, range(count)))
+    assert Counter(statuses) == {201: count}
+
+    with httpx.Client(base_url=two_servers[1].url, timeout=30) as client:
+        history = (
+            client.get("/v1/streams/session/race/events", params={"limit": 10_000})
+            .raise_for_status()
+            .json()
+        )
+    messages = [i for i in history["items"] if i["type"] == "MessageRecorded"]
+    assert sorted(i["event_id"] for i in messages) == sorted(f"m{i}" for i in range(count))
+    versions = [i["version"] for i in history["items"]]
+    assert versions == list(range(1, len(versions) + 1))
+    positions = [i["position"] for i in history["items"]]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+
+    # and a resend of all of them, through the other process, appends nothing
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        again = list(pool.map(lambda i: send(i, shift=1), range(count)))
+    assert Counter(again) == {200: count}
+    assert len(full_log(two_servers[0])) == len(history["items"])
