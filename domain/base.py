@@ -196,18 +196,19 @@ class LedgerAggregate:
 
     def trigger(self, event_class: type[LedgerEvent], meta: EventMeta, **payload: Any) -> None:
         """Construct the next event of this stream, apply it and queue it for saving."""
-        event = event_class(
-            originator_id=self.id,
-            originator_version=self.version + 1,
-            timestamp=utcnow(),
-            project=self.project,
-            external_id=self.external_id,
-            event_id=meta.event_id,
-            content_sha256=meta.content_sha256,
-            occurred_at=meta.occurred_at,
-            source=meta.source,
+        fields: dict[str, Any] = {
+            "originator_id": self.id,
+            "originator_version": self.version + 1,
+            "timestamp": utcnow(),
+            "project": self.project,
+            "external_id": self.external_id,
+            "event_id": meta.event_id,
+            "content_sha256": meta.content_sha256,
+            "occurred_at": meta.occurred_at,
+            "source": meta.source,
             **payload,
-        )
+        }
+        event = event_class(**fields)
         event.mutate(self)
         self._pending_events.append(event)
 

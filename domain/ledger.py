@@ -120,7 +120,10 @@ class Ledger(Application[UUID]):
         env = dict(env or {})
         if snapshot_interval:
             env["IS_SNAPSHOTTING_ENABLED"] = "y"
-            self.snapshotting_intervals = {cls: snapshot_interval for cls in AGGREGATES.values()}
+            # eventsourcing reads the intervals from the instance; set per instance, not per class.
+            self.snapshotting_intervals = {  # type: ignore[misc]
+                cls: snapshot_interval for cls in AGGREGATES.values()
+            }
         super().__init__(env)
         self._position_lookup = position_lookup
         self._write_lock = threading.Lock()
@@ -201,7 +204,7 @@ class Ledger(Application[UUID]):
     def _load_or_blank(self, command: Command) -> LedgerAggregate:
         cls = _aggregate_class(command.kind)
         try:
-            aggregate = self.repository.get(
+            aggregate: Any = self.repository.get(
                 stream_id(command.project, command.kind, command.external_id)
             )
         except AggregateNotFoundError:
@@ -231,7 +234,9 @@ class Ledger(Application[UUID]):
                 kind=kind, external_id=external_id, detail=f"version must be >= 1, got {version}"
             )
         try:
-            aggregate = self.repository.get(stream_id(project, kind, external_id), version=version)
+            aggregate: Any = self.repository.get(
+                stream_id(project, kind, external_id), version=version
+            )
         except AggregateNotFoundError:
             raise StreamNotFoundError(kind=kind, external_id=external_id, project=project) from None
         assert isinstance(aggregate, LedgerAggregate)
