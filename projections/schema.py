@@ -1,0 +1,687 @@
+"""The read models' tables, declared once and rendered as DDL for SQLite and PostgreSQL.
+
+Every read-model table is keyed by ``project`` + its natural id and has exactly one owning
+projection (same name as the table). ``projection_tracking`` holds each projection's position
+in the application log (the ``notification_id`` of the last event folded).
+
+Column types are logical and map per dialect:
+
+======== ===================================== =====================
+logical   SQLite                                PostgreSQL
+======== ===================================== =====================
+TEXT      TEXT                                  TEXT
+BIGINT    INTEGER                               BIGINT
+DOUBLE    REAL                                  DOUBLE PRECISION
+BOOL      INTEGER (0/1)                         BOOLEAN
+TIMESTAMP TEXT, ISO 8601 UTC, microseconds      TIMESTAMPTZ
+JSON      TEXT                                  JSONB
+======== ===================================== =====================
+
+In memory (what folds see and produce) a TIMESTAMP is a tz-aware UTC ``datetime``, a JSON value
+a plain Python value. ``encode``/``decode`` convert at the database boundary.
+
+The DDL is idempotent (``CREATE TABLE IF NOT EXISTS``, ``CREATE INDEX IF NOT EXISTS``); it does
+not migrate existing tables to new columns. This module consumes no events.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from projections.db import placeholder
+
+
+class ColumnType(Enum):
+    """Logical column types (see the module docstring for the per-dialect mapping)."""
+
+    TEXT = "text"
+    BIGINT = "bigint"
+    DOUBLE = "double"
+    BOOL = "bool"
+    TIMESTAMP = "timestamp"
+    JSON = "json"
+
+
+TEXT = ColumnType.TEXT
+BIGINT = ColumnType.BIGINT
+DOUBLE = ColumnType.DOUBLE
+BOOL = ColumnType.BOOL
+TIMESTAMP = ColumnType.TIMESTAMP
+JSON = ColumnType.JSON
+
+_SQL_TYPES: dict[str, dict[ColumnType, str]] = {
+    "sqlite": {
+        TEXT: "TEXT",
+        BIGINT: "INTEGER",
+        DOUBLE: "REAL",
+        BOOL: "INTEGER",
+        TIMESTAMP: "TEXT",
+        JSON: "TEXT",
+    },
+    "postgresql": {
+        TEXT: "TEXT",
+        BIGINT: "BIGINT",
+        DOUBLE: "DOUBLE PRECISION",
+        BOOL: "BOOLEAN",
+        TIMESTAMP: "TIMESTAMPTZ",
+        JSON: "JSONB",
+    },
+}
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column.
+
+    Attributes:
+        name: column name.
+        type: logical type.
+        default: the value of a fresh row (``Table.blank``); counters start at 0.
+        internal: bookkeeping of the owning fold, not shown by the views.
+    """
+
+    name: str
+    type: ColumnType
+    default: Any = None
+    internal: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    """One read-model table.
+
+    Attributes:
+        name: table name (also the name of its owning projection).
+        columns: every column, key columns first.
+        key: the primary key, ``("project", <natural id>...)``; all key columns are TEXT.
+        indexes: ``(suffix, columns)``; rendered as ``CREATE INDEX {name}_{suffix}``.
+    """
+
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    indexes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    by_name: dict[str, Column] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {c.name: c for c in self.columns})
+        object.__setattr__(self, "_template", {c.name: c.default for c in self.columns})
+        mutable = tuple(c.name for c in self.columns if isinstance(c.default, dict | list))
+        object.__setattr__(self, "_mutable", mutable)
+        missing = [k for k in self.key if k not in self.by_name]
+        if missing or self.key[0] != "project":
+            raise ValueError(f"table {self.name}: bad key {self.key}")
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Every column name, in declaration order."""
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def public_columns(self) -> tuple[str, ...]:
+        """The columns the views show (all but ``internal`` ones)."""
+        return tuple(c.name for c in self.columns if not c.internal)
+
+    def blank(self, key: tuple[str, ...]) -> dict[str, Any]:
+        """A fresh row: the key's values plus every column's default.
+
+        Mutable defaults (JSON lists/dicts) are copied, so rows never share them.
+        """
+        row: dict[str, Any] = dict(self._template)  # type: ignore[attr-defined]
+        for name in self._mutable:  # type: ignore[attr-defined]
+            row[name] = _fresh(row[name])
+        row.update(zip(self.key, key, strict=True))
+        return row
+
+    def key_of(self, row: dict[str, Any]) -> tuple[str, ...]:
+        """The key tuple of a row."""
+        return tuple(row[k] for k in self.key)
+
+    def ddl(self, dialect: str) -> list[str]:
+        """``CREATE TABLE IF NOT EXISTS`` and its ``CREATE INDEX IF NOT EXISTS`` statements."""
+        types = _SQL_TYPES[dialect]
+        lines = []
+        for column in self.columns:
+            not_null = " NOT NULL" if column.name in self.key or column.default is not None else ""
+            lines.append(f"    {column.name} {types[column.type]}{not_null}")
+        lines.append(f"    PRIMARY KEY ({', '.join(self.key)})")
+        body = ",\n".join(lines)
+        statements = [f"CREATE TABLE IF NOT EXISTS {self.name} (\n{body}\n)"]
+        for suffix, columns in self.indexes:
+            statements.append(
+                f"CREATE INDEX IF NOT EXISTS {self.name}_{suffix} ON {self.name} ({', '.join(columns)})"
+            )
+        return statements
+
+
+def _fresh(value: Any) -> Any:
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
+def _columns(*specs: tuple[Any, ...]) -> tuple[Column, ...]:
+    return tuple(Column(*spec) for spec in specs)
+
+
+# -- the read models (DESIGN.md §4) -----------------------------------------------------------
+
+SESSIONS = Table(
+    "sessions",
+    _columns(
+        ("project", TEXT),
+        ("session_id", TEXT),
+        ("status", TEXT),
+        ("agent", TEXT),
+        ("model", TEXT),
+        ("workspace", TEXT),
+        ("started_at", TIMESTAMP),
+        ("ended_at", TIMESTAMP),
+        ("end_reason", TEXT),
+        ("event_count", BIGINT, 0),
+        ("message_count", BIGINT, 0),
+        ("tool_call_count", BIGINT, 0),
+        ("tool_error_count", BIGINT, 0),
+        ("cost_usd", DOUBLE, 0.0),
+        ("input_tokens", BIGINT, 0),
+        ("output_tokens", BIGINT, 0),
+        ("first_position", BIGINT, 0),
+        ("last_position", BIGINT, 0),
+        ("last_event_at", TIMESTAMP),
+    ),
+    key=("project", "session_id"),
+    indexes=(
+        ("by_position", ("project", "first_position", "session_id")),
+        ("by_status", ("project", "status", "first_position", "session_id")),
+    ),
+)
+
+TOOL_CALLS = Table(
+    "tool_calls",
+    _columns(
+        ("project", TEXT),
+        ("session_id", TEXT),
+        ("tool_use_id", TEXT),
+        ("tool_name", TEXT),
+        ("tool_input_sha256", TEXT),
+        ("agent_id", TEXT),
+        ("started_at", TIMESTAMP),
+        ("ended_at", TIMESTAMP),
+        ("duration_ms", DOUBLE),
+        ("success", BOOL),
+        ("pairing", TEXT),
+        ("error", TEXT),
+        ("start_position", BIGINT),
+        ("end_position", BIGINT),
+        ("first_position", BIGINT, 0),
+    ),
+    key=("project", "session_id", "tool_use_id"),
+    indexes=(("by_position", ("project", "session_id", "first_position", "tool_use_id")),),
+)
+
+APPROVALS = Table(
+    "approvals",
+    _columns(
+        ("project", TEXT),
+        ("approval_id", TEXT),
+        ("status", TEXT),
+        ("approval_type", TEXT),
+        ("session_id", TEXT),
+        ("tool_use_id", TEXT),
+        ("tool_name", TEXT),
+        ("tool_input_sha256", TEXT),
+        ("chain_id", TEXT),
+        ("stage_id", TEXT),
+        ("requested_by", TEXT),
+        ("requested_at", TIMESTAMP),
+        ("decided_at", TIMESTAMP),
+        ("decision", TEXT),
+        ("source_decision", TEXT),
+        ("scope", TEXT),
+        ("decided_by", TEXT),
+        ("comment", TEXT),
+        ("latency_ms", DOUBLE),
+        ("first_position", BIGINT, 0),
+        ("last_position", BIGINT, 0),
+    ),
+    key=("project", "approval_id"),
+    indexes=(
+        ("by_position", ("project", "first_position", "approval_id")),
+        ("by_status", ("project", "status", "first_position", "approval_id")),
+        ("by_session", ("project", "session_id", "first_position", "approval_id")),
+    ),
+)
+
+WORKSPACE_BASELINES = Table(
+    "workspace_baselines",
+    _columns(
+        ("project", TEXT),
+        ("session_id", TEXT),
+        ("captured_at", TIMESTAMP),
+        ("file_count", BIGINT, 0),
+        ("files", JSON, []),
+        ("reason", TEXT),
+        ("archive_sha256", TEXT),
+        ("position", BIGINT, 0),
+    ),
+    key=("project", "session_id"),
+)
+
+#: scafld ``StateRecord`` fields besides ``phase_id`` (model.go), as columns.
+_STATE_RECORD = (
+    ("status", TEXT, ""),
+    ("source_id", TEXT, ""),
+    ("reason", TEXT),
+    ("updated_at", TEXT),  # the entry's own recorded_at string (scafld RFC 3339), verbatim
+    ("command", TEXT),
+    ("expected_kind", TEXT),
+    ("criterion_type", TEXT),
+)
+_STATE_RECORD_TAIL = (
+    ("evidence_digest", TEXT),
+    ("evidence_actor", TEXT),
+    ("position", BIGINT, 0),
+)
+
+CRITERION_STATES = Table(
+    "criterion_states",
+    _columns(
+        ("project", TEXT),
+        ("session_id", TEXT),
+        ("criterion_id", TEXT),
+        *_STATE_RECORD,
+        ("phase_id", TEXT),
+        *_STATE_RECORD_TAIL,
+    ),
+    key=("project", "session_id", "criterion_id"),
+)
+
+PHASE_BLOCKS = Table(
+    "phase_blocks",
+    _columns(
+        ("project", TEXT),
+        ("session_id", TEXT),
+        ("phase_id", TEXT),
+        *_STATE_RECORD,
+        *_STATE_RECORD_TAIL,
+    ),
+    key=("project", "session_id", "phase_id"),
+)
+
+_STAGE_METRICS = (
+    ("cost_usd", DOUBLE, 0.0),
+    ("tokens_in", BIGINT, 0),
+    ("tokens_out", BIGINT, 0),
+    ("turns", BIGINT, 0),
+    ("tool_calls", BIGINT, 0),
+    ("duration_ms", DOUBLE, 0.0),
+)
+
+CHAIN_SUMMARIES = Table(
+    "chain_summaries",
+    _columns(
+        ("project", TEXT),
+        ("chain_id", TEXT),
+        ("title", TEXT),
+        ("source_type", TEXT),
+        ("source_ref", TEXT),
+        ("github_repo", TEXT),
+        ("github_issue_number", BIGINT),
+        ("workspace", TEXT),
+        ("status", TEXT),
+        ("current_stage_id", TEXT),
+        ("current_agent_id", TEXT),
+        ("stage_count", BIGINT, 0),
+        ("stages_completed", BIGINT, 0),
+        *_STAGE_METRICS,
+        ("agent_flow", TEXT, ""),
+        ("pending_approvals", BIGINT, 0),
+        ("created_at", TIMESTAMP),
+        ("updated_at", TIMESTAMP),
+        ("completed_at", TIMESTAMP),
+        ("first_position", BIGINT, 0),
+        ("last_position", BIGINT, 0),
+        # {stage_id: {stage_number, agent_id, status, approval_status}}: this projection's own
+        # view of the stages, so that it rebuilds without reading chain_stages.
+        ("stage_index", JSON, {}, True),
+    ),
+    key=("project", "chain_id"),
+    indexes=(
+        ("by_position", ("project", "first_position", "chain_id")),
+        ("by_status", ("project", "status", "first_position", "chain_id")),
+    ),
+)
+
+CHAIN_STAGES = Table(
+    "chain_stages",
+    _columns(
+        ("project", TEXT),
+        ("chain_id", TEXT),
+        ("stage_id", TEXT),
+        ("stage_number", BIGINT),
+        ("agent_id", TEXT),
+        ("provider", TEXT),
+        ("handoff_to", TEXT),
+        ("status", TEXT),
+        ("session_id", TEXT),
+        ("approval_id", TEXT),
+        ("approval_status", TEXT),
+        ("approval_type", TEXT),
+        ("human_feedback", TEXT),
+        ("iteration", BIGINT),
+        ("started_at", TIMESTAMP),
+        ("completed_at", TIMESTAMP),
+        ("error_message", TEXT),
+        ("model", TEXT),
+        ("cost_provenance", TEXT),
+        *_STAGE_METRICS,
+        ("first_position", BIGINT, 0),
+        ("last_position", BIGINT, 0),
+    ),
+    key=("project", "chain_id", "stage_id"),
+    indexes=(("by_number", ("project", "chain_id", "stage_number", "stage_id")),),
+)
+
+SPANS = Table(
+    "spans",
+    _columns(
+        ("project", TEXT),
+        ("trace_id", TEXT),
+        ("span_id", TEXT),
+        ("parent_span_id", TEXT),
+        ("name", TEXT),
+        ("kind", TEXT),
+        ("start_time_unix_nano", BIGINT),
+        ("end_time_unix_nano", BIGINT),
+        ("duration_ms", DOUBLE),
+        ("status_code", TEXT),
+        ("status_message", TEXT),
+        ("trace_state", TEXT),
+        ("flags", BIGINT),
+        ("attributes", JSON, {}),
+        ("resource_attributes", JSON, {}),
+        ("events", JSON, []),
+        ("links", JSON, []),
+        ("scope", JSON, {}),
+        ("service_name", TEXT),
+        ("session_id", TEXT),
+        ("chain_id", TEXT),
+        ("stage_id", TEXT),
+        ("model", TEXT),
+        ("input_tokens", BIGINT),
+        ("output_tokens", BIGINT),
+        ("cost_usd", DOUBLE),
+        ("position", BIGINT, 0),
+    ),
+    key=("project", "trace_id", "span_id"),
+    indexes=(
+        ("by_position", ("project", "position")),
+        ("by_session", ("project", "session_id", "position")),
+        ("by_trace_start", ("project", "trace_id", "start_time_unix_nano", "span_id")),
+    ),
+)
+
+TRACE_SUMMARIES = Table(
+    "trace_summaries",
+    _columns(
+        ("project", TEXT),
+        ("trace_id", TEXT),
+        ("root_span_id", TEXT),
+        ("root_name", TEXT),
+        ("service_name", TEXT),
+        ("session_id", TEXT),
+        ("span_count", BIGINT, 0),
+        ("error_count", BIGINT, 0),
+        ("start_time_unix_nano", BIGINT),
+        ("end_time_unix_nano", BIGINT),
+        ("duration_ms", DOUBLE),
+        ("first_position", BIGINT, 0),
+        ("last_position", BIGINT, 0),
+    ),
+    key=("project", "trace_id"),
+    indexes=(("by_position", ("project", "first_position", "trace_id")),),
+)
+
+#: Every read-model table by name, in the order of the projections.
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        SESSIONS,
+        TOOL_CALLS,
+        APPROVALS,
+        WORKSPACE_BASELINES,
+        CRITERION_STATES,
+        PHASE_BLOCKS,
+        CHAIN_SUMMARIES,
+        CHAIN_STAGES,
+        SPANS,
+        TRACE_SUMMARIES,
+    )
+}
+
+TRACKING_TABLE = "projection_tracking"
+
+
+def tracking_ddl(dialect: str) -> str:
+    """DDL of ``projection_tracking(name, position, updated_at)``: one row per projection."""
+    updated = _SQL_TYPES[dialect][TIMESTAMP]
+    return (
+        f"CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (\n"
+        "    name TEXT PRIMARY KEY,\n"
+        "    position BIGINT NOT NULL,\n"
+        f"    updated_at {updated}\n"
+        ")"
+    )
+
+
+def ddl(dialect: str, tables: list[Table] | None = None) -> list[str]:
+    """Every DDL statement for ``dialect``: the tracking table, then each read-model table.
+
+    Raises:
+        KeyError: unknown dialect.
+    """
+    statements = [tracking_ddl(dialect)]
+    for table in tables if tables is not None else list(TABLES.values()):
+        statements.extend(table.ddl(dialect))
+    return statements
+
+
+def upsert_sql(table: Table, dialect: str) -> str:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE SET`` every non-key column, for executemany."""
+    marker = placeholder(dialect)
+    values = ", ".join(
+        f"{marker}::jsonb" if dialect == "postgresql" and c.type is JSON else marker
+        for c in table.columns
+    )
+    updates = ", ".join(f"{c} = excluded.{c}" for c in table.column_names if c not in table.key)
+    return (
+        f"INSERT INTO {table.name} ({', '.join(table.column_names)}) VALUES ({values}) "
+        f"ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {updates}"
+    )
+
+
+# -- values at the database boundary ------------------------------------------------------------
+
+
+def to_utc(value: datetime) -> datetime:
+    """``value`` as tz-aware UTC (a naive datetime is taken to be UTC already)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 UTC with microseconds, e.g. ``2026-05-01T12:00:00.000000+00:00`` (fixed width,
+    so that text order is time order)."""
+    if value is None:
+        return None
+    return to_utc(value).isoformat(timespec="microseconds")
+
+
+def clamp_int64(value: int) -> int:
+    """``value`` limited to the BIGINT range (OTLP fixed64 nanoseconds may exceed it)."""
+    return INT64_MAX if value > INT64_MAX else INT64_MIN if value < INT64_MIN else value
+
+
+def clean_text(value: str) -> str:
+    """``value`` without NUL characters (PostgreSQL TEXT and JSONB refuse them): U+FFFD instead."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _clean_json(value: Any) -> Any:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean_json(v) for v in value]
+    return value
+
+
+def dump_json(value: Any) -> str:
+    """Compact JSON text of a Python value, storable in JSONB.
+
+    JSON has no NaN or infinities and JSONB no ``\\u0000``: those become the strings ``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"`` and U+FFFD (the log keeps the original value).
+    """
+    try:
+        text = json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str
+        )
+    except ValueError:
+        return json.dumps(
+            _clean_json(value), separators=(",", ":"), ensure_ascii=False, default=str
+        )
+    if "\\u0000" in text:
+        return json.dumps(
+            _clean_json(value), separators=(",", ":"), ensure_ascii=False, default=str
+        )
+    return text
+
+
+Codec = Callable[[Any], Any]
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _encode_text(value: Any) -> Any:
+    if value is None:
+        return None
+    return clean_text(value if isinstance(value, str) else str(value))
+
+
+def _encode_bigint(value: Any) -> Any:
+    return None if value is None else clamp_int64(int(value))
+
+
+def _encode_double(value: Any) -> Any:
+    return None if value is None else float(value)
+
+
+def _encode_bool_sqlite(value: Any) -> Any:
+    return None if value is None else int(bool(value))
+
+
+def _encode_bool_pg(value: Any) -> Any:
+    return None if value is None else bool(value)
+
+
+def _encode_ts_sqlite(value: Any) -> Any:
+    return iso(value)
+
+
+def _encode_ts_pg(value: Any) -> Any:
+    return None if value is None else to_utc(value)
+
+
+def _encode_json(value: Any) -> Any:
+    return None if value is None else dump_json(value)
+
+
+def _decode_bool(value: Any) -> Any:
+    return None if value is None else bool(value)
+
+
+def _decode_double(value: Any) -> Any:
+    return None if value is None else float(value)
+
+
+def _decode_ts_sqlite(value: Any) -> Any:
+    return None if value is None else to_utc(datetime.fromisoformat(value))
+
+
+def _decode_ts_pg(value: Any) -> Any:
+    return None if value is None else to_utc(value)
+
+
+def _decode_json_sqlite(value: Any) -> Any:
+    return None if value is None else json.loads(value)
+
+
+_ENCODERS: dict[str, dict[ColumnType, Codec]] = {
+    "sqlite": {
+        TEXT: _encode_text,
+        BIGINT: _encode_bigint,
+        DOUBLE: _encode_double,
+        BOOL: _encode_bool_sqlite,
+        TIMESTAMP: _encode_ts_sqlite,
+        JSON: _encode_json,
+    },
+    "postgresql": {
+        TEXT: _encode_text,
+        BIGINT: _encode_bigint,
+        DOUBLE: _encode_double,
+        BOOL: _encode_bool_pg,
+        TIMESTAMP: _encode_ts_pg,
+        JSON: _encode_json,
+    },
+}
+
+_DECODERS: dict[str, dict[ColumnType, Codec]] = {
+    "sqlite": {
+        TEXT: _identity,
+        BIGINT: _identity,
+        DOUBLE: _decode_double,
+        BOOL: _decode_bool,
+        TIMESTAMP: _decode_ts_sqlite,
+        JSON: _decode_json_sqlite,
+    },
+    "postgresql": {
+        TEXT: _identity,
+        BIGINT: _identity,
+        DOUBLE: _decode_double,
+        BOOL: _decode_bool,
+        TIMESTAMP: _decode_ts_pg,
+        JSON: _identity,  # psycopg loads json/jsonb itself
+    },
+}
+
+
+def encoders(table: Table, dialect: str) -> list[Codec]:
+    """One encoder per column (in-memory value -> DB-API parameter), in column order."""
+    return [_ENCODERS[dialect][c.type] for c in table.columns]
+
+
+def decoders(table: Table, dialect: str, columns: tuple[str, ...] | None = None) -> list[Codec]:
+    """One decoder per column (DB value -> in-memory value), for ``columns`` (default: all)."""
+    names = columns if columns is not None else table.column_names
+    return [_DECODERS[dialect][table.by_name[n].type] for n in names]

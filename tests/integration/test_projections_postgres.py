@@ -1,0 +1,299 @@
+"""Projections on a real PostgreSQL: the log in eventsourcing's PostgreSQL recorder, the read
+models in ``PostgresDatabase``, both in a schema of the test's own.
+
+Rebuild equals incremental row for row (through both write paths: per-row upserts for small
+pages, ``COPY`` for large ones), a crash mid-page resumes without doubling, positions and lag are
+reported correctly (also across gaps in the notification ids), and a second projector does no
+work while the first holds the lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from domain.base import LedgerEvent
+from domain.ledger import Ledger
+from infra.database import PostgresDatabase
+from projections import sessions
+from projections.base import Rows, fold_events
+from projections.catalog import NAMES, PROJECTIONS
+from projections.runner import Projector, ProjectorBusyError
+from projections.schema import INT64_MAX, TABLES
+from projections.views import Views
+from tests.unit.test_projections import (
+    TRACE_1,
+    Writer,
+    dump_tables,
+    log_events,
+    positions,
+    span,
+    write_realistic,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def ledger_env(url: str, schema: str) -> dict[str, str]:
+    info = conninfo_to_dict(url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": str(info.get("dbname") or "postgres"),
+        "POSTGRES_HOST": str(info.get("host") or "127.0.0.1"),
+        "POSTGRES_PORT": str(info.get("port") or "5432"),
+        "POSTGRES_USER": str(info.get("user") or "postgres"),
+        "POSTGRES_PASSWORD": str(info.get("password") or ""),
+        "POSTGRES_SCHEMA": schema,
+        "CREATE_TABLE": "y",
+    }
+
+
+@pytest.fixture()
+def pg_ledger(postgres_url: str, pg_schema: str) -> Iterator[Ledger]:
+    ledger = Ledger(ledger_env(postgres_url, pg_schema))
+    yield ledger
+    ledger.close()
+
+
+@pytest.fixture()
+def pg_db(postgres_url: str, pg_schema: str) -> Iterator[PostgresDatabase]:
+    db = PostgresDatabase(postgres_url, schema=pg_schema)
+    yield db
+    db.close()
+
+
+def write_bulk(writer: Writer, sessions_count: int = 6, calls: int = 30) -> None:
+    """Enough rows per table in one page for the COPY write path (>= 64 rows)."""
+    for s in range(sessions_count):
+        sid = f"bulk-{s}"
+        trace_id = f"{s + 1:032x}"
+        writer.add("session", sid, "start", agent="claude-code", cwd=f"/w/{s}")
+        for i in range(calls):
+            writer.add("session", sid, "start_tool_call", tool_use_id=f"tu-{i}", tool_name="Bash",
+                       tool_input={"i": i}, tool_input_sha256=f"{i:064x}")  # fmt: skip
+            writer.add("session", sid, "end_tool_call", tool_use_id=f"tu-{i}", tool_name="Bash",
+                       success=i % 4 != 0, error=None if i % 4 else "exit 1")  # fmt: skip
+            writer.add("trace", trace_id, "record_span", span=span(
+                f"{i + 1:016x}", None if i == 0 else f"{1:016x}", f"op {i}",
+                1_700_000_000_000_000_000 + i * 1_000, 1_700_000_000_000_000_000 + i * 1_000 + 777,
+                status_code="STATUS_CODE_ERROR" if i % 7 == 0 else "STATUS_CODE_OK",
+                attributes={"session.id": sid, "gen_ai.usage.input_tokens": 10 + i,
+                            "gen_ai.usage.cost_usd": 0.001 * i, "nested": {"list": [1, 2.5, None]}}))  # fmt: skip
+            writer.add("session", sid, "record_evidence",
+                       entry={"id": f"e{i}", "type": "criterion", "criterion_id": f"ac{i % 5}",
+                              "status": "pass" if i % 2 else "fail",
+                              "recorded_at": f"2026-05-01T12:{i:02d}:00Z"})  # fmt: skip
+        writer.flush()
+
+
+def test_incremental_projection_equals_a_rebuild_row_for_row_on_postgres(
+    pg_ledger: Ledger, pg_db: PostgresDatabase
+) -> None:
+    small_pages = Projector(pg_ledger, pg_db, page_size=4)
+    small_pages.create_tables()
+    small_pages.create_tables()  # idempotent
+    writer = Writer(pg_ledger)
+    write_realistic(writer, lambda: small_pages.run_once() and None)
+    big_pages = Projector(pg_ledger, pg_db, page_size=1000)
+    write_bulk(writer)
+    assert big_pages.run_once() > 500
+    head = pg_ledger.recorder.max_notification_id()
+    incremental = dump_tables(pg_db)
+    assert all(incremental[name] for name in TABLES), "the scenario fills every table"
+
+    assert big_pages.rebuild() == head
+    assert dump_tables(pg_db) == incremental
+    assert small_pages.rebuild(["sessions", "chain_summaries", "spans"]) == head
+    assert dump_tables(pg_db) == incremental
+    # and equal to the folds run in memory, with no database in between
+    assert incremental == fold_events(PROJECTIONS, log_events(pg_ledger))
+
+    # spot checks against the log itself
+    views = Views(pg_db)
+    s1 = views.get_session("default", "s1")
+    assert s1 is not None
+    assert s1["event_count"] == len(pg_ledger.history("session", "s1"))
+    assert (s1["tool_call_count"], s1["tool_error_count"], s1["input_tokens"]) == (4, 1, 120)
+    bulk = views.get_session("default", "bulk-2")
+    assert bulk is not None
+    # start + 30 x (tool start, tool end, evidence); spans count for usage, not as events
+    assert (bulk["event_count"], bulk["tool_call_count"], bulk["tool_error_count"]) == (91, 30, 8)
+    assert bulk["input_tokens"] == sum(10 + i for i in range(30))
+    assert bulk["cost_usd"] == pytest.approx(sum(0.001 * i for i in range(30)))
+    trace = views.get_trace("default", f"{3:032x}")
+    assert trace is not None and trace["span_count"] == 30 and trace["error_count"] == 5
+    assert len(trace["spans"]) == 1 and len(trace["spans"][0]["children"]) == 29
+    chain = views.get_chain("default", "ch-1")
+    assert chain is not None
+    assert chain["agent_flow"] == "design-doc-creator -> sprint-planner -> sprint-executor"
+    assert [s["stage_number"] for s in chain["stages"]] == [1, 2, 3]
+    assert views.get_criteria("default", "bulk-0") == {
+        "criterion_states": pg_ledger.load("session", "bulk-0").state()["criterion_states"],
+        "phase_blocks": {},
+    }
+    page = views.list_tool_calls("default", "bulk-1", limit=7)
+    assert [c["tool_use_id"] for c in page["items"]] == [f"tu-{i}" for i in range(7)]
+    second = views.list_tool_calls("default", "bulk-1", limit=7, cursor=page["next_cursor"])
+    assert [c["tool_use_id"] for c in second["items"]] == [f"tu-{i}" for i in range(7, 14)]
+    assert positions(pg_db) == dict.fromkeys(NAMES, head)
+
+
+def test_a_crash_mid_page_resumes_from_the_page_boundary_without_doubling(
+    pg_ledger: Ledger, pg_db: PostgresDatabase
+) -> None:
+    write_realistic(Writer(pg_ledger), lambda: None)
+    events = log_events(pg_ledger)
+    head = pg_ledger.recorder.max_notification_id()
+    page_size = 6
+    boundary = events[2 * page_size - 1][0]  # last position of the second page
+    fail_at = events[2 * page_size + 3][0]  # the 4th event of the third page
+
+    def exploding(event: LedgerEvent, position: int, rows: Rows) -> None:
+        if position == fail_at:
+            raise RuntimeError("projector killed mid-page")
+        sessions.fold(event, position, rows)
+
+    crashing = Projector(
+        pg_ledger,
+        pg_db,
+        projections=[
+            dataclasses.replace(p, fold=exploding, consumes=(LedgerEvent,))
+            if p.name == "sessions"
+            else p
+            for p in PROJECTIONS
+        ],
+        page_size=page_size,
+    )
+    crashing.create_tables()
+    with pytest.raises(RuntimeError, match="killed mid-page"):
+        crashing.run_once()
+    assert positions(pg_db) == dict.fromkeys(NAMES, boundary)
+    expected = fold_events(PROJECTIONS, events[: 2 * page_size])
+    assert dump_tables(pg_db) == {name: expected.get(name, []) for name in TABLES}
+
+    restarted = Projector(pg_ledger, pg_db, page_size=page_size)
+    assert restarted.run_once() == len(events) - 2 * page_size
+    resumed = dump_tables(pg_db)
+    assert positions(pg_db) == dict.fromkeys(NAMES, head)
+    restarted.rebuild()
+    assert dump_tables(pg_db) == resumed
+    s1 = next(
+        r for r in resumed["sessions"] if (r["project"], r["session_id"]) == ("default", "s1")
+    )
+    assert s1["event_count"] == len(pg_ledger.history("session", "s1"))
+    summary = next(
+        r
+        for r in resumed["trace_summaries"]
+        if r["project"] == "default" and r["trace_id"] == TRACE_1
+    )
+    assert summary["span_count"] == 2
+
+
+def burn_notification_ids(ledger: Ledger, schema: str, url: str, count: int) -> None:
+    """Leave a gap in the notification ids, as rolled-back inserts do."""
+    table = ledger.recorder.events_table_name  # type: ignore[attr-defined]
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_get_serial_sequence(%s, 'notification_id')", (f'"{schema}"."{table}"',)
+        ).fetchone()
+        assert row is not None and row[0]
+        for _ in range(count):
+            conn.execute(sql.SQL("SELECT nextval({})").format(sql.Literal(row[0])))
+
+
+def test_status_reports_position_head_and_lag_also_across_id_gaps(
+    pg_ledger: Ledger, pg_db: PostgresDatabase, postgres_url: str, pg_schema: str
+) -> None:
+    projector = Projector(pg_ledger, pg_db, page_size=5)
+    projector.create_tables()
+    assert projector.status() == [
+        {"name": name, "position": 0, "head": 0, "lag": 0, "updated_at": status["updated_at"]}
+        for name, status in zip(NAMES, projector.status(), strict=True)
+    ]
+    writer = Writer(pg_ledger)
+    write_realistic(writer, lambda: None)
+    head = pg_ledger.recorder.max_notification_id()
+    assert [(s["position"], s["head"], s["lag"]) for s in projector.status()] == [
+        (0, head, head)
+    ] * 10
+
+    assert projector.run_once(max_pages=1) == 5
+    fifth = log_events(pg_ledger)[4][0]
+    assert [(s["position"], s["lag"]) for s in projector.status()] == [(fifth, head - fifth)] * 10
+
+    projector.run_once()
+    burn_notification_ids(pg_ledger, pg_schema, postgres_url, 3)
+    writer.add("session", "after-gap", "start", agent="claude-code")
+    writer.add(
+        "session", "after-gap", "record_message", role="user", message_kind="prompt", content="x"
+    )
+    writer.flush()
+    new_head = pg_ledger.recorder.max_notification_id()
+    assert new_head == head + 3 + 2  # the gap is real
+    assert {s["lag"] for s in projector.status()} == {5}
+    assert projector.run_once() == 2
+    status = projector.status()
+    assert [(s["position"], s["head"], s["lag"]) for s in status] == [(new_head, new_head, 0)] * 10
+    assert all(s["updated_at"] and s["updated_at"].endswith("+00:00") for s in status)
+    after_gap = Views(pg_db).get_session("default", "after-gap")
+    assert after_gap is not None and (after_gap["event_count"], after_gap["message_count"]) == (
+        2,
+        1,
+    )
+    assert dump_tables(pg_db) == fold_events(PROJECTIONS, log_events(pg_ledger))
+
+
+def test_a_second_projector_does_no_work_while_the_first_holds_the_lock(
+    pg_ledger: Ledger, pg_db: PostgresDatabase, postgres_url: str, pg_schema: str, caplog: Any
+) -> None:
+    projector = Projector(pg_ledger, pg_db, lock_wait_s=0.3)
+    projector.create_tables()
+    write_realistic(Writer(pg_ledger), lambda: None)
+    other_process = PostgresDatabase(postgres_url, schema=pg_schema)
+    other_schema = PostgresDatabase(postgres_url, schema=None)
+    try:
+        with other_process.advisory_lock(projector.lock_name) as held:
+            assert held
+            with other_schema.advisory_lock(projector.lock_name) as held_elsewhere:
+                assert held_elsewhere  # another schema's projector is not excluded
+            with caplog.at_level(logging.INFO, logger="runledger.projections"):
+                assert projector.run_once() == 0
+            assert "another projector holds the lock" in caplog.text
+            assert set(positions(pg_db).values()) == {0}
+            with pytest.raises(ProjectorBusyError):
+                projector.rebuild(["sessions"])
+        assert projector.run_once() == pg_ledger.recorder.max_notification_id()
+    finally:
+        other_process.close()
+        other_schema.close()
+
+
+def test_values_postgres_refuses_are_stored_cleaned_and_rebuild_the_same(
+    pg_ledger: Ledger, pg_db: PostgresDatabase
+) -> None:
+    projector = Projector(pg_ledger, pg_db)
+    projector.create_tables()
+    writer = Writer(pg_ledger)
+    writer.add("trace", TRACE_1, "record_span", span=span(
+        "1" * 16, None, "nul\x00name", 5, 2**64 - 1,
+        attributes={"text": "a\x00b", "nan": float("nan"), "inf": float("-inf"), "big": 2**64,
+                    "session.id": "s-odd", "gen_ai.usage.input_tokens": 2**70}))  # fmt: skip
+    writer.flush()
+    assert projector.run_once() == 1
+    (row,) = dump_tables(pg_db)["spans"]
+    assert row["name"] == "nul\ufffdname"
+    assert row["attributes"]["text"] == "a\ufffdb"
+    assert (row["attributes"]["nan"], row["attributes"]["inf"]) == ("NaN", "-Infinity")
+    assert row["attributes"]["big"] == 2**64
+    assert row["end_time_unix_nano"] == INT64_MAX
+    assert row["input_tokens"] == INT64_MAX
+    before = dump_tables(pg_db)
+    projector.rebuild()
+    assert dump_tables(pg_db) == before
