@@ -18,6 +18,7 @@ from domain.errors import (
     ApprovalAlreadyDecidedError,
     ApprovalAlreadyRequestedError,
     ApprovalNotFoundError,
+    RuleViolationError,
 )
 
 APPROVAL_TYPES = ("tool", "merge", "handoff", "merge_handoff")
@@ -110,8 +111,13 @@ class Approval(LedgerAggregate):
         """Record the request.
 
         Raises:
+            RuleViolationError: ``approval_type`` is not one of ``APPROVAL_TYPES``.
             ApprovalAlreadyRequestedError: this approval id was requested before.
         """
+        if approval_type not in APPROVAL_TYPES:
+            raise RuleViolationError(
+                f"approval_type must be one of {list(APPROVAL_TYPES)}", approval_type=approval_type
+            )
         if self.status is not None:
             raise ApprovalAlreadyRequestedError(approval_id=self.external_id)
         self.trigger(
@@ -142,9 +148,12 @@ class Approval(LedgerAggregate):
         """Record the decision.
 
         Raises:
+            RuleViolationError: ``decision`` is not ``approved`` or ``denied``.
             ApprovalNotFoundError: never requested.
             ApprovalAlreadyDecidedError: already decided.
         """
+        if decision not in DECISIONS:
+            raise RuleViolationError(f"decision must be one of {list(DECISIONS)}", decision=decision)
         if self.status is None:
             raise ApprovalNotFoundError(approval_id=self.external_id)
         if self.status != "pending":

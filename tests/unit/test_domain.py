@@ -312,3 +312,10 @@ def test_unknown_commands_and_bad_arguments_are_rule_violations(ledger: Ledger) 
     assert all(isinstance(o.error, errors.RuleViolationError) for o in outcomes)
     with pytest.raises(errors.RuleViolationError):
         ledger.load("nonsense", "x")
+
+
+def test_a_decision_outside_the_neutral_vocabulary_is_a_rule_violation(ledger: Ledger) -> None:
+    ledger.handle([Command("approval", "a1", "request", meta("r"), {})])
+    [outcome] = ledger.handle([Command("approval", "a1", "decide", meta("d"), {"decision": "maybe"})])
+    assert isinstance(outcome.error, errors.RuleViolationError)
+    assert ledger.load("approval", "a1").state()["status"] == "pending"
