@@ -153,7 +153,9 @@ class Approval(LedgerAggregate):
             ApprovalAlreadyDecidedError: already decided.
         """
         if decision not in DECISIONS:
-            raise RuleViolationError(f"decision must be one of {list(DECISIONS)}", decision=decision)
+            raise RuleViolationError(
+                f"decision must be one of {list(DECISIONS)}", decision=decision
+            )
         if self.status is None:
             raise ApprovalNotFoundError(approval_id=self.external_id)
         if self.status != "pending":

@@ -25,7 +25,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -108,6 +109,7 @@ class Ledger(Application[UUID]):
         *,
         position_lookup: PositionLookup | None = None,
         snapshot_interval: int | None = None,
+        cache_size: int = 1000,
     ) -> None:
         """Wire the application.
 
@@ -116,6 +118,7 @@ class Ledger(Application[UUID]):
                 ``CREATE_TABLE``...); built by ``infra``, never read from ``os.environ`` here.
             position_lookup: ``(stream_id, version) -> notification_id`` for earlier events.
             snapshot_interval: take a snapshot every N events of a stream (None: never).
+            cache_size: streams kept in memory between batches (0: load every stream every time).
         """
         env = dict(env or {})
         if snapshot_interval:
@@ -127,6 +130,8 @@ class Ledger(Application[UUID]):
         super().__init__(env)
         self._position_lookup = position_lookup
         self._write_lock = threading.Lock()
+        self._cache: OrderedDict[UUID, LedgerAggregate] = OrderedDict()
+        self._cache_size = cache_size
 
     # -- write side ------------------------------------------------------------------------
 
@@ -140,15 +145,28 @@ class Ledger(Application[UUID]):
         Raises:
             IntegrityError: still losing races after ``MAX_ATTEMPTS`` (the caller answers 503).
         """
+        fresh: set[UUID] = set()  # streams to load from the store, not the cache, this call
         for attempt in range(MAX_ATTEMPTS):
             with self._write_lock:
-                outcomes, aggregates, pending = self._execute(commands)
+                outcomes, aggregates, pending, stale = self._execute(commands, fresh)
+                if stale:
+                    # A refusal decided on cached state: verify it on fresh state before reporting.
+                    self._evict(aggregates)
+                    fresh.update(stale)
+                    continue
                 try:
                     recordings = self.save(*aggregates.values()) if pending else []
                 except IntegrityError:
+                    self._evict(aggregates)
+                    fresh.update(aggregates)
                     if attempt == MAX_ATTEMPTS - 1:
                         raise
                     recordings = None
+                except BaseException:
+                    self._evict(aggregates)
+                    raise
+                else:
+                    self._remember(aggregates)
             if recordings is None:
                 time.sleep(random.uniform(0, min(MAX_BACKOFF_S, 0.005 * 2**attempt)))
                 continue
@@ -168,9 +186,11 @@ class Ledger(Application[UUID]):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _execute(
-        self, commands: Sequence[Command]
-    ) -> tuple[list[Outcome], dict[UUID, LedgerAggregate], bool]:
+        self, commands: Sequence[Command], fresh: set[UUID]
+    ) -> tuple[list[Outcome], dict[UUID, LedgerAggregate], bool, set[UUID]]:
         aggregates: dict[UUID, LedgerAggregate] = {}
+        cached: set[UUID] = set()
+        stale: set[UUID] = set()
         outcomes: list[Outcome] = []
         pending = False
         for command in commands:
@@ -180,7 +200,12 @@ class Ledger(Application[UUID]):
             try:
                 aggregate = aggregates.get(sid)
                 if aggregate is None:
-                    aggregate = aggregates[sid] = self._load_or_blank(command)
+                    aggregate = self._cache.get(sid) if sid not in fresh else None
+                    if aggregate is not None:
+                        cached.add(sid)
+                    else:
+                        aggregate = self._load_or_blank(command)
+                    aggregates[sid] = aggregate
                 prior = aggregate.seen(command.meta)
                 if prior is not None:
                     outcome.status, outcome.version = "duplicate", prior
@@ -190,6 +215,8 @@ class Ledger(Application[UUID]):
                 method(command.meta, **command.args)
             except LedgerError as error:
                 outcome.error = error
+                if sid in cached:
+                    stale.add(sid)
                 continue
             except TypeError as error:  # arguments that do not fit the command method
                 outcome.error = RuleViolationError(str(error), action=command.action)
@@ -199,7 +226,7 @@ class Ledger(Application[UUID]):
             outcome.version = int(aggregate.event_ids[command.meta.event_id][0])
             outcome.appended = aggregate.version - before
             pending = True
-        return outcomes, aggregates, pending
+        return outcomes, aggregates, pending, stale
 
     def _load_or_blank(self, command: Command) -> LedgerAggregate:
         cls = _aggregate_class(command.kind)
@@ -211,6 +238,27 @@ class Ledger(Application[UUID]):
             return cls.blank(command.project, command.external_id)
         assert isinstance(aggregate, cls)
         return aggregate
+
+    # -- write cache ---------------------------------------------------------------------------
+    # Streams written by this process stay in memory (LRU), so a batch does not replay them from
+    # the store. Safe across processes by optimistic concurrency: an append based on a stale
+    # stream collides on (originator_id, originator_version) and is retried on fresh state; a
+    # refusal decided on a cached stream is re-checked on fresh state before it is reported.
+
+    def _remember(self, aggregates: dict[UUID, LedgerAggregate]) -> None:
+        if self._cache_size <= 0:
+            return
+        for sid, aggregate in aggregates.items():
+            if aggregate.version == 0:
+                continue
+            self._cache[sid] = aggregate
+            self._cache.move_to_end(sid)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def _evict(self, sids: Iterable[UUID]) -> None:
+        for sid in list(sids):
+            self._cache.pop(sid, None)
 
     # -- read side ---------------------------------------------------------------------------
 

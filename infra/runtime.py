@@ -9,15 +9,15 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from projections.views import Views
-
 from domain.ledger import Ledger
 from infra.blobs import BlobStore, LocalBlobStore
 from infra.database import PostgresDatabase
 from infra.settings import Settings
 from infra.store import EventLog, build_ledger, migration_lock
+from infra.writer import GroupCommitWriter
 from projections.db import Database, SQLiteDatabase
 from projections.runner import Projector
+from projections.views import Views
 
 log = logging.getLogger("runledger")
 
@@ -33,6 +33,7 @@ class Runtime:
     views: Views
     projector: Projector
     blobs: BlobStore
+    writer: GroupCommitWriter
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -59,7 +60,8 @@ class Runtime:
         self._thread = None
 
     def close(self) -> None:
-        """Stop the projector and close every connection."""
+        """Stop the writer (after what it holds is saved) and the projector; close connections."""
+        self.writer.stop()
         self.stop_projector()
         self.ledger.close()
         closer: Any = getattr(self.db, "close", None)
@@ -94,6 +96,7 @@ def build_runtime(settings: Settings, *, create_tables: bool | None = None) -> R
         views=Views(db),
         projector=projector,
         blobs=blobs,
+        writer=GroupCommitWriter(ledger, max_batch_commands=settings.max_group_commit_commands),
     )
 
 

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     max_batch_events: int = Field(
         default=5000, ge=1, description="Most events in one POST /v1/events batch."
     )
+    max_group_commit_commands: int = Field(
+        default=5000, ge=1, description="Most commands the writer merges into one transaction."
+    )
+    write_cache_streams: int = Field(
+        default=1000, ge=0, description="Streams the writer keeps in memory between transactions."
+    )
     default_project: str = Field(
         default="default", description="Project (tenant) of requests that name none."
     )

@@ -134,6 +134,7 @@ def build_ledger(settings: Settings, *, create_table: bool) -> tuple[Ledger, Eve
         ledger_env(settings, create_table=create_table),
         position_lookup=lambda sid, version: holder["log"].position(sid, version),
         snapshot_interval=settings.snapshot_interval or None,
+        cache_size=settings.write_cache_streams,
     )
     holder["log"] = EventLog(ledger)
     return ledger, holder["log"]

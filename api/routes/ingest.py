@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from pydantic import TypeAdapter, ValidationError
 
 from api.deps import ProjectDep, RuntimeDep
@@ -104,7 +103,7 @@ async def post_events(request: Request, runtime: RuntimeDep, project: ProjectDep
         )
     offload = make_offload(runtime.blobs, runtime.settings.blob_threshold_bytes)
     commands = [event.to_command(project, offload) for event in events]
-    outcomes = await run_in_threadpool(runtime.ledger.handle, commands)
+    outcomes = await runtime.writer.submit(commands)
     results = [_result(i, o) for i, o in enumerate(outcomes)]
     body = EventResults(
         results=results,
@@ -139,7 +138,7 @@ async def post_claude_code_hook(
     payload = _parse_json(await read_body(request, runtime))
     offload = make_offload(runtime.blobs, runtime.settings.blob_threshold_bytes)
     commands = map_hook(payload, project=project, received_at=datetime.now(UTC), offload=offload)
-    outcomes = await run_in_threadpool(runtime.ledger.handle, commands)
+    outcomes = await runtime.writer.submit(commands)
     for outcome in outcomes:
         if outcome.error is not None:
             problem = problem_body(outcome.error, instance=request.url.path)
@@ -180,7 +179,7 @@ async def post_traces(request: Request, runtime: RuntimeDep, project: ProjectDep
         max_decompressed_bytes=runtime.settings.max_body_bytes * 4,
     )
     commands = [span_command(span, project) for span in decoded.spans]
-    outcomes = await run_in_threadpool(runtime.ledger.handle, commands) if commands else []
+    outcomes = await runtime.writer.submit(commands)
     reasons = [f"span {r.span_id}: {r.reason}" for r in decoded.rejected]
     reasons += [
         f"span {o.command.args['span']['span_id']}: {o.error.message}"

@@ -10,11 +10,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
-from projections.views import InvalidCursorError
 
 from api.deps import ProjectDep, RuntimeDep
 from api.problems import BadRequestError
 from domain.errors import NotFoundError
+from projections.views import InvalidCursorError
 
 router = APIRouter(prefix="/v1", tags=["read"])
 

@@ -316,6 +316,49 @@ def test_unknown_commands_and_bad_arguments_are_rule_violations(ledger: Ledger) 
 
 def test_a_decision_outside_the_neutral_vocabulary_is_a_rule_violation(ledger: Ledger) -> None:
     ledger.handle([Command("approval", "a1", "request", meta("r"), {})])
-    [outcome] = ledger.handle([Command("approval", "a1", "decide", meta("d"), {"decision": "maybe"})])
+    [outcome] = ledger.handle(
+        [Command("approval", "a1", "decide", meta("d"), {"decision": "maybe"})]
+    )
     assert isinstance(outcome.error, errors.RuleViolationError)
     assert ledger.load("approval", "a1").state()["status"] == "pending"
+
+
+def two_writers(tmp_path: Any) -> tuple[Ledger, Ledger]:
+    """Two Ledgers on one SQLite file: two processes' write caches over one log."""
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": str(tmp_path / "log.sqlite"),
+    }
+    return Ledger(env), Ledger(env)
+
+
+def test_a_refusal_decided_on_a_stale_cached_stream_is_rechecked_on_fresh_state(
+    tmp_path: Any,
+) -> None:
+    a, b = two_writers(tmp_path)
+    a.handle(
+        [chain_cmd("create", "c"), chain_cmd("add_stage", "s1", stage_id="st1", agent_id="planner")]
+    )
+    b.handle([chain_cmd("add_stage", "s2", stage_id="st2", agent_id="executor")])
+    # a's cache has no st2; the refusal (StageNotFound) must not be reported from stale state.
+    [outcome] = a.handle([chain_cmd("transition_stage", "t", stage_id="st2", to_status="running")])
+    assert outcome.status == "created", outcome.error
+    assert [e.originator_version for e in a.history("chain", "c1")] == [1, 2, 3, 4]
+
+
+def test_an_append_on_a_stale_cached_stream_is_retried_and_stays_idempotent(tmp_path: Any) -> None:
+    a, b = two_writers(tmp_path)
+    a.handle([session_cmd("start", "e1")])
+    b.handle(
+        [session_cmd("record_message", "m1", role="user", message_kind="prompt", content="hi")]
+    )
+    # a retry of b's event through a: a's cached stream is one event behind
+    [dup] = a.handle(
+        [session_cmd("record_message", "m1", role="user", message_kind="prompt", content="hi")]
+    )
+    assert dup.status == "duplicate"
+    [new] = a.handle([session_cmd("end", "e2")])
+    assert new.status == "created"
+    versions = [e.originator_version for e in b.history("session", "s1")]
+    assert versions == list(range(1, len(versions) + 1))
+    assert [e.event_id for e in b.history("session", "s1")].count("m1") == 1
