@@ -23,9 +23,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid5
 
+import orjson
 from eventsourcing.domain import DomainEvent, OriginatorVersionError
 
 #: Namespace of every stream id (fixed forever: ids derived from it are in the log).
@@ -37,6 +39,7 @@ KINDS = ("session", "trace", "approval", "chain")
 DEFAULT_PROJECT = "default"
 
 
+@lru_cache(maxsize=65536)
 def stream_id(project: str, kind: str, external_id: str) -> UUID:
     """Deterministic id of a stream.
 
@@ -52,10 +55,17 @@ def stream_id(project: str, kind: str, external_id: str) -> UUID:
 
 
 def canonical_json(value: Any) -> bytes:
-    """Sorted-key compact UTF-8 JSON: the bytes a content hash is taken over."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-    ).encode()
+    """Sorted-key compact UTF-8 JSON: the bytes a content hash is taken over.
+
+    orjson with sorted keys; values orjson cannot encode (integers beyond 64 bits, NaN) fall
+    back to the standard library's encoder with the same layout, deterministically per input.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+        ).encode()
 
 
 def content_sha256(value: Any) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder
 from psycopg.conninfo import conninfo_to_dict
 
 from domain.ledger import Ledger
@@ -30,7 +32,10 @@ def ledger_env(settings: Settings, *, create_table: bool) -> dict[str, str]:
     Returns:
         ``PERSISTENCE_MODULE`` plus the SQLite or PostgreSQL keys.
     """
-    env = {"CREATE_TABLE": "y" if create_table else "n"}
+    env = {
+        "CREATE_TABLE": "y" if create_table else "n",
+        "TRANSCODER_TOPIC": "infra.codec:OrjsonTranscoder",
+    }
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         env.update(
@@ -50,6 +55,7 @@ def ledger_env(settings: Settings, *, create_table: bool) -> dict[str, str]:
         POSTGRES_CONNECT_TIMEOUT="10",
         POSTGRES_POOL_SIZE="5",
         POSTGRES_MAX_OVERFLOW="10",
+        APPLICATION_RECORDER_TOPIC="infra.codec:FastPostgresApplicationRecorder",
     )
     if settings.database_schema:
         env["POSTGRES_SCHEMA"] = settings.database_schema
@@ -79,10 +85,12 @@ class EventLog:
 
     def __init__(self, ledger: Ledger) -> None:
         self._recorder: Any = ledger.recorder
-        module = type(self._recorder).__module__
-        self._kind = (
-            "postgres" if "postgres" in module else "sqlite" if "sqlite" in module else "popo"
-        )
+        if isinstance(self._recorder, PostgresApplicationRecorder):
+            self._kind = "postgres"
+        elif isinstance(self._recorder, SQLiteApplicationRecorder):
+            self._kind = "sqlite"
+        else:
+            self._kind = "popo"
 
     def positions(
         self, sid: UUID, *, from_version: int = 1, to_version: int | None = None
