@@ -1,0 +1,141 @@
+"""docker-compose.yml's processes, run directly (no Docker engine here): ``migrate``, then the API
+with the projector off and a separate ``runledger project``, on a real PostgreSQL. Plus the
+command line against the embedded default."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.servers import ROOT, Server, base_env
+
+pytestmark = pytest.mark.e2e
+
+RUNLEDGER = str(Path(sys.executable).with_name("runledger"))
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_file_declares_the_deployment_and_its_commands_exist() -> None:
+    spec = compose()
+    services = spec["services"]
+    assert set(services) >= {"postgres", "minio", "migrate", "api", "projector"}
+    for name in ("migrate", "api", "projector"):
+        command = services[name]["command"]
+        assert command[0] == "runledger"
+        help_text = subprocess.run(
+            [RUNLEDGER, command[1], "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "Usage" in help_text
+        env = services[name]["environment"]
+        assert env["RUNLEDGER_DATABASE_URL"].startswith("postgresql://")
+    assert services["api"]["environment"]["RUNLEDGER_PROJECTOR"] == "off"
+    assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert (
+        services["projector"]["depends_on"]["migrate"]["condition"]
+        == "service_completed_successfully"
+    )
+
+
+def test_compose_processes_run_directly_migrate_api_and_a_separate_projector(
+    tmp_path: Path, postgres_url: str, pg_schema: str
+) -> None:
+    services = compose()["services"]
+    env = base_env(tmp_path)
+    env.update({k: str(v) for k, v in services["api"]["environment"].items()})
+    env.update(RUNLEDGER_DATABASE_URL=postgres_url, RUNLEDGER_DATABASE_SCHEMA=pg_schema)
+
+    subprocess.run(
+        [RUNLEDGER, *services["migrate"]["command"][1:]], env=env, check=True, timeout=120
+    )
+    api = Server(env=env)
+    api.log_path = tmp_path / "api.log"
+    projector = subprocess.Popen(
+        [RUNLEDGER, *services["projector"]["command"][1:]],
+        env=env,
+        stdout=(tmp_path / "projector.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        api.start()
+        with httpx.Client(base_url=api.url, timeout=30) as client:
+            client.post(
+                "/v1/events", json={"type": "chain.created", "chain_id": "deployed"}
+            ).raise_for_status()
+            deadline = time.monotonic() + 30
+            while client.get("/v1/chains/deployed").status_code == 404:
+                assert time.monotonic() < deadline, (tmp_path / "projector.log").read_text()
+                time.sleep(0.1)
+            assert client.get("/v1/chains/deployed").json()["status"] == "active"
+    finally:
+        api.stop()
+        projector.terminate()
+        projector.wait(timeout=20)
+    assert projector.returncode == 0
+
+
+def test_command_line_replays_rebuilds_and_reports_status(sqlite_server: Server) -> None:
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        for status in ("fail", "pass"):
+            client.post(
+                "/v1/events",
+                json={
+                    "type": "session.evidence_recorded",
+                    "session_id": "cli-s",
+                    "entry": {
+                        "type": "criterion",
+                        "criterion_id": "ac1",
+                        "status": status,
+                        "recorded_at": "2026-01-01T00:00:00Z",
+                    },
+                },
+            ).raise_for_status()
+        sqlite_server.wait_projected()
+    env = dict(sqlite_server.env, COLUMNS="200")
+    replay = subprocess.run(
+        [RUNLEDGER, "replay", "session", "cli-s", "--version", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert replay.returncode == 0, replay.stderr
+    assert "EvidenceRecorded" in replay.stdout and '"status": "fail"' in replay.stdout
+    missing = subprocess.run(
+        [RUNLEDGER, "replay", "session", "nope"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 1 and "no session stream" in missing.stdout
+    rebuild = subprocess.run(
+        [RUNLEDGER, "rebuild", "--all"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert rebuild.returncode == 0, rebuild.stderr
+    assert "rebuilt all projections" in rebuild.stdout
+    unknown = subprocess.run(
+        [RUNLEDGER, "rebuild", "nonsense"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert unknown.returncode != 0
+    status = subprocess.run(
+        [RUNLEDGER, "status"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0 and "criterion_states" in status.stdout
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        sqlite_server.wait_projected()
+        assert (
+            client.get("/v1/sessions/cli-s/criteria").json()["criterion_states"]["ac1"]["status"]
+            == "pass"
+        )
+    assert os.environ.get("RUNLEDGER_DATA_DIR") is None  # the test did not leak settings
