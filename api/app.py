@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 
@@ -42,7 +43,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(reads.router, dependencies=guarded)
     app.include_router(audit.router, dependencies=guarded)
     app.include_router(ops.router)
+    _document_event_bodies(app)
     return app
+
+
+def _document_event_bodies(app: FastAPI) -> None:
+    """Put the typed event schemas into OpenAPI: ``POST /v1/events`` reads its body itself (to
+    enforce the size limit before parsing), so FastAPI cannot infer it."""
+    from fastapi.openapi.utils import get_openapi
+    from pydantic import TypeAdapter
+
+    from api.schemas import EventBatch, TypedEvent
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        template = "#/components/schemas/{model}"
+        body = TypeAdapter(TypedEvent | EventBatch).json_schema(ref_template=template)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(body.pop("$defs", {}))
+        operation = schema["paths"]["/v1/events"]["post"]
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_factory() -> FastAPI:

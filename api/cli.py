@@ -107,7 +107,9 @@ def rebuild(
             f"rebuilt {', '.join(names) if names else 'all projections'} over {count} events"
         )
     except KeyError as error:
-        raise typer.BadParameter(str(error.args[0]) if error.args else "unknown projection") from None
+        raise typer.BadParameter(
+            str(error.args[0]) if error.args else "unknown projection"
+        ) from None
     finally:
         runtime.close()
 
