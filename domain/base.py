@@ -28,7 +28,8 @@ from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid5
 
 import orjson
-from eventsourcing.domain import DomainEvent, OriginatorVersionError
+from eventsourcing.domain import DomainEvent, OriginatorVersionError, Snapshot
+from eventsourcing.utils import get_topic
 
 #: Namespace of every stream id (fixed forever: ids derived from it are in the log).
 NAMESPACE = UUID("6f1c6b52-5a1e-4f0e-9c84-3b1d2a7e9d10")
@@ -120,7 +121,8 @@ class LedgerEvent(DomainEvent):
         self.apply(aggregate)
         aggregate._version = self.originator_version
         aggregate._modified_on = self.timestamp
-        aggregate.event_ids[self.event_id] = [self.originator_version, self.content_sha256]
+        if aggregate.event_ids is not None:
+            aggregate.event_ids[self.event_id] = [self.originator_version, self.content_sha256]
         return aggregate
 
     def apply(self, aggregate: Any) -> None:
@@ -156,8 +158,9 @@ class LedgerAggregate:
         self._pending_events: list[LedgerEvent] = []
         self.project = ""
         self.external_id = ""
-        #: event_id -> [version, content_sha256]; the idempotency index of this stream.
-        self.event_ids: dict[str, list[Any]] = {}
+        #: event_id -> [version, content_sha256]; the idempotency index of this stream. None in
+        #: a stream restored from a snapshot (snapshots leave it out; such a stream is read-only).
+        self.event_ids: dict[str, list[Any]] | None = {}
 
     @property
     def id(self) -> UUID:
@@ -195,6 +198,8 @@ class LedgerAggregate:
         """
         from domain.errors import IdempotencyConflictError
 
+        if self.event_ids is None:
+            raise RuntimeError("a stream restored from a snapshot has no idempotency index")
         prior = self.event_ids.get(meta.event_id)
         if prior is None:
             return None
@@ -227,6 +232,18 @@ class LedgerAggregate:
         collected, self._pending_events = self._pending_events, []
         return collected
 
+    def snapshot_state(self) -> dict[str, Any]:
+        """What a snapshot keeps: everything a reader needs, not the write-side indexes.
+
+        The idempotency index grows with every event; keeping it out keeps snapshots (and so
+        the state at any version) small. Writers replay streams from their events instead.
+        """
+        state = dict(vars(self))
+        for name in ("_id", "_version", "_pending_events"):
+            state.pop(name, None)
+        state["event_ids"] = None
+        return state
+
     def state(self) -> dict[str, Any]:
         """The stream's state as plain JSON-able data (what ``/state`` answers)."""
         return {
@@ -236,3 +253,18 @@ class LedgerAggregate:
             "stream_id": str(self.id),
             "version": self.version,
         }
+
+
+class LedgerSnapshot(Snapshot):
+    """A snapshot of ``LedgerAggregate.snapshot_state()`` (eventsourcing ``Snapshot``)."""
+
+    @classmethod
+    def take(cls, aggregate: Any) -> LedgerSnapshot:
+        """Snapshot ``aggregate`` at its current version."""
+        return cls(
+            originator_id=aggregate.id,
+            originator_version=aggregate.version,
+            timestamp=cls.create_timestamp(),
+            topic=get_topic(type(aggregate)),
+            state=aggregate.snapshot_state(),
+        )

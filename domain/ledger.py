@@ -33,11 +33,17 @@ from typing import Any, Literal
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import IntegrityError
 
 from domain.approval import Approval
-from domain.base import DEFAULT_PROJECT, EventMeta, LedgerAggregate, LedgerEvent, stream_id
+from domain.base import (
+    DEFAULT_PROJECT,
+    EventMeta,
+    LedgerAggregate,
+    LedgerEvent,
+    LedgerSnapshot,
+    stream_id,
+)
 from domain.chain import Chain
 from domain.errors import LedgerError, RuleViolationError, StreamNotFoundError, VersionNotFoundError
 from domain.session import Session
@@ -101,7 +107,7 @@ class Ledger(Application[UUID]):
     """runledger's one application: four stream kinds on one append-only log."""
 
     name = "runledger"
-    snapshot_class = Snapshot
+    snapshot_class = LedgerSnapshot
 
     def __init__(
         self,
@@ -223,20 +229,22 @@ class Ledger(Application[UUID]):
                 continue
             outcome.status = "created"
             # The command's own event (a command may first append an implied status change).
+            assert aggregate.event_ids is not None
             outcome.version = int(aggregate.event_ids[command.meta.event_id][0])
             outcome.appended = aggregate.version - before
             pending = True
         return outcomes, aggregates, pending, stale
 
     def _load_or_blank(self, command: Command) -> LedgerAggregate:
-        cls = _aggregate_class(command.kind)
-        try:
-            aggregate: Any = self.repository.get(
-                stream_id(command.project, command.kind, command.external_id)
-            )
-        except AggregateNotFoundError:
-            return cls.blank(command.project, command.external_id)
-        assert isinstance(aggregate, cls)
+        # Writers replay the whole stream, never a snapshot: snapshots leave out the idempotency
+        # index. Hot streams stay in the write cache, so this runs once per stream per process.
+        sid = stream_id(command.project, command.kind, command.external_id)
+        aggregate: Any = None
+        for event in self.events.get(sid):
+            aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
+        if aggregate is None:
+            return _aggregate_class(command.kind).blank(command.project, command.external_id)
+        assert isinstance(aggregate, _aggregate_class(command.kind))
         return aggregate
 
     # -- write cache ---------------------------------------------------------------------------

@@ -112,10 +112,17 @@ class ToolCallStarted(SessionEvent):
     tool_input_sha256: str
     agent_id: str | None
     attributes: dict[str, Any]
+    #: The call's end was recorded first (as an orphan); this start arrived late.
+    late: bool
 
     def apply(self, aggregate: Session) -> None:
         call = aggregate.tool_calls.get(self.tool_use_id)
+        if self.late:
+            if call is not None:
+                call["started_version"] = self.originator_version
+            return
         if call is None:
+            aggregate.tool_call_count += 1
             aggregate.tool_calls[self.tool_use_id] = {
                 "tool_name": self.tool_name,
                 "ended": False,
@@ -143,9 +150,14 @@ class ToolCallEnded(SessionEvent):
     attributes: dict[str, Any]
 
     def apply(self, aggregate: Session) -> None:
-        call = aggregate.tool_calls.setdefault(
-            self.tool_use_id, {"tool_name": self.tool_name, "started_version": None}
-        )
+        call = aggregate.tool_calls.get(self.tool_use_id)
+        if call is None:
+            if self.pairing == "orphan":
+                aggregate.tool_call_count += 1
+            call = aggregate.tool_calls[self.tool_use_id] = {
+                "tool_name": self.tool_name,
+                "started_version": None,
+            }
         call["ended"] = True
 
 
@@ -262,8 +274,10 @@ class Session(LedgerAggregate):
         self.started_at: Any = None
         self.ended_at: Any = None
         self.message_count = 0
-        #: tool_use_id -> {"tool_name", "ended", "started_version"}, in start order.
+        #: tool_use_id -> {"tool_name", "ended", "started_version"}, in start order. Snapshots
+        #: keep only the unfinished ones (see ``snapshot_state``).
         self.tool_calls: dict[str, dict[str, Any]] = {}
+        self.tool_call_count = 0
         self.criterion_states: dict[str, dict[str, str]] = {}
         self.phase_blocks: dict[str, dict[str, str]] = {}
         self.workspace_baseline_version: int | None = None
@@ -365,6 +379,7 @@ class Session(LedgerAggregate):
             tool_input_sha256=tool_input_sha256,
             agent_id=agent_id,
             attributes=attributes or {},
+            late=known is not None,
         )
 
     def end_tool_call(
@@ -560,7 +575,7 @@ class Session(LedgerAggregate):
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "message_count": self.message_count,
-            "tool_call_count": len(self.tool_calls),
+            "tool_call_count": self.tool_call_count,
             "open_tool_calls": [
                 {"tool_use_id": k, "tool_name": v["tool_name"]}
                 for k, v in self.tool_calls.items()
@@ -569,6 +584,12 @@ class Session(LedgerAggregate):
             "criterion_states": self.criterion_states,
             "phase_blocks": self.phase_blocks,
         }
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """Besides the base's omissions, only the unfinished tool calls are kept."""
+        state = super().snapshot_state()
+        state["tool_calls"] = {k: dict(v) for k, v in self.tool_calls.items() if not v["ended"]}
+        return state
 
     # -- helpers ---------------------------------------------------------------------------
 

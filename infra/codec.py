@@ -2,8 +2,9 @@
 
 - ``OrjsonTranscoder``: eventsourcing's ``JSONTranscoder`` format (custom types as
   ``{"_type_": name, "_data_": value}``, e.g. ``datetime_iso``) written and read with orjson.
-  Events written by either transcoder are read by both. Decoding walks only the top level unless
-  the bytes hold more type tags than it found there (events carry their datetimes at the top).
+  Events written by either transcoder are read by both. Decoding looks for type tags in the top
+  two levels of dicts only, and walks everything only if the bytes hold more tags than it found
+  there (events carry their datetimes at the top, snapshots in their ``state``).
   orjson writes a ``UUID`` natively as a string, so UUIDs are tagged only at the top level of the
   encoded object; runledger's events and snapshots hold none deeper (stream ids are strings there).
 - ``FastPostgresApplicationRecorder``: eventsourcing's PostgreSQL application recorder with the
@@ -48,15 +49,22 @@ class OrjsonTranscoder(JSONTranscoder):
         tags = data.count(_TAG)
         if not tags:
             return obj
-        if isinstance(obj, dict):
-            found = 0
-            for key, value in obj.items():
-                if isinstance(value, dict) and "_type_" in value and len(value) == 2:
+        # Events carry their tagged values (datetimes) at the top level, snapshots one level
+        # down (in "state"): look there first and walk everything only if tags remain.
+        if isinstance(obj, dict) and self._shallow(obj, 2) == tags:
+            return obj
+        return self._walk(orjson.loads(data))
+
+    def _shallow(self, obj: dict[str, Any], depth: int) -> int:
+        found = 0
+        for key, value in obj.items():
+            if isinstance(value, dict):
+                if "_type_" in value and len(value) == 2:
                     obj[key] = self._decode_obj(value)
                     found += 1
-            if found == tags:
-                return obj
-        return self._walk(obj)
+                elif depth > 1:
+                    found += self._shallow(value, depth - 1)
+        return found
 
     def _walk(self, obj: Any) -> Any:
         if isinstance(obj, dict):

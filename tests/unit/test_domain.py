@@ -362,3 +362,69 @@ def test_an_append_on_a_stale_cached_stream_is_retried_and_stays_idempotent(tmp_
     versions = [e.originator_version for e in b.history("session", "s1")]
     assert versions == list(range(1, len(versions) + 1))
     assert [e.event_id for e in b.history("session", "s1")].count("m1") == 1
+
+
+def test_state_at_every_version_is_the_same_with_and_without_snapshots(tmp_path: Any) -> None:
+    history = [
+        session_cmd("start", "a"),
+        session_cmd(
+            "start_tool_call",
+            "b",
+            tool_name="Bash",
+            tool_input={},
+            tool_input_sha256="x",
+            tool_use_id="t1",
+        ),
+        session_cmd(
+            "end_tool_call", "c", tool_name="Read", success=True, tool_use_id="t2"
+        ),  # orphan end
+        session_cmd(
+            "start_tool_call",
+            "d",
+            tool_name="Read",
+            tool_input={},
+            tool_input_sha256="y",
+            tool_use_id="t2",
+        ),  # late start
+        session_cmd(
+            "record_evidence",
+            "e",
+            entry={
+                "type": "criterion",
+                "criterion_id": "ac1",
+                "status": "fail",
+                "recorded_at": "t",
+            },
+        ),
+        session_cmd("start_tool_call", "f", tool_name="Bash", tool_input={}, tool_input_sha256="z"),
+        session_cmd("end_tool_call", "g", tool_name="Bash", success=True, tool_use_id="t1"),
+        session_cmd("stop_turn", "h", payload={"stop_hook_active": False}),
+        session_cmd(
+            "record_evidence", "i", entry={"type": "phase", "phase_id": "p1", "recorded_at": "t2"}
+        ),
+        session_cmd("end", "j", reason="other"),
+    ]
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": str(tmp_path / "log.sqlite"),
+    }
+    with_snapshots = Ledger(env, snapshot_interval=2)
+    with_snapshots.handle(history[:5])
+    with_snapshots.handle(history[5:])
+    without = Ledger(env)  # same log, no snapshot store
+    last = without.load("session", "s1").version
+    assert last == len(with_snapshots.history("session", "s1"))
+    for version in range(1, last + 1):
+        assert (
+            with_snapshots.load("session", "s1", version=version).state()
+            == without.load("session", "s1", version=version).state()
+        )
+    final = without.load("session", "s1").state()
+    assert final["tool_call_count"] == 3 and final["open_tool_calls"] == [
+        {"tool_use_id": e.tool_use_id, "tool_name": "Bash"}
+        for e in without.history("session", "s1")
+        if isinstance(e, ToolCallStarted) and e.tool_use_id_generated
+    ]
+    # a writer on the same log still sees every event id (snapshots leave the index out)
+    [dup] = Ledger(env, snapshot_interval=2).handle([history[1]])
+    assert dup.status == "duplicate"
