@@ -76,10 +76,15 @@ class OrjsonTranscoder(JSONTranscoder):
 
 
 class FastPostgresApplicationRecorder(PostgresApplicationRecorder):
-    """``PostgresApplicationRecorder`` inserting binary scalar arrays (see module docstring)."""
+    """``PostgresApplicationRecorder`` inserting binary scalar arrays (see module docstring), and
+    reading the events of many streams in one query (``select_events_many``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.select_events_many_statement = SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+            "WHERE originator_id = ANY(%b::uuid[]) ORDER BY originator_id, originator_version"
+        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
         self.insert_events_statement = SQL(
             "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
             "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[]) "
@@ -100,3 +105,17 @@ class FastPostgresApplicationRecorder(PostgresApplicationRecorder):
                 [e.state for e in stored_events],
             ),
         )
+
+    def select_events_many(self, originator_ids: Sequence[UUID]) -> list[StoredEvent]:
+        """Every event of the given streams, ordered by stream then version (one round trip)."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.select_events_many_statement, (list(originator_ids),))
+            return [
+                StoredEvent(
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in curs.fetchall()
+            ]

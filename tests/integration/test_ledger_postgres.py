@@ -116,3 +116,42 @@ def test_a_race_on_one_stream_neither_loses_nor_duplicates_an_event(
         again = list(pool.map(lambda i: send(i, shift=1), range(count)))
     assert Counter(again) == {200: count}
     assert len(full_log(two_servers[0])) == len(history["items"])
+
+
+def test_a_fresh_writer_preloads_many_streams_in_one_query_and_sees_every_event(
+    postgres_url: str, pg_schema: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from domain.base import EventMeta, content_sha256
+    from domain.ledger import Command
+    from infra.settings import Settings
+    from infra.store import build_ledger
+
+    settings = Settings(database_url=postgres_url, database_schema=pg_schema)
+    first, _ = build_ledger(settings, create_table=True)
+
+    def batch(tag: str) -> list[Command]:
+        return [
+            Command(
+                "session",
+                f"s{i % 40}",
+                "record_message",
+                EventMeta(f"{tag}{i}", content_sha256(f"{tag}{i}"), datetime.now(UTC), "api"),
+                {"role": "assistant", "message_kind": "message", "content": i},
+            )
+            for i in range(400)
+        ]
+
+    created = first.handle(batch("a"))
+    second, _ = build_ledger(settings, create_table=False)
+    assert hasattr(second.recorder, "select_events_many")
+    resent = second.handle(batch("a"))
+    assert [o.status for o in resent] == ["duplicate"] * 400
+    assert [(o.version, o.position) for o in resent] == [(o.version, o.position) for o in created]
+    more = second.handle(batch("b"))
+    assert all(o.status == "created" for o in more)
+    for i in range(40):
+        versions = [e.originator_version for e in first.history("session", f"s{i}")]
+        assert versions == list(range(1, len(versions) + 1))
+        assert len(versions) == 20  # 10 messages of each batch per stream
