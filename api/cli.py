@@ -34,6 +34,7 @@ def serve(
     projector: Annotated[
         str | None, typer.Option(help="inprocess | off (RUNLEDGER_PROJECTOR)")
     ] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request (costs throughput)")] = False,
 ) -> None:
     """Run the HTTP API (and, by default, the projector in-process)."""
     import uvicorn
@@ -52,7 +53,13 @@ def serve(
     console.print(
         f"runledger on http://{settings.host}:{settings.port} ({store}); OpenAPI at /docs"
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=access_log,
+    )
 
 
 @app.command()

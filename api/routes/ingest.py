@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
 from api.deps import ProjectDep, RuntimeDep
@@ -26,8 +27,8 @@ from infra.runtime import Runtime
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
-_single_event: TypeAdapter[Any] = TypeAdapter(TypedEvent)
-_batch: TypeAdapter[EventBatch] = TypeAdapter(EventBatch)
+# One event, or {"events": [...]}; validated straight from the bytes (pydantic-core parses).
+_events_body: TypeAdapter[Any] = TypeAdapter(TypedEvent | EventBatch)
 
 
 async def read_body(request: Request, runtime: Runtime) -> bytes:
@@ -87,16 +88,13 @@ async def post_events(request: Request, runtime: RuntimeDep, project: ProjectDep
     and position) or the problem+json of its rejection (404/409/422). A batch answers 200 with a
     result per event, in order; schema errors anywhere in a batch reject the whole batch (422).
     """
-    raw = _parse_json(await read_body(request, runtime))
-    single = not (isinstance(raw, dict) and "events" in raw and "type" not in raw)
+    body = await read_body(request, runtime)
     try:
-        events = (
-            [_single_event.validate_python(raw)] if single else _batch.validate_python(raw).events
-        )
+        parsed = _events_body.validate_json(body)
     except ValidationError as error:
-        from fastapi.exceptions import RequestValidationError
-
         raise RequestValidationError(error.errors(include_url=False)) from None
+    single = not isinstance(parsed, EventBatch)
+    events = [parsed] if single else parsed.events
     if len(events) > runtime.settings.max_batch_events:
         raise BadRequestError(
             f"a batch holds at most {runtime.settings.max_batch_events} events, got {len(events)}"
