@@ -17,7 +17,6 @@ Sources:
 from __future__ import annotations
 
 import base64
-import copy
 import re
 import zlib
 from collections.abc import Iterable, Mapping
@@ -344,8 +343,9 @@ def _decode_protobuf(payload: bytes) -> DecodedTraces:
                         )
                     )
                     continue
-                record["resource_attributes"] = copy.deepcopy(resource_attributes)
-                record["scope"] = copy.deepcopy(scope)
+                # Shared, not copied: spans of one resource/scope are read, never mutated.
+                record["resource_attributes"] = resource_attributes
+                record["scope"] = scope
                 record["resource_schema_url"] = resource_spans.schema_url
                 record["scope_schema_url"] = scope_spans.schema_url
                 spans.append(record)
@@ -522,8 +522,9 @@ def _decode_json(payload: bytes) -> DecodedTraces:
                 except _InvalidSpanError as error:
                     rejected.append(_rejected_json_span(span, str(error)))
                     continue
-                record["resource_attributes"] = copy.deepcopy(resource_attributes)
-                record["scope"] = copy.deepcopy(scope)
+                # Shared, not copied: spans of one resource/scope are read, never mutated.
+                record["resource_attributes"] = resource_attributes
+                record["scope"] = scope
                 record["resource_schema_url"] = resource_schema_url
                 record["scope_schema_url"] = scope_schema_url
                 spans.append(record)

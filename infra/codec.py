@@ -36,7 +36,7 @@ class OrjsonTranscoder(JSONTranscoder):
 
     def encode(self, obj: Any) -> bytes:
         """Encode ``obj`` (registered transcodings for datetimes and the like)."""
-        if isinstance(obj, dict) and any(isinstance(v, UUID) for v in obj.values()):
+        if isinstance(obj, dict) and UUID in map(type, obj.values()):
             obj = {k: self._encode_obj(v) if isinstance(v, UUID) else v for k, v in obj.items()}
         try:
             return orjson.dumps(obj, default=self._encode_obj, option=_OPTIONS)
