@@ -34,27 +34,52 @@ def serve(
     projector: Annotated[
         str | None, typer.Option(help="inprocess | off (RUNLEDGER_PROJECTOR)")
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="API worker processes (RUNLEDGER_WORKERS)")
+    ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request (costs throughput)")] = False,
 ) -> None:
     """Run the HTTP API (and, by default, the projector in-process)."""
+    import os
+
     import uvicorn
 
     from api.app import create_app
 
     overrides: dict[str, Any] = {}
-    if host is not None:
-        overrides["host"] = host
-    if port is not None:
-        overrides["port"] = port
-    if projector is not None:
-        overrides["projector"] = projector
+    for name, value in (
+        ("host", host),
+        ("port", port),
+        ("projector", projector),
+        ("workers", workers),
+    ):
+        if value is not None:
+            overrides[name] = value
     settings = Settings(**overrides)
     store = (settings.database_url and "PostgreSQL") or f"SQLite file {settings.sqlite_path}"
     console.print(
-        f"runledger on http://{settings.host}:{settings.port} ({store}); OpenAPI at /docs"
+        f"runledger on http://{settings.host}:{settings.port} ({store}, {settings.workers} "
+        "worker(s)); OpenAPI at /docs"
     )
+    if settings.workers == 1:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            access_log=access_log,
+        )
+        return
+    # Worker processes build their settings from the environment: hand the overrides down.
+    for name, value in overrides.items():
+        os.environ[f"RUNLEDGER_{name.upper()}"] = str(value)
+    if settings.create_tables:
+        build_runtime(settings, create_tables=True).close()  # once, before the workers start
+        os.environ["RUNLEDGER_CREATE_TABLES"] = "false"
     uvicorn.run(
-        create_app(settings),
+        "api.app:app_factory",
+        factory=True,
+        workers=settings.workers,
         host=settings.host,
         port=settings.port,
         log_level="info",

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Bind address of `runledger serve`.")
     port: int = Field(default=8000, ge=0, le=65535, description="Bind port of `runledger serve`.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="API worker processes of `runledger serve` (each has its own group-commit writer; "
+        "one projector works at a time, under an advisory lock on PostgreSQL).",
+    )
     projector: Literal["inprocess", "off"] = Field(
         default="inprocess",
         description="Run the projector inside the API process, or not (then run `runledger project`).",
