@@ -1,0 +1,617 @@
+"""The benchmarks' shared harness: arguments, real server processes, fresh PostgreSQL schemas,
+statistics, HTTP load helpers and the ``bench/RESULTS.md`` table.
+
+Conventions every benchmark follows:
+
+- servers are real processes (``.venv/bin/runledger serve``; the no-op reference app under the
+  same uvicorn settings), bound to 127.0.0.1 on a free port, logging to a file in a temporary
+  directory, and stopped in a ``finally`` (SIGTERM, then SIGKILL after 20 s) even on failure;
+  SIGTERM to the benchmark itself unwinds the same way;
+- each PostgreSQL run gets a fresh schema (``bench_<name>_<random>``), dropped afterwards;
+- every loop is bounded in count and in time; all traffic goes to 127.0.0.1;
+- a benchmark reports the median of its rounds, the reference measured in the same run (rounds
+  interleaved with the measured ones, so that the noise of this shared 2-core machine hits
+  both), the ratio ``median / reference`` and its target with PASS/MISS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_PATH = ROOT / "bench" / "RESULTS.md"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+LOCALHOST = "127.0.0.1"
+
+RESULTS_HEADER = (
+    "| date (UTC) | benchmark | metric | median | reference | ratio | target | cores | notes |\n"
+    "|---|---|---|---|---|---|---|---|---|\n"
+)
+
+
+# -- arguments and process hygiene ---------------------------------------------------------------
+
+
+def parse_args(
+    description: str,
+    *,
+    rounds: int,
+    quick_rounds: int,
+    add: Callable[[argparse.ArgumentParser], None] | None = None,
+    argv: Sequence[str] | None = None,
+) -> argparse.Namespace:
+    """The common command line of a benchmark.
+
+    Args:
+        description: the benchmark's one-line summary (``--help``).
+        rounds: rounds of a full run (>= 3).
+        quick_rounds: rounds of a ``--quick`` run.
+        add: adds the benchmark's own options.
+        argv: arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The parsed namespace; ``rounds`` is resolved from ``--quick`` when not given.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"rounds (default {rounds}, --quick {quick_rounds})",
+    )
+    parser.add_argument(
+        "--database-url", default=DEFAULT_DATABASE_URL, help="PostgreSQL (a schema per run)"
+    )
+    parser.add_argument(
+        "--no-record", action="store_true", help="do not append to bench/RESULTS.md"
+    )
+    if add is not None:
+        add(parser)
+    args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = quick_rounds if args.quick else rounds
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    return args
+
+
+def unwind_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit`` so that ``finally`` blocks stop servers and drop schemas."""
+
+    def _exit(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind((LOCALHOST, 0))
+        return int(s.getsockname()[1])
+
+
+def runledger_bin() -> Path:
+    """The ``runledger`` console script of the project's virtualenv."""
+    venv = ROOT / ".venv" / "bin" / "runledger"
+    return venv if venv.exists() else Path(sys.executable).with_name("runledger")
+
+
+def git_revision() -> str:
+    """``<short sha>`` of HEAD, ``+dirty`` when the working tree differs (read-only git calls)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        clean = subprocess.run(
+            ["git", "diff-index", "--quiet", "HEAD", "--"], cwd=ROOT, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("" if clean.returncode == 0 else "+dirty")
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def fresh_schema(database_url: str, label: str) -> Iterator[str]:
+    """Create an empty schema ``bench_<label>_<random>``; drop it (CASCADE) afterwards.
+
+    Stop every process and close every connection using the schema before leaving the block
+    (``DROP SCHEMA`` waits for their locks, at most 60 s).
+    """
+    name = f"bench_{label}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        drop_schema(database_url, name)
+
+
+def drop_schema(database_url: str, name: str) -> None:
+    """``DROP SCHEMA IF EXISTS name CASCADE`` (lock wait at most 60 s, three attempts)."""
+    for attempt in range(3):
+        try:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute("SET lock_timeout = '60s'")
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
+                )
+            return
+        except psycopg.Error as error:
+            if attempt == 2:
+                print(f"!! could not drop schema {name}: {error}", file=sys.stderr)
+                raise
+            time.sleep(2)
+
+
+def log_table(database_url: str, schema: str) -> str:
+    """The name of the application's events table in ``schema`` (the one with ``notification_id``)."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.columns "
+            "WHERE table_schema = %s AND column_name = 'notification_id' ORDER BY table_name",
+            (schema,),
+        ).fetchall()
+    if len(rows) != 1:
+        raise RuntimeError(f"expected one events table in schema {schema!r}, found {rows}")
+    return str(rows[0][0])
+
+
+def log_event_count(database_url: str, schema: str) -> int:
+    """The exact number of events in the application log of ``schema`` (``count(*)``)."""
+    table = log_table(database_url, schema)
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(table)
+            )
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# -- server processes ---------------------------------------------------------------------------
+
+
+@dataclass
+class ServerProcess:
+    """A server in a subprocess, reached over HTTP on 127.0.0.1.
+
+    Attributes:
+        name: a label for messages.
+        argv: the command line.
+        env: the complete environment of the process.
+        log_path: where stdout and stderr go (never a pipe: a full pipe would stall the server).
+        port: the bound port.
+        ready_path: the GET path answering 200 once the server is ready.
+    """
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    port: int
+    ready_path: str = "/healthz"
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://{LOCALHOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The process id (the uvicorn process itself: ``runledger serve`` runs uvicorn in-process)."""
+        assert self.process is not None, f"{self.name} is not running"
+        return self.process.pid
+
+    def start(self, timeout_s: float = 60.0) -> ServerProcess:
+        """Start the process and wait until ``ready_path`` answers 200.
+
+        Raises:
+            RuntimeError: the process exited, or was not ready within ``timeout_s``.
+        """
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(trust_env=False, timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
+                try:
+                    if client.get(self.url + self.ready_path).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready after {timeout_s} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM, wait up to 20 s, then SIGKILL. Idempotent."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=20)
+        self.process = None
+
+    def memory_kb(self) -> dict[str, int]:
+        """``VmRSS`` and ``VmHWM`` (peak RSS) of the process from ``/proc/<pid>/status``, in kB."""
+        found: dict[str, int] = {}
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    found[key] = int(value.split()[0])
+        return found
+
+    def log_tail(self, size: int = 3000) -> str:
+        """The end of the server's log."""
+        try:
+            return self.log_path.read_text(errors="replace")[-size:]
+        except OSError:
+            return "(no log)"
+
+
+@contextlib.contextmanager
+def running(*servers: ServerProcess) -> Iterator[tuple[ServerProcess, ...]]:
+    """Start ``servers`` in order; stop every started one on leaving, even on failure."""
+    with contextlib.ExitStack() as stack:
+        for server in servers:
+            stack.callback(server.stop)
+            server.start()
+        try:
+            yield servers
+        except BaseException:
+            for server in servers:
+                if server.process is not None and server.process.poll() is not None:
+                    print(
+                        f"!! {server.name} (pid {server.pid}) exited with "
+                        f"{server.process.returncode}:\n{server.log_tail()}",
+                        file=sys.stderr,
+                    )
+            raise
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEDGER_")}
+    env.update(extra)
+    return env
+
+
+def runledger_server(
+    database_url: str,
+    schema: str,
+    workdir: Path,
+    *,
+    name: str = "runledger",
+    **settings: str,
+) -> ServerProcess:
+    """``runledger serve`` on PostgreSQL in ``schema`` (not started yet).
+
+    Args:
+        database_url: ``RUNLEDGER_DATABASE_URL``.
+        schema: ``RUNLEDGER_DATABASE_SCHEMA``.
+        workdir: holds the log file and ``RUNLEDGER_DATA_DIR`` (local blobs).
+        name: label, also the log file's name.
+        settings: more ``RUNLEDGER_*`` settings by lower-case name (e.g. ``projector="off"``).
+    """
+    port = free_port()
+    env = _clean_env(
+        RUNLEDGER_DATABASE_URL=database_url,
+        RUNLEDGER_DATABASE_SCHEMA=schema,
+        RUNLEDGER_DATA_DIR=str(workdir / f"{name}-var"),
+        **{f"RUNLEDGER_{key.upper()}": value for key, value in settings.items()},
+    )
+    return ServerProcess(
+        name=name,
+        argv=[str(runledger_bin()), "serve", "--host", LOCALHOST, "--port", str(port)],
+        env=env,
+        log_path=workdir / f"{name}.log",
+        port=port,
+        ready_path="/readyz",
+    )
+
+
+def noop_server(workdir: Path, *, name: str = "noop") -> ServerProcess:
+    """``bench.noop_app``: the reference endpoints under the same uvicorn settings (not started)."""
+    port = free_port()
+    return ServerProcess(
+        name=name,
+        argv=[sys.executable, "-m", "bench.noop_app", "--port", str(port)],
+        env=_clean_env(),
+        log_path=workdir / f"{name}.log",
+        port=port,
+        ready_path="/healthz",
+    )
+
+
+def readyz(url: str) -> dict[str, Any]:
+    """``GET /readyz`` of a runledger server."""
+    with httpx.Client(trust_env=False, timeout=30.0) as client:
+        response = client.get(url + "/readyz")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+
+def wait_projected(url: str, timeout_s: float = 300.0) -> float:
+    """Wait until every projection of the server at ``url`` has caught up with the log's head.
+
+    Returns:
+        Seconds waited.
+
+    Raises:
+        TimeoutError: still lagging after ``timeout_s``.
+    """
+    started = time.monotonic()
+    deadline = started + timeout_s
+    while time.monotonic() < deadline:
+        if all(p["lag"] == 0 for p in readyz(url)["projections"]):
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise TimeoutError(f"projections of {url} still lagging after {timeout_s} s")
+
+
+class RssSampler:
+    """Samples a process's ``VmRSS`` every ``interval_s`` in a background thread (a context manager).
+
+    Args:
+        server: the process to watch.
+        interval_s: sampling period, seconds.
+        max_samples: the thread stops after this many samples whatever happens.
+    """
+
+    def __init__(
+        self, server: ServerProcess, interval_s: float = 0.1, max_samples: int = 100_000
+    ) -> None:
+        self.server = server
+        self.interval_s = interval_s
+        self.max_samples = max_samples
+        self.samples_kb: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while len(self.samples_kb) < self.max_samples and not self._stop.is_set():
+            try:
+                self.samples_kb.append(self.server.memory_kb()["VmRSS"])
+            except (OSError, KeyError, AssertionError):
+                return
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    @property
+    def peak_kb(self) -> int:
+        """The highest sampled ``VmRSS`` (0 without samples)."""
+        return max(self.samples_kb, default=0)
+
+
+# -- HTTP load ---------------------------------------------------------------------------------
+
+
+def post_all(
+    url: str,
+    bodies: Sequence[bytes],
+    *,
+    content_type: str,
+    concurrency: int,
+    check: Callable[[httpx.Response], int],
+    timeout_s: float = 600.0,
+) -> tuple[float, int]:
+    """POST every body once over ``concurrency`` keep-alive connections; time it.
+
+    Args:
+        url: the endpoint.
+        bodies: pre-encoded request bodies (encoding is not timed).
+        content_type: the ``content-type`` header.
+        concurrency: concurrent connections (each keeps one request in flight).
+        check: validates a response (raising on anything unexpected) and returns what it
+            counts (e.g. events created).
+        timeout_s: the whole load's time limit.
+
+    Returns:
+        ``(elapsed seconds from the first request to the last response, sum of check())``.
+
+    Raises:
+        TimeoutError: the load took longer than ``timeout_s``.
+    """
+
+    async def load() -> tuple[float, int]:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        headers = {"content-type": content_type}
+        async with httpx.AsyncClient(
+            trust_env=False, limits=limits, timeout=httpx.Timeout(120.0)
+        ) as client:
+            await client.get(url.rsplit("/v1/", 1)[0] + "/healthz")  # open one connection
+            queue = iter(range(len(bodies)))
+            counted = 0
+
+            async def worker() -> None:
+                nonlocal counted
+                for index in queue:  # shared iterator: each body is posted exactly once
+                    response = await client.post(url, content=bodies[index], headers=headers)
+                    counted += check(response)
+
+            started = time.perf_counter()
+            await asyncio.wait_for(
+                asyncio.gather(*(worker() for _ in range(concurrency))), timeout=timeout_s
+            )
+            return time.perf_counter() - started, counted
+
+    return asyncio.run(load())
+
+
+# -- statistics and reporting --------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    """The median (``statistics.median``)."""
+    return float(statistics.median(values))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by linear interpolation between closest ranks."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def fmt(value: float | None) -> str:
+    """A number for humans: thousands separators above 100, two or three decimals below."""
+    if value is None:
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def fmt_ratio(ratio: float) -> str:
+    """A ratio with two decimals, or three significant digits below 0.1."""
+    return f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"
+
+
+@dataclass
+class Measurement:
+    """One reported number.
+
+    Attributes:
+        benchmark: the benchmark's name (``ingest_batch``...).
+        metric: what was measured, with its unit (``events/s committed``).
+        median: median over the rounds.
+        reference: median of the reference over the same rounds (None: no reference).
+        reference_label: what the reference is (``COPY``, ``no-op endpoint``...).
+        target: the target in words (``>= 25,000``).
+        passed: whether the target is met (None: no target for this line).
+        rounds: the per-round values, for the printout.
+        notes: anything a reader needs (load generator, sizes, quick run...).
+    """
+
+    benchmark: str
+    metric: str
+    median: float
+    reference: float | None = None
+    reference_label: str = ""
+    target: str = "-"
+    passed: bool | None = None
+    rounds: list[float] = field(default_factory=list)
+    notes: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        """``median / reference`` (None without a reference)."""
+        if self.reference in (None, 0):
+            return None
+        assert self.reference is not None
+        return self.median / self.reference
+
+    @property
+    def verdict(self) -> str:
+        """``PASS``, ``MISS`` or ``-``."""
+        return "-" if self.passed is None else ("PASS" if self.passed else "MISS")
+
+
+def report(measurements: Sequence[Measurement], *, quick: bool, record: bool) -> None:
+    """Print the measurements and (unless ``record`` is false) append them to ``bench/RESULTS.md``."""
+    print()
+    print(f"{'metric':<44} {'median':>12} {'reference':>22} {'ratio':>7}  target")
+    for m in measurements:
+        reference = f"{fmt(m.reference)} {m.reference_label}".strip() if m.reference else "-"
+        ratio = f"{fmt_ratio(m.ratio)}x" if m.ratio is not None else "-"
+        print(
+            f"{m.benchmark + ': ' + m.metric:<44} {fmt(m.median):>12} {reference:>22} "
+            f"{ratio:>7}  {m.target} -> {m.verdict}"
+        )
+        if m.rounds:
+            print(f"{'':<4}rounds: {', '.join(fmt(v) for v in m.rounds)}")
+    if record:
+        append_results(measurements, quick=quick)
+        print(f"\nappended {len(measurements)} row(s) to {RESULTS_PATH.relative_to(ROOT)}")
+
+
+def append_results(measurements: Sequence[Measurement], *, quick: bool) -> None:
+    """Append one markdown row per measurement to ``bench/RESULTS.md`` (header written once)."""
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
+    cores = os.cpu_count() or 0
+    revision = git_revision()
+    lines = []
+    for m in measurements:
+        reference = f"{fmt(m.reference)} ({m.reference_label})" if m.reference else "-"
+        ratio = fmt_ratio(m.ratio) if m.ratio is not None else "-"
+        notes = "; ".join(
+            part for part in ("quick" if quick else "", m.notes, f"rev {revision}") if part
+        )
+        cells = [
+            date,
+            m.benchmark,
+            m.metric,
+            fmt(m.median),
+            reference,
+            ratio,
+            f"{m.target} {m.verdict}" if m.passed is not None else m.target,
+            str(cores),
+            notes,
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |\n")
+    new = not RESULTS_PATH.exists() or RESULTS_PATH.stat().st_size == 0
+    with RESULTS_PATH.open("a") as results:
+        if new:
+            results.write("# Benchmark results\n\nAppended by `python -m bench.<name>`; ")
+            results.write("see `bench/README.md`. Ratio = median / reference.\n\n")
+            results.write(RESULTS_HEADER)
+        results.writelines(lines)
+
+
+def banner(title: str, **facts: object) -> None:
+    """Print the benchmark's title and its parameters."""
+    print(f"== {title}  ({datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, {os.cpu_count()} cores)")
+    for key, value in facts.items():
+        print(f"   {key}: {value}")
