@@ -21,10 +21,10 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from eventsourcing.persistence import JSONTranscoder, StoredEvent
+from eventsourcing.persistence import JSONTranscoder, ProgrammingError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg import Cursor
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Identifier
 
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
@@ -96,6 +96,7 @@ class FastPostgresApplicationRecorder(PostgresApplicationRecorder):
     ) -> None:
         self._lock_table(curs)
         self._notify_channel(curs)
+        curs.row_factory = tuple_row  # the ids come back as tuples, not dicts
         curs.execute(
             self.insert_events_statement,
             (
@@ -105,6 +106,17 @@ class FastPostgresApplicationRecorder(PostgresApplicationRecorder):
                 [e.state for e in stored_events],
             ),
         )
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[Any], stored_events: Sequence[StoredEvent], **_: Any
+    ) -> Sequence[int] | None:
+        ids = [row[0] for row in curs.fetchall()]
+        if len(ids) != len(stored_events):
+            msg = (
+                f"Couldn't get all notification IDs (got {len(ids)}, expected {len(stored_events)})"
+            )
+            raise ProgrammingError(msg)
+        return ids
 
     def select_events_many(self, originator_ids: Sequence[UUID]) -> list[StoredEvent]:
         """Every event of the given streams, ordered by stream then version (one round trip)."""
