@@ -20,7 +20,7 @@ from api.hooks import map_hook
 from api.offload import make_offload
 from api.otlp import decode_export_request, encode_export_response
 from api.problems import BadRequestError, BodyTooLargeError, problem_body, problem_response
-from api.schemas import EventBatch, EventResult, EventResults, StreamRef, TypedEvent
+from api.schemas import EventBatch, EventResults, TypedEvent
 from domain.base import EventMeta, content_sha256
 from domain.ledger import Command, Outcome
 from infra.runtime import Runtime
@@ -57,19 +57,22 @@ def _parse_json(body: bytes) -> Any:
         raise BadRequestError(f"body is not valid JSON: {error}") from None
 
 
-def _result(index: int, outcome: Outcome) -> EventResult:
+def _result(index: int, outcome: Outcome) -> dict[str, Any]:
+    """One ``EventResult`` as a plain dict (built directly: a batch answers 1,000 of them)."""
     command = outcome.command
-    return EventResult(
-        index=index,
-        event_id=command.meta.event_id,
-        status=outcome.status,
-        stream=StreamRef(
-            kind=command.kind, external_id=command.external_id, stream_id=str(outcome.stream_id)
-        ),
-        version=outcome.version,
-        position=outcome.position,
-        error=problem_body(outcome.error) if outcome.error is not None else None,
-    )
+    return {
+        "index": index,
+        "event_id": command.meta.event_id,
+        "status": outcome.status,
+        "stream": {
+            "kind": command.kind,
+            "external_id": command.external_id,
+            "stream_id": str(outcome.stream_id),
+        },
+        "version": outcome.version,
+        "position": outcome.position,
+        "error": problem_body(outcome.error) if outcome.error is not None else None,
+    }
 
 
 @router.post(
@@ -103,20 +106,23 @@ async def post_events(request: Request, runtime: RuntimeDep, project: ProjectDep
     commands = [event.to_command(project, offload) for event in events]
     outcomes = await runtime.writer.submit(commands)
     results = [_result(i, o) for i, o in enumerate(outcomes)]
-    body = EventResults(
-        results=results,
-        created=sum(r.status == "created" for r in results),
-        duplicates=sum(r.status == "duplicate" for r in results),
-        rejected=sum(r.status == "rejected" for r in results),
+    statuses = [o.status for o in outcomes]
+    content = orjson.dumps(
+        {
+            "results": results,
+            "created": statuses.count("created"),
+            "duplicates": statuses.count("duplicate"),
+            "rejected": statuses.count("rejected"),
+        }
     )
+    status = 200
     if single:
         outcome = outcomes[0]
         if outcome.error is not None:
             problem = problem_body(outcome.error, instance=request.url.path)
             return problem_response(problem["status"], problem)
         status = 201 if outcome.status == "created" else 200
-        return Response(body.model_dump_json(), status_code=status, media_type="application/json")
-    return Response(body.model_dump_json(), status_code=200, media_type="application/json")
+    return Response(content, status_code=status, media_type="application/json")
 
 
 @router.post(

@@ -260,7 +260,11 @@ def test_typed_events_answer_per_event_results_and_domain_refusals(sqlite_server
             .raise_for_status()
             .json()
         )
+        from api.schemas import EventResults
+
+        EventResults.model_validate(batch)  # the documented response schema is what is sent
         assert [r["status"] for r in batch["results"]] == ["created", "rejected", "rejected"]
+        assert (batch["created"], batch["duplicates"], batch["rejected"]) == (1, 0, 2)
         assert batch["results"][1]["error"]["status"] == 409
         assert batch["results"][1]["error"]["allowed"] == ["running"]
         assert batch["results"][2]["error"]["status"] == 404
