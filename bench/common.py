@@ -330,12 +330,21 @@ def runledger_server(
         workdir: holds the log file and ``RUNLEDGER_DATA_DIR`` (local blobs).
         name: label, also the log file's name.
         settings: more ``RUNLEDGER_*`` settings by lower-case name (e.g. ``projector="off"``).
+            ``BENCH_RUNLEDGER_<NAME>`` variables of the benchmark's own environment are passed on
+            as ``RUNLEDGER_<NAME>`` too (e.g. ``BENCH_RUNLEDGER_WORKERS=2``), to measure a
+            configuration without editing the benchmark.
     """
     port = free_port()
+    passed_on = {
+        key.removeprefix("BENCH_"): value
+        for key, value in os.environ.items()
+        if key.startswith("BENCH_RUNLEDGER_")
+    }
     env = _clean_env(
         RUNLEDGER_DATABASE_URL=database_url,
         RUNLEDGER_DATABASE_SCHEMA=schema,
         RUNLEDGER_DATA_DIR=str(workdir / f"{name}-var"),
+        **passed_on,
         **{f"RUNLEDGER_{key.upper()}": value for key, value in settings.items()},
     )
     return ServerProcess(

@@ -47,7 +47,11 @@ class Settings(BaseSettings):
         default=0.2, gt=0, description="Projector idle poll interval, seconds."
     )
     projector_page_size: int = Field(
-        default=1000, ge=1, le=100_000, description="Events folded per transaction."
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Notifications per read of the log (and per transaction near the head; "
+        "catching up, the projector writes up to 20,000 events per transaction).",
     )
     create_tables: bool = Field(
         default=True,

@@ -4,10 +4,13 @@ A projection owns one table and is a pure function ``fold(event, position, rows)
 domain event and its position in the log (``notification_id``), it reads the rows it needs with
 ``rows.get(table, key)`` and writes whole rows back with ``rows.put(table, key, row)``. It does no
 I/O. The catch-up runner (``projections.runner``) gives it an accessor backed by the database
-(rows prefetched per page, written back in bulk); unit tests give it a ``MemoryRows``.
+(rows read in bulk once per run and kept in memory, written back in batches); unit tests give it
+a ``MemoryRows``. Several projections fold the same event in turn: ``span_facts`` and
+``LastResult`` let them share what they read off it.
 
-Rules for folds: never mutate a dict returned by ``get`` (copy it, change the copy, ``put`` it);
-be deterministic (the same events in the same order give the same rows: a rebuild must equal the
+Rules for folds: never mutate a dict returned by ``get`` (copy it, change the copy, ``put`` it),
+a row once ``put`` (the runner writes it later, maybe on another thread) or an event (other
+projections fold it too); be deterministic (the same events in the same order give the same rows: a rebuild must equal the
 incrementally maintained table); tolerate any event the domain accepted (missing optional
 fields are ``None``).
 
@@ -200,28 +203,101 @@ def span_link(span: SpanRecorded, keys: tuple[str, ...]) -> str | None:
 
 def span_session_id(span: SpanRecorded) -> str | None:
     """The agent session a span belongs to (``SESSION_KEYS``), or None."""
-    return span_link(span, SESSION_KEYS)
+    return span_facts(span).session_id
 
 
 def span_model(span: SpanRecorded) -> str | None:
     """``gen_ai.response.model``, else ``gen_ai.request.model`` (attributes, then resource)."""
-    return span_link(span, MODEL_KEYS)
+    return span_facts(span).model
 
 
 def span_usage(span: SpanRecorded) -> tuple[int | None, int | None, float | None]:
     """``(input_tokens, output_tokens, cost_usd)`` from the span's own attributes (None when
     absent or not a number)."""
-    attributes = span.attributes if isinstance(span.attributes, Mapping) else {}
+    facts = span_facts(span)
+    return facts.input_tokens, facts.output_tokens, facts.cost_usd
+
+
+@dataclass(frozen=True, slots=True)
+class SpanFacts:
+    """What the projections read off a span's attributes (see the ``span_*`` helpers)."""
+
+    session_id: str | None
+    chain_id: str | None
+    stage_id: str | None
+    model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: float | None
+    service_name: str | None
+
+
+def _first_id(mappings: tuple[Mapping[str, Any], ...], keys: tuple[str, ...]) -> str | None:
+    # span_link, without the calls for absent keys
+    for mapping in mappings:
+        for key in keys:
+            value = mapping.get(key)
+            if value is not None:
+                found = as_id(value)
+                if found is not None:
+                    return found
+    return None
+
+
+def _span_facts(span: SpanRecorded) -> SpanFacts:
+    mappings = _mappings(span)
+    attributes, resource = mappings
     cost = None
     for key in COST_KEYS:
         cost = as_number(attributes.get(key))
         if cost is not None:
             break
-    return (
-        as_count(attributes.get(INPUT_TOKENS_KEY)),
-        as_count(attributes.get(OUTPUT_TOKENS_KEY)),
-        cost,
+    input_tokens = attributes.get(INPUT_TOKENS_KEY)
+    output_tokens = attributes.get(OUTPUT_TOKENS_KEY)
+    return SpanFacts(
+        session_id=_first_id(mappings, SESSION_KEYS),
+        chain_id=_first_id(mappings, CHAIN_KEYS),
+        stage_id=_first_id(mappings, STAGE_KEYS),
+        model=_first_id(mappings, MODEL_KEYS),
+        input_tokens=None if input_tokens is None else as_count(input_tokens),
+        output_tokens=None if output_tokens is None else as_count(output_tokens),
+        cost_usd=cost,
+        service_name=as_id(resource.get("service.name")),
     )
+
+
+class LastResult:
+    """A one-entry memo of ``fn(event)``, by event identity.
+
+    The runner folds each event into every projection in turn, so projections that read the
+    same facts off an event share one reading. The entry is one tuple (replaced atomically:
+    threads may share a memo) and holds the event (its identity stays valid). Only for pure
+    functions of immutable events.
+    """
+
+    __slots__ = ("_fn", "_last")
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self._fn = fn
+        self._last: tuple[object, Any] = (None, None)
+
+    def __call__(self, event: Any) -> Any:
+        """``fn(event)``, from the memo when ``event`` is the last one asked about."""
+        last, result = self._last
+        if last is event and last is not None:
+            return result
+        result = self._fn(event)
+        self._last = (event, result)
+        return result
+
+
+_span_facts_memo = LastResult(_span_facts)
+
+
+def span_facts(span: SpanRecorded) -> SpanFacts:
+    """The ``SpanFacts`` of a span (read once for consecutive calls with the same span)."""
+    facts: SpanFacts = _span_facts_memo(span)
+    return facts
 
 
 def fold_events(

@@ -19,7 +19,7 @@ from __future__ import annotations
 from domain.base import LedgerEvent
 from domain.evidence import apply_entry
 from domain.session import EvidenceRecorded
-from projections.base import Projection, Rows
+from projections.base import LastResult, Projection, Rows
 from projections.schema import CRITERION_STATES, PHASE_BLOCKS, Table
 
 #: The ``StateRecord`` fields (scafld ``model.go``); a record holds those that are non-empty.
@@ -37,7 +37,7 @@ RECORD_FIELDS = (
 )
 
 
-def _records(
+def _entry_records(
     event: EvidenceRecorded,
 ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
     criterion_states: dict[str, dict[str, str]] = {}
@@ -47,6 +47,10 @@ def _records(
     return criterion_states, phase_blocks
 
 
+#: Both projections fold each entry in turn: they share one ``apply_entry`` (read-only results).
+_records = LastResult(_entry_records)
+
+
 def _put(
     table: Table,
     event: EvidenceRecorded,
@@ -54,12 +58,11 @@ def _put(
     rows: Rows,
     found: dict[str, dict[str, str]],
 ) -> None:
+    fields = _FIELDS[table.name]
     for natural_id, record in found.items():
         key = (event.project, event.external_id, natural_id)
         row = table.blank(key)
-        for name in RECORD_FIELDS:
-            if name in table.by_name and name not in table.key:
-                row[name] = record.get(name)
+        row.update(zip(fields, map(record.get, fields), strict=True))
         row["position"] = position
         rows.put(table.name, key, row)
 
@@ -88,6 +91,12 @@ def record_of(row: dict[str, object]) -> dict[str, str]:
     """
     return {name: str(row[name]) for name in RECORD_FIELDS if row.get(name)}
 
+
+#: The record fields each table has a column for (its key columns aside).
+_FIELDS = {
+    table.name: tuple(n for n in RECORD_FIELDS if n in table.by_name and n not in table.key)
+    for table in (CRITERION_STATES, PHASE_BLOCKS)
+}
 
 CRITERION_STATES_PROJECTION = Projection(
     name="criterion_states",

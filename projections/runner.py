@@ -1,19 +1,32 @@
-"""The catch-up projector: folds the application log into the read models, page by page.
+"""The catch-up projector: folds the application log into the read models, batch by batch.
 
 Reads the notification log (``recorder.select_notifications``, positions = ``notification_id``,
 1-based, possibly with gaps on PostgreSQL) in pages of ``page_size``, decodes each notification
-into its domain event, folds the page into every projection that has not seen it yet (rows are
-fetched in bulk before the folds, and fetched on demand for keys a projection did not announce),
-then writes, in ONE transaction, every changed row (``executemany`` of
-``INSERT ... ON CONFLICT (key) DO UPDATE``) and each advanced projection's tracking position.
+a projection consumes into its domain event and folds it into every projection that has not seen
+it yet, against an in-memory row cache (``_RowCache``) that lives for one run: rows are read from
+the database once per run (in bulk before a page's folds, on demand for keys a projection did
+not announce; never for a table that was empty when the run started, such as every table of a
+rebuild) and kept across pages. While full pages come back (the log has more), pages are folded
+into one batch of up to ``batch_size`` notifications; a batch is written when it is full, when a
+page comes back short (the head of the log: so live tailing still writes every page at once) and
+at the end of a run, in ONE transaction: each advanced projection's tracking position, then
+every changed row (PostgreSQL: binary ``COPY`` into a temporary table and one ``INSERT ... ON
+CONFLICT (key) DO UPDATE`` per table from 64 rows on; otherwise ``executemany`` of that upsert).
 
 Exactly once: a crash (or an exception in a fold) before that commit leaves rows and positions at
-the previous page boundary, and the next run replays the page. Each tracking update is
-conditional (``UPDATE ... WHERE name = ? AND position = <the position the page started from>``):
+the previous batch boundary, and the next run replays from there. Each tracking update is
+conditional (``UPDATE ... WHERE name = ? AND position = <the position the batch started from>``):
 if another projector moved a position in between (or a rebuild reset it), the transaction is
-rolled back and the page is read again, so a page is never doubled even without a lock. On
-PostgreSQL a session-level advisory lock (``pg_try_advisory_lock``) also keeps a second
-projector from doing the work twice: it returns without work and logs that it did so.
+rolled back, the run's cache is dropped and it reads again from the positions then committed, so
+a batch is never doubled even without a lock. On PostgreSQL a session-level advisory lock
+(``pg_try_advisory_lock``) also keeps a second projector from doing the work twice: it returns
+without work and logs that it did so. The cache holds what the database holds at the positions
+this run committed (plus the rows not written yet): this run is the only writer of its tables
+(the lock; on SQLite, the tracking check above), and it starts empty at every run.
+
+On PostgreSQL a batch is written on a thread of its own while the next one is folded, and the
+next page is read while one is folded; a write starts only once the previous one committed, and
+a run waits for its writes (also when a fold raises), so the boundaries above hold.
 
 Consumes every event the projections of ``projections.catalog`` consume (see their modules).
 """
@@ -22,24 +35,33 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 from eventsourcing.application import Application
 from eventsourcing.persistence import Notification
+from eventsourcing.utils import resolve_topic
 
 from domain.base import LedgerEvent
-from projections.base import Key, Projection, Row
+from projections.base import Key, Projection, Row, no_reads
 from projections.catalog import PROJECTIONS, UnknownProjectionError
 from projections.db import Database, render
 from projections.schema import (
+    BIGINT,
+    BOOL,
+    DOUBLE,
+    JSON,
+    TEXT,
+    TIMESTAMP,
     TRACKING_TABLE,
     Table,
     ddl,
     decoders,
-    encoders,
     iso,
+    param_decoder,
+    row_encoder,
     to_utc,
     upsert_sql,
 )
@@ -50,8 +72,44 @@ Progress = Callable[[int, int], None]
 
 #: Keys per bulk ``SELECT ... WHERE (key) IN (VALUES ...)``.
 _PREFETCH_CHUNK = 500
-#: From this many rows of one table in a page, PostgreSQL writes go through ``COPY``.
+#: From this many rows of one table in a write, PostgreSQL writes go through ``COPY``.
 _COPY_THRESHOLD = 64
+
+_MISSING: Any = object()
+
+T = TypeVar("T")
+
+
+_Targets = list[tuple[int, Projection]]
+_Work = tuple[int, LedgerEvent, _Targets]
+
+
+def _decode(
+    mapper: Any, notifications: Sequence[Notification], active: _Targets
+) -> Iterator[_Work]:
+    """``(position, event, [(since, projection)])`` for each notification whose event some of
+    ``active`` consume (worked out once per topic; others are not even decoded).
+
+    A list of notifications is emptied on the way (each one dropped once its event is taken),
+    so that a page's notifications die young.
+    """
+    to_domain_event = mapper.to_domain_event
+    dispatch: dict[str, _Targets] = {}
+    slots: list[Any] | None = notifications if isinstance(notifications, list) else None
+    for index, notification in enumerate(notifications):
+        if slots is not None:
+            slots[index] = None
+        topic = notification.topic
+        targets = dispatch.get(topic)
+        if targets is None:
+            cls = resolve_topic(topic)
+            targets = dispatch[topic] = (
+                [(since, p) for since, p in active if issubclass(cls, p.consumes)]
+                if isinstance(cls, type) and issubclass(cls, LedgerEvent)
+                else []
+            )
+        if targets:
+            yield notification.id, to_domain_event(notification), targets
 
 
 class ProjectorBusyError(RuntimeError):
@@ -59,107 +117,339 @@ class ProjectorBusyError(RuntimeError):
 
 
 class _TrackingMovedError(Exception):
-    """A tracking position changed under a page being written (another projector, a rebuild)."""
+    """A tracking position changed under a batch being written (another projector, a rebuild)."""
 
 
-class _PageRows:
-    """The ``Rows`` of one page: fetched from the database in bulk or on demand, written in bulk.
+class _RowCache:
+    """The ``Rows`` the folds of one run see: rows held in memory across pages and batches.
+
+    Tables whose folds read rows (``Projection.reads``: sessions, tool calls, summaries, ...)
+    are *retained*: a row is read from the database once per run (in bulk before a page's
+    folds, or on demand for a key a projection did not announce) and then kept, least recently
+    used first out beyond ``max_rows``; the folds' ``put`` replaces it and marks it dirty until
+    its batch is taken for writing (``take``). What the cache holds is what the database holds
+    at the positions the run last committed, plus the dirty rows: the run's projector is the
+    only writer of its tables while it runs (the advisory lock on PostgreSQL; on SQLite the
+    conditional tracking update fails, and the run drops its cache, when another projector wrote
+    in between).
+
+    Rows of the other tables (spans, criterion states, ...: only ever overwritten) are encoded
+    to their parameter tuples a few dozen at a time as they come, and dropped once written:
+    they hold the events' attribute dicts, and letting those die young keeps the garbage
+    collector's full collections rare. ``get`` still finds them (decoded as the database would
+    give them back) until their write committed, then in the database.
+
+    A table is *complete* when the cache knows every one of its rows: it was empty when the run
+    started (a rebuild truncates its tables). A key missing from a complete table has no row, so
+    the database is not asked, unless its row was dropped from the cache (the hashes of dropped
+    keys are kept: up to ``4 * max_rows`` of them, beyond which the table is no longer complete).
 
     Args:
-        conn: an open DB-API connection (inside a transaction) for reads.
-        dialect: ``sqlite`` | ``postgresql``.
-        tables: the tables the page's projections own.
+        db: the database (on-demand and bulk reads, each in a read-only transaction).
+        tables: the tables of the run's projections, by name.
+        complete: tables that were empty when the run started.
+        retain: the tables whose folds read rows.
+        max_rows: retained rows kept after a write, at most; beyond it, the least recently used
+            rows of the largest tables are dropped.
     """
 
-    def __init__(self, conn: Any, dialect: str, tables: dict[str, Table]) -> None:
-        self._conn = conn
-        self._dialect = dialect
-        self._tables = tables
-        self._cache: dict[str, dict[Key, Row | None]] = {name: {} for name in tables}
-        self.dirty: dict[str, dict[Key, Row]] = {name: {} for name in tables}
+    #: Rows of a table that is not retained are encoded this many at a time.
+    ENCODE_CHUNK = 64
+
+    def __init__(
+        self,
+        db: Database,
+        tables: dict[str, Table],
+        *,
+        complete: set[str],
+        retain: set[str],
+        max_rows: int,
+    ) -> None:
+        self._db = db
+        self._dialect = db.dialect
+        self.tables = tables
+        self._max_rows = max_rows
+        self.complete = set(complete) & set(tables)
+        retained = [name for name in tables if name in retain]
+        others = [name for name in tables if name not in retain]
+        # retained tables: LRU order (least recently used first); None: known to have no row
+        self._rows: dict[str, dict[Key, Row | None]] = {name: {} for name in retained}
+        self._dirty: dict[str, dict[Key, Row]] = {name: {} for name in retained}
+        # the other tables: rows put, not encoded yet; encoded, not taken; taken, not committed
+        self._fresh: dict[str, dict[Key, Row]] = {name: {} for name in others}
+        self._encoded: dict[str, dict[Key, tuple[Any, ...]]] = {name: {} for name in others}
+        self._inflight: dict[str, dict[Key, tuple[Any, ...]]] = {name: {} for name in others}
+        # complete retained tables: hashes of the keys of the rows dropped from the cache
+        self._evicted: dict[str, set[int]] = {}
+        self._max_evicted = 4 * max_rows
 
     def get(self, table: str, key: Key) -> Row | None:
-        """The row under ``key`` (fetched from the database if not cached), or None."""
-        cache = self._cache[table]
-        if key in cache:
-            return cache[key]
-        self._fetch(table, [key])
-        return cache.get(key)
+        """The row under ``key`` (read from the database when not known here), or None."""
+        rows = self._rows.get(table)
+        if rows is not None:
+            row = rows.pop(key, _MISSING)
+            if row is not _MISSING:
+                rows[key] = row  # most recently used: last in the dict's order
+                return row  # type: ignore[no-any-return]
+            if table in self.complete:
+                evicted = self._evicted.get(table)
+                if evicted is None or hash(key) not in evicted:
+                    return None
+            self._read(table, [key], rows)
+            return rows.get(key)
+        fresh = self._fresh[table].get(key)
+        if fresh is not None:
+            return fresh
+        params = self._encoded[table].get(key) or self._inflight[table].get(key)
+        if params is not None:
+            return param_decoder(self.tables[table], self._dialect)(params)
+        if table in self.complete:
+            return None
+        found: dict[Key, Row | None] = {}
+        self._read(table, [key], found)
+        return found.get(key)
 
     def put(self, table: str, key: Key, row: Row) -> None:
-        """Cache ``row`` and mark it to be written."""
-        self._cache[table][key] = row
-        self.dirty[table][key] = row
+        """Keep ``row`` and mark it to be written."""
+        rows = self._rows.get(table)
+        if rows is not None:
+            rows[key] = row
+            self._dirty[table][key] = row
+            return
+        fresh = self._fresh[table]
+        fresh[key] = row
+        self._encoded[table].pop(key, None)
+        if len(fresh) >= self.ENCODE_CHUNK:
+            self._encode(table)
 
-    def prefetch(self, wanted: dict[str, set[Key]]) -> None:
-        """Fetch, in bulk, every wanted row that is not cached yet."""
+    def _encode(self, table: str) -> None:
+        fresh = self._fresh[table]
+        if fresh:
+            encode = row_encoder(self.tables[table], self._dialect)
+            self._encoded[table].update(zip(fresh, encode(list(fresh.values())), strict=True))
+            fresh.clear()
+
+    def needs_reads(self, table: str) -> bool:
+        """Whether a key of ``table`` may have to be read from the database."""
+        return table not in self.complete or table in self._evicted
+
+    def fetch(self, wanted: dict[str, Iterable[Key]]) -> None:
+        """Read, in bulk, every wanted row of a retained table that may be in the database only
+        (not cached; in a complete table, only the keys of rows dropped from the cache)."""
         for table, keys in wanted.items():
-            cache = self._cache[table]
-            missing = [k for k in keys if k not in cache]
-            for start in range(0, len(missing), _PREFETCH_CHUNK):
-                self._fetch(table, missing[start : start + _PREFETCH_CHUNK])
-
-    def _fetch(self, table_name: str, keys: list[Key]) -> None:
-        table = self._tables[table_name]
-        width = len(table.key)
-        row_marker = "(" + ", ".join("?" * width) + ")"
-        sql = (
-            f"SELECT {', '.join(table.column_names)} FROM {table.name} "
-            f"WHERE ({', '.join(table.key)}) IN (VALUES {', '.join([row_marker] * len(keys))})"
-        )
-        params = [value for key in keys for value in key]
-        cursor = self._conn.cursor()
-        cursor.execute(render(sql, self._dialect), params)
-        decode = decoders(table, self._dialect)
-        names = table.column_names
-        cache = self._cache[table_name]
-        for record in cursor.fetchall():
-            row = {name: fn(value) for name, fn, value in zip(names, decode, record, strict=True)}
-            cache[table.key_of(row)] = row
-        for key in keys:
-            cache.setdefault(key, None)
-
-    def write(self, conn: Any) -> int:
-        """Upsert every dirty row (sorted by key, so that writers take row locks in one order).
-
-        Returns:
-            The number of rows written.
-        """
-        written = 0
-        for table_name, dirty in self.dirty.items():
-            if not dirty:
+            rows = self._rows.get(table)
+            if rows is None:
                 continue
-            table = self._tables[table_name]
-            encode = encoders(table, self._dialect)
-            names = table.column_names
-            params = [
-                [fn(dirty[key][name]) for name, fn in zip(names, encode, strict=True)]
-                for key in sorted(dirty)
-            ]
-            if self._dialect == "postgresql" and len(params) >= _COPY_THRESHOLD:
-                _copy_upsert(conn, table, params)
-            else:
-                conn.cursor().executemany(upsert_sql(table, self._dialect), params)
-            written += len(params)
-        return written
+            missing = [key for key in set(keys) if key not in rows]
+            if table in self.complete:
+                evicted = self._evicted.get(table)
+                missing = [k for k in missing if evicted is not None and hash(k) in evicted]
+            if missing:
+                self._read(table, missing, rows)
+
+    def _read(self, table_name: str, keys: list[Key], into: dict[Key, Row | None]) -> None:
+        table = self.tables[table_name]
+        dialect = self._dialect
+        decode = decoders(table, dialect)
+        names = table.column_names
+        row_marker = "(" + ", ".join("?" * len(table.key)) + ")"
+        with self._db.transaction(readonly=True) as conn:
+            cursor = conn.cursor()
+            for start in range(0, len(keys), _PREFETCH_CHUNK):
+                chunk = keys[start : start + _PREFETCH_CHUNK]
+                sql = (
+                    f"SELECT {', '.join(names)} FROM {table.name} "
+                    f"WHERE ({', '.join(table.key)}) IN "
+                    f"(VALUES {', '.join([row_marker] * len(chunk))})"
+                )
+                cursor.execute(render(sql, dialect), [v for key in chunk for v in key])
+                for record in cursor.fetchall():
+                    row = {
+                        name: fn(value)
+                        for name, fn, value in zip(names, decode, record, strict=True)
+                    }
+                    into[table.key_of(row)] = row
+                for key in chunk:
+                    into.setdefault(key, None)
+
+    def take(self) -> dict[str, list[tuple[Any, ...]]]:
+        """The rows to write, encoded and sorted by key (so that writers take row locks in one
+        order), by table; a new batch of dirty rows starts. Call ``written`` once they are
+        committed."""
+        taken: dict[str, list[tuple[Any, ...]]] = {}
+        for name, dirty in self._dirty.items():
+            if dirty:
+                encode = row_encoder(self.tables[name], self._dialect)
+                taken[name] = encode([dirty[key] for key in sorted(dirty)])
+                self._dirty[name] = {}
+        for name, encoded in self._encoded.items():
+            self._encode(name)
+            if encoded:
+                taken[name] = [encoded[key] for key in sorted(encoded)]
+                self._inflight[name] = encoded
+                self._encoded[name] = {}
+                self.complete.discard(name)  # its rows are in the database only, once written
+        return taken
+
+    def written(self) -> None:
+        """The rows last taken are committed. Trim the retained rows to ``max_rows`` (never
+        dropping a dirty one)."""
+        for name in self._inflight:
+            self._inflight[name] = {}
+        total = sum(map(len, self._rows.values()))
+        if total <= self._max_rows:
+            return
+        target = self._max_rows * 3 // 4
+        for name in sorted(self._rows, key=lambda n: len(self._rows[n]), reverse=True):
+            if total <= target:
+                break
+            cached, dirty = self._rows[name], self._dirty[name]
+            victims: list[Key] = []
+            for key in cached:  # least recently used first
+                if len(victims) >= total - target:
+                    break
+                if key not in dirty:
+                    victims.append(key)
+            if name in self.complete:
+                # remember which rows went (by hash): a key that is neither cached nor among
+                # them still has no row, and needs no read
+                evicted = self._evicted.setdefault(name, set())
+                evicted.update(hash(key) for key in victims if cached[key] is not None)
+                if len(evicted) > self._max_evicted:
+                    self.complete.discard(name)
+                    del self._evicted[name]
+            for key in victims:
+                del cached[key]
+            total -= len(victims)
+        log.debug("row cache trimmed to %d rows", total)
 
 
-def _copy_upsert(conn: Any, table: Table, params: list[list[Any]]) -> None:
-    """PostgreSQL: ``COPY`` the rows into a temporary table, then one ``INSERT ... SELECT ...
-    ON CONFLICT DO UPDATE`` (several times faster than per-row upserts for large pages)."""
-    staging = f"_rl_staging_{table.name}"
+def _write_rows(
+    conn: Any, dialect: str, tables: dict[str, Table], rows: dict[str, list[tuple[Any, ...]]]
+) -> int:
+    """Upsert encoded rows (parameter tuples in column order), by table.
+
+    Returns:
+        The number of rows written.
+    """
+    written = 0
+    for table_name, params in rows.items():
+        table = tables[table_name]
+        if dialect == "postgresql" and len(params) >= _COPY_THRESHOLD:
+            _copy_upsert(conn, table, params)
+        else:
+            conn.cursor().executemany(upsert_sql(table, dialect), params)
+        written += len(params)
+    return written
+
+
+class _Task(Generic[T]):
+    """A call run on a thread of its own; ``result`` waits for it and returns (or raises) what
+    it returned (or raised)."""
+
+    def __init__(self, call: Callable[[], T], name: str) -> None:
+        self._call = call
+        self._result: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._call()
+        except BaseException as error:  # handed to result()
+            self._error = error
+
+    def result(self) -> T:
+        """Wait for the call to end.
+
+        Raises:
+            BaseException: whatever the call raised.
+        """
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return self._result  # type: ignore[return-value]
+
+
+class _Write:
+    """One batch's write transaction: its rows and tracking moves, run on the caller's thread
+    (``run``) or on a thread of its own (``start``, then ``wait``)."""
+
+    def __init__(
+        self,
+        projector: Projector,
+        tables: dict[str, Table],
+        rows: dict[str, list[tuple[Any, ...]]],
+        advanced: list[tuple[int, Projection]],
+        last: int,
+        events: int,
+        pages: int,
+    ) -> None:
+        self.tables = tables
+        self.rows = rows
+        self.advanced = advanced
+        self.last = last
+        self.events = events
+        self.pages = pages
+        self._projector = projector
+        self._task: _Task[None] | None = None
+
+    def run(self) -> None:
+        """Write now, on this thread.
+
+        Raises:
+            _TrackingMovedError: a position was no longer the one expected (nothing written).
+        """
+        self._projector._write(self.tables, self.rows, self.advanced, self.last)
+
+    def start(self) -> None:
+        """Write on a thread of its own; ``wait`` for the outcome."""
+        self._task = _Task(self.run, "runledger-projector-write")
+
+    def wait(self) -> None:
+        """Wait for a started write to end.
+
+        Raises:
+            BaseException: whatever the write raised.
+        """
+        task, self._task = self._task, None
+        if task is not None:
+            task.result()
+
+
+#: PostgreSQL type names of the staging columns (JSON travels as text, cast in the INSERT).
+_STAGING_TYPES = {
+    TEXT: "text",
+    BIGINT: "int8",
+    DOUBLE: "float8",
+    BOOL: "bool",
+    TIMESTAMP: "timestamptz",
+    JSON: "text",
+}
+
+
+def _copy_upsert(conn: Any, table: Table, params: list[tuple[Any, ...]]) -> None:
+    """PostgreSQL: binary ``COPY`` of the rows into a temporary table, then one ``INSERT ...
+    SELECT ... ON CONFLICT DO UPDATE`` (several times faster than per-row upserts)."""
+    staging = f"_rl_copy_{table.name}"
     columns = ", ".join(table.column_names)
+    types = [_STAGING_TYPES[c.type] for c in table.columns]
     cursor = conn.cursor()
     cursor.execute(
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} "
-        f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} ("
+        + ", ".join(f"{c.name} {t}" for c, t in zip(table.columns, types, strict=True))
+        + ") ON COMMIT DELETE ROWS"
     )
-    with cursor.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy:
+    with cursor.copy(f"COPY {staging} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(types)
         for record in params:
             copy.write_row(record)
+    selected = ", ".join(f"{c.name}::jsonb" if c.type is JSON else c.name for c in table.columns)
     updates = ", ".join(f"{c} = excluded.{c}" for c in table.column_names if c not in table.key)
     cursor.execute(
-        f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {staging} "
+        f"INSERT INTO {table.name} ({columns}) SELECT {selected} FROM {staging} "
         f"ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {updates}"
     )
 
@@ -172,7 +462,13 @@ class Projector:
             ``mapper``): the ``domain.ledger.Ledger``.
         db: where the read models are (``SQLiteDatabase``, ``infra.database.PostgresDatabase``).
         projections: the projections to run (default: all of ``catalog.PROJECTIONS``).
-        page_size: notifications per page (= per write transaction).
+        page_size: notifications per read of the log; near the head of the log (a page comes
+            back short), also per write transaction. (Larger pages do not read faster, and with
+            many objects in the process they make the garbage collector's work grow.)
+        batch_size: while the log has more (full pages), pages are folded in memory and
+            written together, one transaction per this many notifications (at least one page;
+            ``batch_size <= page_size``: one transaction per page).
+        cache_rows: rows a run keeps in memory between batches, at most (see ``_RowCache``).
         lock_name: name of the advisory lock two projectors of the same database share.
         lock_wait_s: how long ``rebuild`` waits for that lock, seconds.
     """
@@ -184,11 +480,17 @@ class Projector:
         *,
         projections: Sequence[Projection] | None = None,
         page_size: int = 1000,
+        batch_size: int = 20_000,
+        cache_rows: int = 200_000,
         lock_name: str = "runledger-projector",
         lock_wait_s: float = 60.0,
     ) -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {page_size}")
+        if batch_size < 1 or cache_rows < 0:
+            raise ValueError(
+                f"need batch_size >= 1 and cache_rows >= 0, got {batch_size}, {cache_rows}"
+            )
         self.application = application
         self.db = db
         self.projections: tuple[Projection, ...] = tuple(projections or PROJECTIONS)
@@ -196,6 +498,8 @@ class Projector:
         if len(set(names)) != len(names):
             raise ValueError(f"projection names must be unique: {names}")
         self.page_size = page_size
+        self.batch_size = batch_size
+        self.cache_rows = cache_rows
         self.lock_name = lock_name
         self.lock_wait_s = lock_wait_s
         #: The last error ``run_forever`` met (None after a successful run).
@@ -270,7 +574,7 @@ class Projector:
 
         Args:
             names: projection names (default: all of this projector's).
-            progress: called after each page with ``(position reached, head)``.
+            progress: called after each write with ``(position reached, head)``.
 
         Returns:
             The number of notifications folded.
@@ -366,85 +670,207 @@ class Projector:
         progress: Progress | None = None,
         head: int = 0,
     ) -> int:
-        processed = 0
-        pages = 0
-        while max_pages is None or pages < max_pages:
-            positions = {name: position for name, (position, _) in self._read_tracking().items()}
-            start = min(positions.get(p.name, 0) for p in chosen)
-            notifications = self.application.recorder.select_notifications(
-                start=start + 1, limit=self.page_size
-            )
-            if not notifications:
-                break
-            try:
-                self._project_page(chosen, positions, notifications)
-            except _TrackingMovedError as moved:
-                log.info("%s; reading the page again", moved)
-                continue
-            processed += len(notifications)
-            pages += 1
-            if progress is not None:
-                last = notifications[-1].id
-                progress(last, max(head, last))
-        return processed
+        """Fold pages of the log into ``chosen`` until the head (or ``max_pages`` pages).
 
-    def _project_page(
+        Pages are folded into a ``_RowCache`` and written in batches: one write transaction per
+        ``batch_size`` notifications while full pages come back (the log has more), and at once
+        when a page comes back short (the head is reached), after the last page and before
+        returning. A batch's rows and its tracking positions commit together.
+
+        On PostgreSQL (``background``) a batch is written on a thread of its own while the next
+        one is folded, and the next page is read on a thread of its own while one is folded (the
+        server works while this process folds); a batch's write starts only after the previous
+        one committed, and the run waits for the last one, and for a read it started (also when
+        a fold raises). On SQLite, whose calls hand the interpreter lock back and forth for each
+        row, that would be slower: everything happens in turn.
+        """
+        limit = self.page_size
+        tables = {p.table.name: p.table for p in chosen}
+        retain = {p.table.name for p in chosen if p.reads is not no_reads}
+        background = self.db.dialect == "postgresql"
+        select = self.application.recorder.select_notifications
+        processed = pages = committed_pages = 0
+        while True:
+            # A run (and a retry after another projector moved a position) starts from one
+            # snapshot of the positions and of which tables are empty, with an empty cache.
+            positions, empty = self._snapshot(chosen)
+            cache = _RowCache(
+                self.db, tables, complete=empty, retain=retain, max_rows=self.cache_rows
+            )
+            reached = min(positions[p.name] for p in chosen)
+            batch_events = batch_pages = 0
+            pending: _Write | None = None
+            ahead: _Task[Sequence[Notification]] | None = None  # the next page, being read
+            try:
+                done = False
+                while not done:
+                    if max_pages is not None and pages >= max_pages:
+                        done = True
+                        notifications: Sequence[Notification] = ()
+                    else:
+                        if ahead is not None:
+                            reading, ahead = ahead, None
+                            notifications = reading.result()
+                        else:
+                            notifications = select(start=reached + 1, limit=limit)
+                        done = len(notifications) < limit
+                        if background and not done and (max_pages is None or pages + 1 < max_pages):
+                            ahead = _Task(
+                                partial(select, start=notifications[-1].id + 1, limit=limit),
+                                "runledger-projector-read",
+                            )
+                    if notifications:
+                        count, reached = len(notifications), notifications[-1].id
+                        self._fold_page(chosen, positions, notifications, cache)
+                        batch_events += count
+                        batch_pages += 1
+                        pages += 1
+                    if not batch_events or not (done or batch_events >= self.batch_size):
+                        continue
+                    if pending is not None:
+                        previous, pending = pending, None
+                        processed += self._finished(previous, cache, progress, head)
+                        committed_pages += previous.pages
+                    # positions: where the tracking rows will be once this write commits
+                    advanced = [
+                        (positions[p.name], p) for p in chosen if positions[p.name] < reached
+                    ]
+                    write = _Write(
+                        self,
+                        cache.tables,
+                        cache.take(),
+                        advanced,
+                        reached,
+                        batch_events,
+                        batch_pages,
+                    )
+                    for _, projection in advanced:
+                        positions[projection.name] = reached
+                    batch_events = batch_pages = 0
+                    if background and not done:
+                        write.start()
+                        pending = write
+                    else:
+                        write.run()
+                        processed += self._finished(write, cache, progress, head)
+                        committed_pages += write.pages
+                if pending is not None:
+                    previous, pending = pending, None
+                    processed += self._finished(previous, cache, progress, head)
+                return processed
+            except _TrackingMovedError as moved:
+                log.info("%s; reading again from the last committed position", moved)
+                pages = committed_pages
+            finally:
+                if ahead is not None:  # not needed any more
+                    try:
+                        ahead.result()
+                    except Exception:
+                        log.debug("reading ahead failed", exc_info=True)
+                if pending is not None:  # a fold raised while the previous batch was written
+                    try:
+                        pending.wait()
+                    except Exception:
+                        log.exception("writing the batch before the failed one failed too")
+
+    def _fold_page(
         self,
         chosen: Sequence[Projection],
         positions: dict[str, int],
         notifications: Sequence[Notification],
+        cache: _RowCache,
     ) -> None:
-        last = notifications[-1].id
-        active = [p for p in chosen if positions.get(p.name, 0) < last]
-        mapper = self.application.mapper
-        events: list[tuple[int, LedgerEvent]] = []
-        for notification in notifications:
-            event = mapper.to_domain_event(notification)
-            if isinstance(event, LedgerEvent):
-                events.append((notification.id, event))
-        plan = [(positions.get(p.name, 0), p) for p in active]
-        tables = {p.table.name: p.table for p in active}
-        # Which projections fold which event class, worked out once per class.
-        dispatch: dict[type, list[tuple[int, Projection]]] = {}
-        work: list[tuple[int, LedgerEvent, list[tuple[int, Projection]]]] = []
-        for position, event in events:
-            cls = type(event)
-            targets = dispatch.get(cls)
-            if targets is None:
-                targets = dispatch[cls] = [
-                    (since, p) for since, p in plan if issubclass(cls, p.consumes)
-                ]
-            if targets:
-                work.append((position, event, targets))
-        with self.db.transaction(readonly=True) as conn:
-            rows = _PageRows(conn, self.db.dialect, tables)
+        """Decode a page and fold it into ``cache``: each event into each projection that
+        consumes it and has not folded its position yet (``positions``: committed ones).
+        Empties ``notifications`` when it is a list."""
+        first, last = notifications[0].id, notifications[-1].id
+        active = [(positions[p.name], p) for p in chosen if positions[p.name] < last]
+        if not active:
+            return
+        # Skip the per-event position check when every active projection is behind the page.
+        check = any(since >= first for since, _ in active)
+        work: Iterable[_Work] = _decode(self.application.mapper, notifications, active)
+        # Rows the folds will read that may be in the database only: read them in bulk first.
+        # Otherwise each event is decoded, folded and dropped in turn (events that die young
+        # keep the garbage collector's full collections rare).
+        lookups = {
+            p.name for _, p in active if p.reads is not no_reads and cache.needs_reads(p.table.name)
+        }
+        if lookups:
+            work = list(work)
             wanted: dict[str, set[Key]] = {}
             for position, event, targets in work:
                 for since, projection in targets:
-                    if position > since:
+                    if projection.name in lookups and position > since:
                         keys = projection.reads(event)
                         if keys:
                             wanted.setdefault(projection.table.name, set()).update(keys)
-            rows.prefetch(wanted)
+            cache.fetch(wanted)  # type: ignore[arg-type]
+        if check:
             for position, event, targets in work:
                 for since, projection in targets:
                     if position > since:
-                        projection.fold(event, position, rows)
-        now = self._now()
+                        projection.fold(event, position, cache)
+        else:
+            for position, event, targets in work:
+                for _, projection in targets:
+                    projection.fold(event, position, cache)
+
+    def _finished(
+        self, write: _Write, cache: _RowCache, progress: Progress | None, head: int
+    ) -> int:
+        """Wait for ``write`` (started or run), then let the cache know; returns its events."""
+        write.wait()
+        cache.written()
+        if progress is not None:
+            progress(write.last, max(head, write.last))
+        return write.events
+
+    def _write(
+        self,
+        tables: dict[str, Table],
+        rows: dict[str, list[tuple[Any, ...]]],
+        advanced: list[tuple[int, Projection]],
+        last: int,
+    ) -> None:
+        """Write ``rows`` and move each advanced projection's position from ``since`` to
+        ``last``, in one transaction.
+
+        Raises:
+            _TrackingMovedError: a position was no longer ``since`` (nothing was written).
+        """
         update = render(
             f"UPDATE {TRACKING_TABLE} SET position = ?, updated_at = ? WHERE name = ? AND position = ?",
             self.db.dialect,
         )
+        now = self._now()
         with self.db.transaction() as conn:
-            written = rows.write(conn)
             cursor = conn.cursor()
-            for since, projection in plan:
+            # Tracking first: a second projector (without the lock) waits on, or fails at,
+            # these rows before writing any of its own.
+            for since, projection in advanced:
                 cursor.execute(update, [last, now, projection.name, since])
                 if cursor.rowcount != 1:
                     raise _TrackingMovedError(
-                        f"tracking of {projection.name!r} moved from {since} under the page ending at {last}"
+                        f"tracking of {projection.name!r} moved from {since} "
+                        f"under the batch ending at {last}"
                     )
-        log.debug("folded positions up to %d into %d rows (%s)", last, written, ", ".join(tables))
+            written = _write_rows(conn, self.db.dialect, tables, rows)
+        log.debug("folded positions up to %d into %d rows", last, written)
+
+    def _snapshot(self, chosen: Sequence[Projection]) -> tuple[dict[str, int], set[str]]:
+        """The positions of ``chosen`` and which of their tables are empty, in one snapshot."""
+        names = [p.table.name for p in chosen]
+        with self.db.transaction(readonly=True) as conn:
+            cursor = conn.cursor()
+            cursor.execute(f"SELECT name, position FROM {TRACKING_TABLE}")
+            tracked = {name: int(position) for name, position in cursor.fetchall()}
+            cursor.execute(
+                "SELECT " + ", ".join(f"EXISTS (SELECT 1 FROM {name})" for name in names)
+            )
+            found = cursor.fetchone()
+        positions = {p.name: tracked.get(p.name, 0) for p in chosen}
+        return positions, {name for name, exists in zip(names, found, strict=True) if not exists}
 
     # -- tracking ------------------------------------------------------------------------------
 

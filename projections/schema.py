@@ -28,11 +28,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
+from functools import partial
+from operator import attrgetter, is_not, itemgetter
 from typing import Any
+
+import orjson
 
 from projections.db import placeholder
 
@@ -516,7 +520,10 @@ def upsert_sql(table: Table, dialect: str) -> str:
 
 def to_utc(value: datetime) -> datetime:
     """``value`` as tz-aware UTC (a naive datetime is taken to be UTC already)."""
-    if value.tzinfo is None:
+    tzinfo = value.tzinfo
+    if tzinfo is UTC:
+        return value  # what astimezone(UTC) returns for it
+    if tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
 
@@ -555,24 +562,48 @@ def _clean_json(value: Any) -> Any:
     return value
 
 
+#: The stdlib encoder ``dump_json`` falls back to (built once: ``json.dumps`` with options builds
+#: a new encoder on every call).
+_JSON_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str
+)
+_JSON_CLEAN_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+#: orjson hands datetimes, dataclasses and subclasses of builtins to ``default`` (which refuses
+#: them, so that the stdlib encoder and its ``default=str`` take such values).
+_ORJSON_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
+
+
 def dump_json(value: Any) -> str:
     """Compact JSON text of a Python value, storable in JSONB.
 
     JSON has no NaN or infinities and JSONB no ``\\u0000``: those become the strings ``"NaN"``,
     ``"Infinity"``, ``"-Infinity"`` and U+FFFD (the log keeps the original value).
+
+    JSON-native values (what events decoded from the log hold) are written by orjson; anything
+    it refuses or may have written differently (a ``null``, which may stand for a NaN; a NUL;
+    ints beyond 64 bits; other types) by the stdlib encoder, as before. Both give the same value.
     """
     try:
-        text = json.dumps(
-            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str
-        )
+        data = orjson.dumps(value, default=_refuse, option=_ORJSON_OPTIONS)
+    except TypeError:
+        pass
+    else:
+        if b"null" not in data and b"\\u0000" not in data:
+            return data.decode()
+    try:
+        text = _JSON_ENCODER.encode(value)
     except ValueError:
-        return json.dumps(
-            _clean_json(value), separators=(",", ":"), ensure_ascii=False, default=str
-        )
+        return _JSON_CLEAN_ENCODER.encode(_clean_json(value))
     if "\\u0000" in text:
-        return json.dumps(
-            _clean_json(value), separators=(",", ":"), ensure_ascii=False, default=str
-        )
+        return _JSON_CLEAN_ENCODER.encode(_clean_json(value))
     return text
 
 
@@ -685,3 +716,180 @@ def decoders(table: Table, dialect: str, columns: tuple[str, ...] | None = None)
     """One decoder per column (DB value -> in-memory value), for ``columns`` (default: all)."""
     names = columns if columns is not None else table.column_names
     return [_DECODERS[dialect][table.by_name[n].type] for n in names]
+
+
+# -- whole rows at the database boundary --------------------------------------------------------
+
+_NONE = type(None)
+_not_none = partial(is_not, None)
+_tzinfo = attrgetter("tzinfo")
+Column_ = Sequence[Any]
+
+
+def _plain(column: Column_, kinds: set[type]) -> list[Any] | None:
+    """The column's non-None values when every one is of a type in ``kinds``; else None."""
+    types = set(map(type, column))
+    has_none = _NONE in types
+    types.discard(_NONE)
+    if not types <= kinds:
+        return None
+    return list(filter(_not_none, column)) if has_none else list(column)
+
+
+def _text_column(column: Column_, encode: Codec) -> Column_:
+    values = _plain(column, {str})
+    if values is not None and "\x00" not in "".join(values):
+        return column
+    return list(map(encode, column))
+
+
+def _bigint_column(column: Column_, encode: Codec) -> Column_:
+    values = _plain(column, {int})
+    if values is not None and (not values or INT64_MIN <= min(values) <= max(values) <= INT64_MAX):
+        return column
+    return list(map(encode, column))
+
+
+def _double_column(column: Column_, encode: Codec) -> Column_:
+    return column if _plain(column, {float}) is not None else list(map(encode, column))
+
+
+def _bool_column(column: Column_, encode: Codec) -> Column_:
+    # sqlite3 binds a bool as the integer 1 or 0, which is what the SQLite encoder gives
+    return column if _plain(column, {bool}) is not None else list(map(encode, column))
+
+
+def _ts_sqlite_column(column: Column_, encode: Codec) -> Column_:
+    values = _plain(column, {datetime})
+    if values is not None and set(map(_tzinfo, values)) <= {UTC}:
+        return [None if v is None else v.isoformat(timespec="microseconds") for v in column]
+    return list(map(encode, column))
+
+
+def _ts_pg_column(column: Column_, encode: Codec) -> Column_:
+    values = _plain(column, {datetime})
+    if values is not None and set(map(_tzinfo, values)) <= {UTC}:
+        return column
+    return list(map(encode, column))
+
+
+def _json_column(column: Column_, encode: Codec) -> Column_:
+    # dump_json, a column at a time: orjson for every value, then one look for what makes
+    # dump_json fall back to the stdlib encoder (a null, which may stand for a NaN; a NUL)
+    dumps = orjson.dumps
+    try:
+        data = [
+            None if v is None else dumps(v, default=_refuse, option=_ORJSON_OPTIONS) for v in column
+        ]
+    except TypeError:
+        return list(map(encode, column))
+    joined = b"\x00".join(filter(None, data))  # no NUL in orjson's output: no false matches
+    if b"null" in joined or b"\\u0000" in joined:
+        return [
+            None
+            if d is None
+            else d.decode()
+            if b"null" not in d and b"\\u0000" not in d
+            else encode(v)
+            for v, d in zip(column, data, strict=True)
+        ]
+    return [None if d is None else d.decode() for d in data]
+
+
+ColumnCodec = Callable[[Column_, Codec], Column_]
+
+_COLUMN_ENCODERS: dict[str, dict[ColumnType, ColumnCodec]] = {
+    "sqlite": {
+        TEXT: _text_column,
+        BIGINT: _bigint_column,
+        DOUBLE: _double_column,
+        BOOL: _bool_column,
+        TIMESTAMP: _ts_sqlite_column,
+        JSON: _json_column,
+    },
+    "postgresql": {
+        TEXT: _text_column,
+        BIGINT: _bigint_column,
+        DOUBLE: _double_column,
+        BOOL: _bool_column,
+        TIMESTAMP: _ts_pg_column,
+        JSON: _json_column,
+    },
+}
+
+
+class RowEncoder:
+    """Encodes whole rows (in-memory values -> DB-API parameter tuples, in column order).
+
+    The same values as applying ``encoders(table, dialect)`` to every value, worked out a column
+    at a time: a column whose values already are what its encoder would return (strings without
+    NUL, ints within BIGINT, floats, bools, UTC datetimes, ...) is checked with C-level builtins
+    and passed through; any other column is encoded value by value.
+    """
+
+    def __init__(self, table: Table, dialect: str) -> None:
+        self.table = table
+        self._get = itemgetter(*table.column_names)
+        self._columns = [
+            (index, _COLUMN_ENCODERS[dialect][column.type], encode)
+            for index, (column, encode) in enumerate(
+                zip(table.columns, encoders(table, dialect), strict=True)
+            )
+        ]
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        """The parameter tuples of ``rows``, in the same order."""
+        values: list[tuple[Any, ...]] = list(map(self._get, rows))
+        if not values:
+            return values
+        columns: list[Column_] = list(zip(*values, strict=True))
+        changed = False
+        for index, encode_column, encode in self._columns:
+            column = columns[index]
+            encoded = encode_column(column, encode)
+            if encoded is not column:
+                columns[index] = encoded
+                changed = True
+        return list(zip(*columns, strict=True)) if changed else values
+
+
+_ROW_ENCODERS: dict[tuple[str, str], RowEncoder] = {}
+
+
+def row_encoder(table: Table, dialect: str) -> RowEncoder:
+    """The (shared) ``RowEncoder`` of a table in a dialect."""
+    found = _ROW_ENCODERS.get((table.name, dialect))
+    if found is None or found.table is not table:
+        found = _ROW_ENCODERS[(table.name, dialect)] = RowEncoder(table, dialect)
+    return found
+
+
+class ParamDecoder:
+    """A row back from its parameter tuple (``RowEncoder``'s output): the row the database
+    would give back once the tuple is written."""
+
+    def __init__(self, table: Table, dialect: str) -> None:
+        self.table = table
+        self._names = table.column_names
+        self._decode = [
+            _decode_json_sqlite if column.type is JSON else decode
+            for column, decode in zip(table.columns, decoders(table, dialect), strict=True)
+        ]
+
+    def __call__(self, params: Sequence[Any]) -> dict[str, Any]:
+        """The row of ``params``."""
+        return {
+            name: decode(value)
+            for name, decode, value in zip(self._names, self._decode, params, strict=True)
+        }
+
+
+_PARAM_DECODERS: dict[tuple[str, str], ParamDecoder] = {}
+
+
+def param_decoder(table: Table, dialect: str) -> ParamDecoder:
+    """The (shared) ``ParamDecoder`` of a table in a dialect."""
+    found = _PARAM_DECODERS.get((table.name, dialect))
+    if found is None or found.table is not table:
+        found = _PARAM_DECODERS[(table.name, dialect)] = ParamDecoder(table, dialect)
+    return found

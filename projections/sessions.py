@@ -39,17 +39,43 @@ from domain.session import (
     ToolCallStarted,
 )
 from domain.trace import SpanRecorded
-from projections.base import Key, Projection, Row, Rows, later, span_session_id, span_usage, utc
+from projections.base import Key, Projection, Rows, later, span_facts, span_session_id, utc
 from projections.schema import SESSIONS, clamp_int64
+
+# What fold does for an event class (worked out once per class, as isinstance would decide).
+_OTHER, _STARTED, _STATUS, _MESSAGE, _TOOL_START, _TOOL_END, _ENDED, _SPAN, _NONE = range(9)
+_SESSION_KINDS: tuple[tuple[type[LedgerEvent], int], ...] = (
+    (SessionStarted, _STARTED),
+    (SessionStatusChanged, _STATUS),
+    (MessageRecorded, _MESSAGE),
+    (ToolCallStarted, _TOOL_START),
+    (ToolCallEnded, _TOOL_END),
+    (SessionEnded, _ENDED),
+)
+_KINDS: dict[type, int] = {}
+
+
+def _kind(cls: type) -> int:
+    kind = _KINDS.get(cls)
+    if kind is None:
+        if issubclass(cls, SessionEvent):
+            kind = next((k for c, k in _SESSION_KINDS if issubclass(cls, c)), _OTHER)
+        elif issubclass(cls, SpanRecorded):
+            kind = _SPAN
+        else:
+            kind = _NONE
+        _KINDS[cls] = kind
+    return kind
 
 
 def _key(event: LedgerEvent) -> Key | None:
-    if isinstance(event, SessionEvent):
-        return (event.project, event.external_id)
-    if isinstance(event, SpanRecorded):
-        session_id = span_session_id(event)
+    kind = _kind(type(event))
+    if kind == _NONE:
+        return None
+    if kind == _SPAN:
+        session_id = span_session_id(event)  # type: ignore[arg-type]
         return None if session_id is None else (event.project, session_id)
-    return None
+    return (event.project, event.external_id)
 
 
 def reads(event: LedgerEvent) -> Iterable[Key]:
@@ -58,54 +84,62 @@ def reads(event: LedgerEvent) -> Iterable[Key]:
     return () if key is None else (key,)
 
 
-def _touch(row: Row, event: LedgerEvent, position: int) -> None:
+def fold(event: LedgerEvent, position: int, rows: Rows) -> None:
+    """Fold one session event or linked span into its ``sessions`` row."""
+    kind = _kind(type(event))
+    if kind == _NONE:
+        return
+    if kind == _SPAN:
+        facts = span_facts(event)  # type: ignore[arg-type]
+        if facts.session_id is None:
+            return
+        key = (event.project, facts.session_id)
+    else:
+        key = (event.project, event.external_id)
+    existing = rows.get(_TABLE, key)
+    row = dict(existing) if existing is not None else SESSIONS.blank(key)
+    if kind == _SPAN:
+        if facts.input_tokens is not None:
+            row["input_tokens"] = clamp_int64(row["input_tokens"] + facts.input_tokens)
+        if facts.output_tokens is not None:
+            row["output_tokens"] = clamp_int64(row["output_tokens"] + facts.output_tokens)
+        if facts.cost_usd is not None:
+            row["cost_usd"] += facts.cost_usd
+    else:
+        row["event_count"] += 1
+        if kind == _TOOL_START:
+            row["tool_call_count"] += 1
+        elif kind == _TOOL_END:
+            ended: ToolCallEnded = event  # type: ignore[assignment]
+            if ended.pairing == "orphan":
+                row["tool_call_count"] += 1
+            if not ended.success:
+                row["tool_error_count"] += 1
+        elif kind == _MESSAGE:
+            row["message_count"] += 1
+        elif kind == _STARTED:
+            started: SessionStarted = event  # type: ignore[assignment]
+            row["status"] = "running"
+            row["agent"] = started.agent or row["agent"]
+            row["model"] = started.model or row["model"]
+            row["workspace"] = started.cwd or row["workspace"]
+            if row["started_at"] is None:
+                row["started_at"] = utc(started.occurred_at)
+        elif kind == _STATUS:
+            row["status"] = event.status  # type: ignore[attr-defined]
+        elif kind == _ENDED:
+            row["status"] = "completed"
+            row["ended_at"] = utc(event.occurred_at)
+            row["end_reason"] = event.reason  # type: ignore[attr-defined]
+    # the event (session event or linked span) touched the row
     if not row["first_position"]:
         row["first_position"] = position
     row["last_position"] = position
     row["last_event_at"] = later(row["last_event_at"], utc(event.occurred_at))
+    rows.put(_TABLE, key, row)
 
 
-def fold(event: LedgerEvent, position: int, rows: Rows) -> None:
-    """Fold one session event or linked span into its ``sessions`` row."""
-    key = _key(event)
-    if key is None:
-        return
-    existing = rows.get(SESSIONS.name, key)
-    row = dict(existing) if existing is not None else SESSIONS.blank(key)
-    if isinstance(event, SessionEvent):
-        row["event_count"] += 1
-        if isinstance(event, SessionStarted):
-            row["status"] = "running"
-            row["agent"] = event.agent or row["agent"]
-            row["model"] = event.model or row["model"]
-            row["workspace"] = event.cwd or row["workspace"]
-            if row["started_at"] is None:
-                row["started_at"] = utc(event.occurred_at)
-        elif isinstance(event, SessionStatusChanged):
-            row["status"] = event.status
-        elif isinstance(event, MessageRecorded):
-            row["message_count"] += 1
-        elif isinstance(event, ToolCallStarted):
-            row["tool_call_count"] += 1
-        elif isinstance(event, ToolCallEnded):
-            if event.pairing == "orphan":
-                row["tool_call_count"] += 1
-            if not event.success:
-                row["tool_error_count"] += 1
-        elif isinstance(event, SessionEnded):
-            row["status"] = "completed"
-            row["ended_at"] = utc(event.occurred_at)
-            row["end_reason"] = event.reason
-    elif isinstance(event, SpanRecorded):
-        input_tokens, output_tokens, cost_usd = span_usage(event)
-        if input_tokens is not None:
-            row["input_tokens"] = clamp_int64(row["input_tokens"] + input_tokens)
-        if output_tokens is not None:
-            row["output_tokens"] = clamp_int64(row["output_tokens"] + output_tokens)
-        if cost_usd is not None:
-            row["cost_usd"] += cost_usd
-    _touch(row, event, position)
-    rows.put(SESSIONS.name, key, row)
+_TABLE = SESSIONS.name
 
 
 PROJECTION = Projection(

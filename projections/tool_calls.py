@@ -25,6 +25,8 @@ from domain.session import ToolCallEnded, ToolCallStarted
 from projections.base import Key, Projection, Rows, ms_between, utc
 from projections.schema import TOOL_CALLS
 
+_CONSUMES = (ToolCallStarted, ToolCallEnded)
+
 
 def _key(event: ToolCallStarted | ToolCallEnded) -> Key:
     return (event.project, event.external_id, event.tool_use_id)
@@ -32,7 +34,7 @@ def _key(event: ToolCallStarted | ToolCallEnded) -> Key:
 
 def reads(event: LedgerEvent) -> Iterable[Key]:
     """The tool call row an event updates."""
-    if isinstance(event, ToolCallStarted | ToolCallEnded):
+    if isinstance(event, _CONSUMES):
         return (_key(event),)
     return ()
 
@@ -47,7 +49,7 @@ def _duration_ms(given: float | None, row: dict[str, object]) -> float | None:
 
 def fold(event: LedgerEvent, position: int, rows: Rows) -> None:
     """Fold a tool call's start or end into its row."""
-    if not isinstance(event, ToolCallStarted | ToolCallEnded):
+    if not isinstance(event, _CONSUMES):
         return
     key = _key(event)
     existing = rows.get(TOOL_CALLS.name, key)

@@ -26,17 +26,11 @@ from collections.abc import Iterable, Mapping
 from domain.base import LedgerEvent
 from domain.trace import SpanRecorded
 from projections.base import (
-    CHAIN_KEYS,
-    STAGE_KEYS,
     Key,
     Projection,
     Rows,
-    as_id,
     as_nano,
-    span_link,
-    span_model,
-    span_session_id,
-    span_usage,
+    span_facts,
 )
 from projections.schema import SPANS, TRACE_SUMMARIES
 
@@ -47,11 +41,6 @@ def _duration_ms(start: int | None, end: int | None) -> float | None:
     if start is None or end is None:
         return None
     return (end - start) / 1e6
-
-
-def _service_name(span: SpanRecorded) -> str | None:
-    resource = span.resource_attributes if isinstance(span.resource_attributes, Mapping) else {}
-    return as_id(resource.get("service.name"))
 
 
 def _mapping(value: object) -> object:
@@ -69,34 +58,37 @@ def fold_spans(event: LedgerEvent, position: int, rows: Rows) -> None:
     key = (event.project, event.external_id, event.span_id)
     start = as_nano(event.start_time_unix_nano)
     end = as_nano(event.end_time_unix_nano)
-    input_tokens, output_tokens, cost_usd = span_usage(event)
-    row = SPANS.blank(key)
-    row.update(
-        parent_span_id=event.parent_span_id or None,
-        name=event.name,
-        kind=event.kind,
-        start_time_unix_nano=start,
-        end_time_unix_nano=end,
-        duration_ms=_duration_ms(start, end),
-        status_code=event.status_code,
-        status_message=event.status_message,
-        trace_state=event.trace_state,
-        flags=as_nano(event.flags),
-        attributes=_mapping(event.attributes),
-        resource_attributes=_mapping(event.resource_attributes),
-        events=_sequence(event.events),
-        links=_sequence(event.links),
-        scope=_mapping(event.scope),
-        service_name=_service_name(event),
-        session_id=span_session_id(event),
-        chain_id=span_link(event, CHAIN_KEYS),
-        stage_id=span_link(event, STAGE_KEYS),
-        model=span_model(event),
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cost_usd=cost_usd,
-        position=position,
-    )
+    facts = span_facts(event)
+    # every column of SPANS, in its order (what SPANS.blank(key) updated with them gives)
+    row = {
+        "project": key[0],
+        "trace_id": key[1],
+        "span_id": key[2],
+        "parent_span_id": event.parent_span_id or None,
+        "name": event.name,
+        "kind": event.kind,
+        "start_time_unix_nano": start,
+        "end_time_unix_nano": end,
+        "duration_ms": _duration_ms(start, end),
+        "status_code": event.status_code,
+        "status_message": event.status_message,
+        "trace_state": event.trace_state,
+        "flags": as_nano(event.flags),
+        "attributes": _mapping(event.attributes),
+        "resource_attributes": _mapping(event.resource_attributes),
+        "events": _sequence(event.events),
+        "links": _sequence(event.links),
+        "scope": _mapping(event.scope),
+        "service_name": facts.service_name,
+        "session_id": facts.session_id,
+        "chain_id": facts.chain_id,
+        "stage_id": facts.stage_id,
+        "model": facts.model,
+        "input_tokens": facts.input_tokens,
+        "output_tokens": facts.output_tokens,
+        "cost_usd": facts.cost_usd,
+        "position": position,
+    }
     rows.put(SPANS.name, key, row)
 
 
@@ -129,7 +121,8 @@ def fold_summaries(event: LedgerEvent, position: int, rows: Rows) -> None:
     if end is not None and (row["end_time_unix_nano"] is None or end > row["end_time_unix_nano"]):
         row["end_time_unix_nano"] = end
     row["duration_ms"] = _duration_ms(row["start_time_unix_nano"], row["end_time_unix_nano"])
-    service = _service_name(event)
+    facts = span_facts(event)
+    service = facts.service_name
     is_root = not event.parent_span_id
     if is_root and row["root_span_id"] is None:
         row["root_span_id"] = event.span_id
@@ -138,7 +131,7 @@ def fold_summaries(event: LedgerEvent, position: int, rows: Rows) -> None:
     elif row["service_name"] is None:
         row["service_name"] = service
     if row["session_id"] is None:
-        row["session_id"] = span_session_id(event)
+        row["session_id"] = facts.session_id
     rows.put(TRACE_SUMMARIES.name, key, row)
 
 

@@ -29,12 +29,14 @@ from projections.runner import Projector, ProjectorBusyError
 from projections.schema import INT64_MAX, TABLES
 from projections.views import Views
 from tests.unit.test_projections import (
+    COUNTING,
     TRACE_1,
     Writer,
     dump_tables,
     log_events,
     positions,
     span,
+    write_many,
     write_realistic,
 )
 
@@ -145,15 +147,18 @@ def test_incremental_projection_equals_a_rebuild_row_for_row_on_postgres(
     assert positions(pg_db) == dict.fromkeys(NAMES, head)
 
 
-def test_a_crash_mid_page_resumes_from_the_page_boundary_without_doubling(
-    pg_ledger: Ledger, pg_db: PostgresDatabase
+@pytest.mark.parametrize("pages_per_write", [1, 2, 1000])
+def test_a_crash_mid_page_resumes_from_the_write_boundary_without_doubling(
+    pg_ledger: Ledger, pg_db: PostgresDatabase, pages_per_write: int
 ) -> None:
     write_realistic(Writer(pg_ledger), lambda: None)
     events = log_events(pg_ledger)
     head = pg_ledger.recorder.max_notification_id()
     page_size = 6
-    boundary = events[2 * page_size - 1][0]  # last position of the second page
-    fail_at = events[2 * page_size + 3][0]  # the 4th event of the third page
+    fail_at = events[4 * page_size + 3][0]  # the 4th event of the fifth page
+    # the last write committed before the crash: 4 pages (1 or 2 pages per write), or none
+    committed = 0 if pages_per_write > 4 else 4 * page_size
+    boundary = events[committed - 1][0] if committed else 0
 
     def exploding(event: LedgerEvent, position: int, rows: Rows) -> None:
         if position == fail_at:
@@ -170,18 +175,22 @@ def test_a_crash_mid_page_resumes_from_the_page_boundary_without_doubling(
             for p in PROJECTIONS
         ],
         page_size=page_size,
+        batch_size=page_size * pages_per_write,
     )
     crashing.create_tables()
     with pytest.raises(RuntimeError, match="killed mid-page"):
         crashing.run_once()
     assert positions(pg_db) == dict.fromkeys(NAMES, boundary)
-    expected = fold_events(PROJECTIONS, events[: 2 * page_size])
+    expected = fold_events(PROJECTIONS, events[:committed])
     assert dump_tables(pg_db) == {name: expected.get(name, []) for name in TABLES}
 
-    restarted = Projector(pg_ledger, pg_db, page_size=page_size)
-    assert restarted.run_once() == len(events) - 2 * page_size
+    restarted = Projector(
+        pg_ledger, pg_db, page_size=page_size, batch_size=page_size * pages_per_write
+    )
+    assert restarted.run_once() == len(events) - committed
     resumed = dump_tables(pg_db)
     assert positions(pg_db) == dict.fromkeys(NAMES, head)
+    assert resumed == fold_events(PROJECTIONS, events)
     restarted.rebuild()
     assert dump_tables(pg_db) == resumed
     s1 = next(
@@ -297,3 +306,120 @@ def test_values_postgres_refuses_are_stored_cleaned_and_rebuild_the_same(
     before = dump_tables(pg_db)
     projector.rebuild()
     assert dump_tables(pg_db) == before
+
+
+@pytest.mark.parametrize(
+    ("page_size", "batch_size", "cache_rows"),
+    [
+        (5, 10, 3),  # writes on their own thread, pages read ahead, the cache trimmed
+        (7, 7, 200_000),  # one page per write
+        (1000, 20_000, 200_000),  # the defaults
+    ],
+)
+def test_batches_written_while_the_next_is_folded_project_the_rows_an_in_memory_fold_gives(
+    pg_ledger: Ledger, pg_db: PostgresDatabase, page_size: int, batch_size: int, cache_rows: int
+) -> None:
+    projector = Projector(
+        pg_ledger, pg_db, page_size=page_size, batch_size=batch_size, cache_rows=cache_rows
+    )
+    projector.create_tables()
+    writer = Writer(pg_ledger)
+    write_realistic(writer, lambda: projector.run_once() and None)
+    write_many(writer)
+    write_bulk(writer, sessions_count=2, calls=40)  # COPY-sized writes
+    projector.run_once()
+    expected = fold_events(PROJECTIONS, log_events(pg_ledger))
+    assert dump_tables(pg_db) == expected
+    head = pg_ledger.recorder.max_notification_id()
+    seen: list[int] = []
+    assert projector.rebuild(progress=lambda done, total: seen.append(done)) == head
+    assert dump_tables(pg_db) == expected
+    assert seen == sorted(seen) and seen[-1] == head
+    assert positions(pg_db) == dict.fromkeys(NAMES, head)
+
+
+def test_a_fold_reading_a_table_it_does_not_announce_reads_its_latest_rows_on_postgres(
+    pg_ledger: Ledger, pg_db: PostgresDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from projections import runner
+
+    # encoded two at a time: gets find rows put, encoded, being written, or written
+    monkeypatch.setattr(runner._RowCache, "ENCODE_CHUNK", 2)
+    Projector(pg_ledger, pg_db).create_tables()
+    write_many(Writer(pg_ledger), sessions_count=2, calls=9)
+    expected = fold_events([COUNTING], log_events(pg_ledger))["criterion_states"]
+    projector = Projector(pg_ledger, pg_db, projections=[COUNTING], page_size=3, batch_size=6)
+    projector.run_once()
+    assert dump_tables(pg_db)["criterion_states"] == expected
+    projector.rebuild()
+    assert dump_tables(pg_db)["criterion_states"] == expected
+
+
+def test_values_postgres_refuses_are_cleaned_on_the_copy_path_too(
+    pg_ledger: Ledger, pg_db: PostgresDatabase
+) -> None:
+    projector = Projector(pg_ledger, pg_db)
+    projector.create_tables()
+    writer = Writer(pg_ledger)
+    for i in range(70):  # one write of more than _COPY_THRESHOLD rows
+        writer.add("trace", TRACE_1, "record_span", span=span(
+            f"{i + 1:016x}", None, f"nul\x00name {i}", 5, 2**64 - 1,
+            attributes={"text": "a\x00b", "nan": float("nan"), "inf": float("-inf"),
+                        "big": 2**64, "none": None, "session.id": f"s-odd-{i % 3}",
+                        "gen_ai.usage.input_tokens": 2**70, "gen_ai.usage.cost_usd": 0.5}))  # fmt: skip
+    writer.flush()
+    assert projector.run_once() == 70
+    spans = dump_tables(pg_db)["spans"]
+    assert len(spans) == 70
+    for row in spans:
+        assert row["name"].startswith("nul\ufffdname")
+        assert row["attributes"]["text"] == "a\ufffdb"
+        assert (row["attributes"]["nan"], row["attributes"]["inf"]) == ("NaN", "-Infinity")
+        assert row["attributes"]["big"] == 2**64 and row["attributes"]["none"] is None
+        assert (row["end_time_unix_nano"], row["input_tokens"]) == (INT64_MAX, INT64_MAX)
+    sessions_rows = dump_tables(pg_db)["sessions"]
+    assert sorted(r["input_tokens"] for r in sessions_rows) == [INT64_MAX] * 3
+    before = dump_tables(pg_db)
+    projector.rebuild()
+    assert dump_tables(pg_db) == before
+
+
+def test_a_batch_written_on_its_own_thread_that_another_projector_overtook_is_folded_again(
+    pg_ledger: Ledger, pg_db: PostgresDatabase, postgres_url: str, pg_schema: str, caplog: Any
+) -> None:
+    writer = Writer(pg_ledger)
+    write_realistic(writer, lambda: None)
+    write_many(writer)
+    events = log_events(pg_ledger)
+    other_db = PostgresDatabase(postgres_url, schema=pg_schema)
+    # another lock name: as if the lock were not there, only the tracking check stands
+    other = Projector(pg_ledger, other_db, page_size=5, batch_size=5, lock_name="elsewhere")
+    interfered: list[int] = []
+
+    def interfering(event: LedgerEvent, position: int, rows: Rows) -> None:
+        if position >= events[22][0] and not interfered:
+            # this projector's first write (10 events) may be committed or on its way; the
+            # other one goes past the second batch before that batch is written
+            interfered.append(other.run_once(max_pages=6))
+        sessions.fold(event, position, rows)
+
+    first = Projector(
+        pg_ledger,
+        pg_db,
+        projections=[
+            dataclasses.replace(p, fold=interfering) if p.name == "sessions" else p
+            for p in PROJECTIONS
+        ],
+        page_size=5,
+        batch_size=10,
+    )
+    try:
+        first.create_tables()
+        with caplog.at_level(logging.INFO, logger="runledger.projections"):
+            first.run_once()
+        assert interfered and interfered[0] > 0
+        assert "reading again from the last committed position" in caplog.text
+        assert dump_tables(pg_db) == fold_events(PROJECTIONS, events)
+        assert positions(pg_db) == dict.fromkeys(NAMES, events[-1][0])
+    finally:
+        other_db.close()

@@ -800,13 +800,23 @@ def test_rebuilding_one_projection_leaves_the_others_positions_and_rows_alone(
         projector.rebuild(["nope"])
 
 
-def test_a_failing_fold_leaves_rows_and_positions_at_the_last_page_boundary(
-    sqlite_ledger: Ledger, sqlite_db: SQLiteDatabase
+@pytest.mark.parametrize(
+    ("batch_size", "boundary"),
+    [
+        (5, 20),  # one write per page: the fourth page is the last committed
+        (10, 20),  # two pages per write
+        (15, 15),  # three pages per write: pages four and five were not written yet
+        (20_000, 0),  # the whole log in one write: nothing was committed
+    ],
+)
+def test_a_failing_fold_leaves_rows_and_positions_at_the_last_write_boundary(
+    sqlite_ledger: Ledger, sqlite_db: SQLiteDatabase, batch_size: int, boundary: int
 ) -> None:
     write_realistic(Writer(sqlite_ledger), lambda: None)
     head = sqlite_ledger.recorder.max_notification_id()
     page_size = 5
-    fail_at = 2 * page_size + 3  # the third event of the third page
+    fail_at = 4 * page_size + 3  # the third event of the fifth page
+    assert head > fail_at + page_size
     calls: list[int] = []
 
     def exploding(event: LedgerEvent, position: int, rows: Rows) -> None:
@@ -821,17 +831,20 @@ def test_a_failing_fold_leaves_rows_and_positions_at_the_last_page_boundary(
         else p
         for p in PROJECTIONS
     ]
-    crashing = Projector(sqlite_ledger, sqlite_db, projections=broken, page_size=page_size)
+    crashing = Projector(
+        sqlite_ledger, sqlite_db, projections=broken, page_size=page_size, batch_size=batch_size
+    )
     crashing.create_tables()
     with pytest.raises(RuntimeError, match="fold bug"):
         crashing.run_once()
-    assert positions(sqlite_db) == dict.fromkeys(NAMES, 2 * page_size)
-    expected = fold_events(PROJECTIONS, log_events(sqlite_ledger)[: 2 * page_size])
+    assert positions(sqlite_db) == dict.fromkeys(NAMES, boundary)
+    expected = fold_events(PROJECTIONS, log_events(sqlite_ledger)[:boundary])
     assert dump_tables(sqlite_db) == {name: expected.get(name, []) for name in TABLES}
 
-    restarted = Projector(sqlite_ledger, sqlite_db, page_size=page_size)
-    assert restarted.run_once() == head - 2 * page_size
+    restarted = Projector(sqlite_ledger, sqlite_db, page_size=page_size, batch_size=batch_size)
+    assert restarted.run_once() == head - boundary
     incremental = dump_tables(sqlite_db)
+    assert incremental == fold_events(PROJECTIONS, log_events(sqlite_ledger))
     restarted.rebuild()
     assert dump_tables(sqlite_db) == incremental
 
@@ -894,3 +907,207 @@ def test_run_forever_catches_up_and_stops_when_told(
     assert not thread.is_alive()
     assert [s["position"] for s in projector.status()] == [head] * len(NAMES)
     assert projector.last_error is None
+
+
+# -- batches, the row cache and the write path ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("page_size", "batch_size", "cache_rows"),
+    [
+        (1, 1, 0),  # one write per event, nothing kept between writes
+        (3, 7, 2),  # several pages per write, the cache trimmed after every write
+        (4, 20_000, 200_000),  # the defaults, small pages
+        (1000, 20_000, 200_000),  # the defaults
+    ],
+)
+def test_batches_and_the_row_cache_project_the_rows_an_in_memory_fold_gives(
+    sqlite_ledger: Ledger,
+    sqlite_db: SQLiteDatabase,
+    page_size: int,
+    batch_size: int,
+    cache_rows: int,
+) -> None:
+    projector = Projector(
+        sqlite_ledger,
+        sqlite_db,
+        page_size=page_size,
+        batch_size=batch_size,
+        cache_rows=cache_rows,
+    )
+    projector.create_tables()
+    writer = Writer(sqlite_ledger)
+    write_realistic(writer, lambda: projector.run_once() and None)
+    write_many(writer)
+    projector.run_once()
+    expected = fold_events(PROJECTIONS, log_events(sqlite_ledger))
+    assert dump_tables(sqlite_db) == expected
+    head = sqlite_ledger.recorder.max_notification_id()
+    seen: list[tuple[int, int]] = []
+    assert projector.rebuild(progress=lambda done, total: seen.append((done, total))) == head
+    assert dump_tables(sqlite_db) == expected
+    assert seen[-1] == (head, head) and [done for done, _ in seen] == sorted(
+        done for done, _ in seen
+    )
+
+
+def write_many(writer: Writer, sessions_count: int = 4, calls: int = 12) -> None:
+    """Sessions whose rows every page touches, tool calls that span pages, repeated evidence."""
+    for i in range(calls):
+        for s in range(sessions_count):
+            sid = f"many-{s}"
+            writer.add("session", sid, "start_tool_call", tool_use_id=f"c{i}", tool_name="Bash",
+                       tool_input={"i": i}, tool_input_sha256=f"{i:064x}")  # fmt: skip
+            if i:
+                writer.add("session", sid, "end_tool_call", tool_use_id=f"c{i - 1}",
+                           tool_name="Bash", success=i % 3 != 0)  # fmt: skip
+            writer.add("session", sid, "record_evidence",
+                       entry={"type": "criterion", "criterion_id": f"ac{i % 3}",
+                              "status": "pass" if i % 2 else "fail",
+                              "recorded_at": f"2026-05-01T12:00:{i:02d}Z"})  # fmt: skip
+            writer.add("trace", f"{s + 7:032x}", "record_span", span=span(
+                f"{i + 1:016x}", None if i == 0 else f"{1:016x}", f"op {i}", i, i + 5,
+                attributes={"session.id": sid, "gen_ai.usage.input_tokens": i}))  # fmt: skip
+        writer.flush()
+
+
+def counting_fold(event: LedgerEvent, position: int, rows: Rows) -> None:
+    """Counts each session's evidence entries in one ``criterion_states`` row, reading the row
+    back although the projection announces no reads (``reads`` is ``no_reads``)."""
+    from domain.session import EvidenceRecorded
+    from projections.schema import CRITERION_STATES
+
+    if not isinstance(event, EvidenceRecorded):
+        return
+    key = (event.project, event.external_id, "count")
+    existing = rows.get(CRITERION_STATES.name, key)
+    row = dict(existing) if existing is not None else CRITERION_STATES.blank(key)
+    row["reason"] = str(int(row["reason"] or 0) + 1)
+    row["command"] = f"{row['command'] or ''}{position},"
+    row["position"] = position
+    rows.put(CRITERION_STATES.name, key, row)
+
+
+COUNTING = dataclasses.replace(criteria.CRITERION_STATES_PROJECTION, fold=counting_fold)
+
+
+def test_a_fold_reading_a_table_it_does_not_announce_reads_its_latest_rows(
+    sqlite_ledger: Ledger, sqlite_db: SQLiteDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from projections import runner
+
+    # rows of such tables are encoded two at a time: gets find them put, encoded, or written
+    monkeypatch.setattr(runner._RowCache, "ENCODE_CHUNK", 2)
+    Projector(sqlite_ledger, sqlite_db).create_tables()
+    writer = Writer(sqlite_ledger)
+    write_many(writer, sessions_count=2, calls=9)
+    expected = fold_events([COUNTING], log_events(sqlite_ledger))["criterion_states"]
+    assert [r["reason"] for r in expected] == ["9", "9"]
+    projector = Projector(
+        sqlite_ledger, sqlite_db, projections=[COUNTING], page_size=3, batch_size=7
+    )
+    projector.run_once()
+    assert dump_tables(sqlite_db)["criterion_states"] == expected
+    projector.rebuild()
+    assert dump_tables(sqlite_db)["criterion_states"] == expected
+
+
+def test_a_batch_another_projector_moved_past_is_folded_again_from_the_database(
+    sqlite_ledger: Ledger, sqlite_path: Path
+) -> None:
+    writer = Writer(sqlite_ledger)
+    write_realistic(writer, lambda: None)
+    write_many(writer)
+    first_db, second_db = SQLiteDatabase(sqlite_path), SQLiteDatabase(sqlite_path)
+    second = Projector(sqlite_ledger, second_db, page_size=5, batch_size=5)
+    interfered: list[int] = []
+
+    def interfering(event: LedgerEvent, position: int, rows: Rows) -> None:
+        if position > 12 and not interfered:  # the first projector wrote 10 already
+            # the other projector writes past this batch: this one's write is refused and its
+            # cached rows (which miss what the other folded) must not be used again
+            interfered.append(second.run_once(max_pages=4))
+        sessions.fold(event, position, rows)
+
+    first = Projector(
+        sqlite_ledger,
+        first_db,
+        projections=[
+            dataclasses.replace(p, fold=interfering) if p.name == "sessions" else p
+            for p in PROJECTIONS
+        ],
+        page_size=5,
+        batch_size=10,
+    )
+    first.create_tables()
+    head = sqlite_ledger.recorder.max_notification_id()
+    assert first.run_once() == head - 20  # 10 of its own, then from the other's 20
+    assert interfered == [20]
+    assert dump_tables(first_db) == fold_events(PROJECTIONS, log_events(sqlite_ledger))
+    first_db.close()
+    second_db.close()
+
+
+def _encoder_cases() -> list[tuple[str, list[Any]]]:
+    from datetime import timezone
+
+    naive = datetime(2026, 5, 1, 12, 0, 0, 5)
+    plus2 = datetime(2026, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    return [
+        ("text", ["a", None, "", "x\x00y", 12, "ü"]),
+        ("text", ["plain", None, "strings"]),
+        ("bigint", [1, None, -(2**63)]),
+        ("bigint", [1, 2**63, None, True, 3.7]),
+        ("double", [1.5, None, float("nan")]),
+        ("double", [1.5, 2, None, True]),
+        ("bool", [True, None, False]),
+        ("bool", [True, 1, 0, None]),
+        ("timestamp", [T0, None, T0 + timedelta(microseconds=1)]),
+        ("timestamp", [T0, naive, plus2, None]),
+        ("timestamp", [plus2, T0]),
+        ("json", [{}, [], None, {"a": [1, 2.5, None]}, {"x": "annulled"}]),
+        ("json", [{"nan": float("nan")}, {"t": "a\x00b"}, {"big": 2**70}, [1e16, -0.0]]),
+        ("json", [{1: "a"}, {"d": T0}, ("a", "b")]),
+    ]
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_whole_rows_encode_to_what_the_per_value_encoders_give(dialect: str) -> None:
+    from projections.schema import Column, ColumnType, Table, encoders, row_encoder
+
+    for kind, values in _encoder_cases():
+        table = Table(
+            f"t_{kind}",
+            (Column("project", ColumnType.TEXT), Column("v", ColumnType(kind))),
+            key=("project",),
+        )
+        rows = [{"project": f"p{i}", "v": v} for i, v in enumerate(values)]
+        per_value = [
+            tuple(
+                fn(row[name])
+                for name, fn in zip(table.column_names, encoders(table, dialect), strict=True)
+            )
+            for row in rows
+        ]
+        encoded = row_encoder(table, dialect)(rows)
+        if kind == "json":  # the same JSON value (orjson and the stdlib may space numbers apart)
+            assert [None if v is None else json.loads(v) for _, v in encoded] == [
+                None if v is None else json.loads(v) for _, v in per_value
+            ]
+        elif dialect == "sqlite":  # what SQLite stores (it binds a bool as the integer 1 or 0)
+            assert stored_by_sqlite(encoded) == stored_by_sqlite(per_value), (kind, values)
+        else:
+            assert [(type(v), repr(v)) for _, v in encoded] == [
+                (type(v), repr(v)) for _, v in per_value
+            ], (kind, values)
+
+
+def stored_by_sqlite(params: list[tuple[Any, ...]]) -> list[tuple[Any, str]]:
+    import sqlite3
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (k TEXT, v)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", params)
+    found = conn.execute("SELECT v, typeof(v) FROM t ORDER BY rowid").fetchall()
+    conn.close()
+    return [(repr(v), kind) for v, kind in found]
