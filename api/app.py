@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install(app)
     guarded = [Depends(require_token)]
-    app.include_router(ingest.router, dependencies=guarded)
+    app.include_router(ingest.router)  # checks the token itself (api.deps.ingest_context)
     app.include_router(reads.router, dependencies=guarded)
     app.include_router(audit.router, dependencies=guarded)
     app.include_router(ops.router)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
-from api.deps import ProjectDep, RuntimeDep
+from api.deps import PROJECT_PARAMETERS, ingest_context
 from api.hooks import map_hook
 from api.offload import make_offload
 from api.otlp import decode_export_request, encode_export_response
@@ -25,6 +25,7 @@ from domain.base import EventMeta, content_sha256
 from domain.ledger import Command, Outcome
 from infra.runtime import Runtime
 
+# Auth and project are resolved by ``ingest_context`` inside each route (not dependencies).
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
 # One event, or {"events": [...]}; validated straight from the bytes (pydantic-core parses).
@@ -77,6 +78,7 @@ def _result(index: int, outcome: Outcome) -> dict[str, Any]:
 
 @router.post(
     "/events",
+    openapi_extra={"parameters": PROJECT_PARAMETERS},
     response_model=EventResults,
     summary='Append one typed event, or a batch {"events": [...]}',
     responses={
@@ -84,13 +86,14 @@ def _result(index: int, outcome: Outcome) -> dict[str, Any]:
         200: {"description": "batch, or a duplicate"},
     },
 )
-async def post_events(request: Request, runtime: RuntimeDep, project: ProjectDep) -> Response:
+async def post_events(request: Request) -> Response:
     """Append typed events (discriminated by ``type``; see the ``TypedEvent`` schemas).
 
     A single event answers 201 (created), 200 (duplicate: nothing appended, the original's version
     and position) or the problem+json of its rejection (404/409/422). A batch answers 200 with a
     result per event, in order; schema errors anywhere in a batch reject the whole batch (422).
     """
+    runtime, project = ingest_context(request)
     body = await read_body(request, runtime)
     try:
         parsed = _events_body.validate_json(body)
@@ -127,11 +130,10 @@ async def post_events(request: Request, runtime: RuntimeDep, project: ProjectDep
 
 @router.post(
     "/hooks/claude-code",
+    openapi_extra={"parameters": PROJECT_PARAMETERS},
     summary="Any Claude Code hook payload, as Claude Code's HTTP hooks post it",
 )
-async def post_claude_code_hook(
-    request: Request, runtime: RuntimeDep, project: ProjectDep
-) -> Response:
+async def post_claude_code_hook(request: Request) -> Response:
     """Record one Claude Code hook event (SessionStart, PreToolUse, PostToolUse, ... and unknown ones).
 
     Answers 200 with ``{}`` (Claude Code reads a 2xx with an empty JSON object as "no decision",
@@ -139,6 +141,7 @@ async def post_claude_code_hook(
     refusal (e.g. the same ``tool_use_id`` with different content) its problem+json; Claude Code
     treats a non-2xx as a non-blocking error.
     """
+    runtime, project = ingest_context(request)
     payload = _parse_json(await read_body(request, runtime))
     offload = make_offload(runtime.blobs, runtime.settings.blob_threshold_bytes)
     commands = map_hook(payload, project=project, received_at=datetime.now(UTC), offload=offload)
@@ -165,15 +168,17 @@ def span_command(span: dict[str, Any], project: str) -> Command:
 
 @router.post(
     "/traces",
+    openapi_extra={"parameters": PROJECT_PARAMETERS},
     summary="OTLP/HTTP ExportTraceServiceRequest (application/x-protobuf or application/json, gzip)",
 )
-async def post_traces(request: Request, runtime: RuntimeDep, project: ProjectDep) -> Response:
+async def post_traces(request: Request) -> Response:
     """Record spans (OTLP/HTTP, https://opentelemetry.io/docs/specs/otlp/#otlphttp).
 
     Answers an ``ExportTraceServiceResponse`` in the request's encoding; spans that are malformed
     or conflict with an earlier span of the same ``span_id`` are counted in ``partial_success``.
     A repeated span is a duplicate and is neither appended nor rejected.
     """
+    runtime, project = ingest_context(request)
     content_type = request.headers.get("content-type", "")
     body = await read_body(request, runtime)
     decoded = decode_export_request(
