@@ -595,8 +595,15 @@ def append_results(measurements: Sequence[Measurement], *, quick: bool) -> None:
     for m in measurements:
         reference = f"{fmt(m.reference)} ({m.reference_label})" if m.reference else "-"
         ratio = fmt_ratio(m.ratio) if m.ratio is not None else "-"
+        config = ", ".join(
+            f"{k.removeprefix('BENCH_')}={v}"
+            for k, v in sorted(os.environ.items())
+            if k.startswith("BENCH_RUNLEDGER_")
+        )
         notes = "; ".join(
-            part for part in ("quick" if quick else "", m.notes, f"rev {revision}") if part
+            part
+            for part in ("quick" if quick else "", m.notes, config, f"rev {revision}")
+            if part
         )
         cells = [
             date,
