@@ -340,13 +340,15 @@ def runledger_server(
         for key, value in os.environ.items()
         if key.startswith("BENCH_RUNLEDGER_")
     }
-    env = _clean_env(
-        RUNLEDGER_DATABASE_URL=database_url,
-        RUNLEDGER_DATABASE_SCHEMA=schema,
-        RUNLEDGER_DATA_DIR=str(workdir / f"{name}-var"),
+    chosen = {
+        "RUNLEDGER_DATABASE_URL": database_url,
+        "RUNLEDGER_DATABASE_SCHEMA": schema,
+        "RUNLEDGER_DATA_DIR": str(workdir / f"{name}-var"),
         **passed_on,
+        # the benchmark's own choices win over the passed-on ones
         **{f"RUNLEDGER_{key.upper()}": value for key, value in settings.items()},
-    )
+    }
+    env = _clean_env(**chosen)
     return ServerProcess(
         name=name,
         argv=[str(runledger_bin()), "serve", "--host", LOCALHOST, "--port", str(port)],
@@ -601,9 +603,7 @@ def append_results(measurements: Sequence[Measurement], *, quick: bool) -> None:
             if k.startswith("BENCH_RUNLEDGER_")
         )
         notes = "; ".join(
-            part
-            for part in ("quick" if quick else "", m.notes, config, f"rev {revision}")
-            if part
+            part for part in ("quick" if quick else "", m.notes, config, f"rev {revision}") if part
         )
         cells = [
             date,
