@@ -417,16 +417,38 @@ def test_a_token_guards_every_v1_route_and_projects_keep_tenants_apart(make_serv
         for path, body in (("/v1/events", event), ("/v1/hooks/claude-code", hook)):
             denied = client.post(path, json=body)
             assert denied.status_code == 401 and denied.headers["www-authenticate"] == "Bearer"
-            assert client.post(path, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+            assert (
+                client.post(path, json=body, headers={"Authorization": "Bearer wrong"}).status_code
+                == 401
+            )
         assert client.get("/v1/chains").status_code == 401
         assert client.get("/healthz").status_code == 200
         auth = {"Authorization": "Bearer s3cret"}
-        assert client.post("/v1/events", json=event, headers={**auth, "X-Runledger-Project": "acme"}).status_code == 201
-        assert client.post("/v1/events", json=event, headers=auth, params={"project": "other"}).status_code == 201
-        assert client.post("/v1/events", json=event, headers={**auth, "X-Runledger-Project": "bad project!"}).status_code == 400
+        assert (
+            client.post(
+                "/v1/events", json=event, headers={**auth, "X-Runledger-Project": "acme"}
+            ).status_code
+            == 201
+        )
+        assert (
+            client.post(
+                "/v1/events", json=event, headers=auth, params={"project": "other"}
+            ).status_code
+            == 201
+        )
+        assert (
+            client.post(
+                "/v1/events", json=event, headers={**auth, "X-Runledger-Project": "bad project!"}
+            ).status_code
+            == 400
+        )
         server.wait_projected()
-        acme = client.get("/v1/chains", headers={**auth, "X-Runledger-Project": "acme"}).json()["items"]
+        acme = client.get("/v1/chains", headers={**auth, "X-Runledger-Project": "acme"}).json()[
+            "items"
+        ]
         default = client.get("/v1/chains", headers=auth).json()["items"]
         assert [c["chain_id"] for c in acme] == ["tenant-chain"] and default == []
-        log = client.get("/v1/log", headers={**auth, "X-Runledger-Project": "other"}).json()["items"]
+        log = client.get("/v1/log", headers={**auth, "X-Runledger-Project": "other"}).json()[
+            "items"
+        ]
         assert [(i["stream"]["project"], i["type"]) for i in log] == [("other", "ChainCreated")]
