@@ -11,11 +11,19 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from domain.approval import APPROVAL_TYPES
 from domain.base import DEFAULT_PROJECT, EventMeta, content_sha256, utcnow
@@ -36,6 +44,24 @@ DECISION_WORDS = {
 BASELINE_LINE = re.compile(r"^[ MADRCU?!T]{2} ([0-9a-f]{64}|deleted|unreadable) \S.*$")
 
 Id = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+def one_of(values: Iterable[str]) -> Any:
+    """A ``str`` type limited to ``values`` (the domain's status machine keys): a 422 names them,
+    and OpenAPI shows them as an ``enum``."""
+    allowed = list(values)
+
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"must be one of {allowed}")
+        return value
+
+    return Annotated[str, AfterValidator(check), Field(json_schema_extra={"enum": allowed})]
+
+
+StageStatus = one_of(STAGE_TRANSITIONS)
+ChainStatus = one_of(CHAIN_TRANSITIONS)
+SessionStatus = one_of(STATUSES)
 Offload = Callable[[Any, str], Any]
 
 
@@ -229,16 +255,9 @@ class StageTransitionedBody(_StageBody):
 
     ACTION = "transition_stage"
     type: Literal["chain.stage_transitioned"]
-    to_status: str
+    to_status: StageStatus
     reason: str | None = None
     error_message: str | None = None
-
-    @field_validator("to_status")
-    @classmethod
-    def _known_status(cls, value: str) -> str:
-        if value not in STAGE_TRANSITIONS:
-            raise ValueError(f"to_status must be one of {list(STAGE_TRANSITIONS)}")
-        return value
 
     def args(self, offload: Offload) -> dict[str, Any]:
         return _fields(self, "stage_id", "to_status", "reason", "error_message")
@@ -310,15 +329,8 @@ class ChainStatusChangedBody(EventBody):
     ACTION = "change_status"
     type: Literal["chain.status_changed"]
     chain_id: Id
-    status: str
+    status: ChainStatus
     reason: str | None = None
-
-    @field_validator("status")
-    @classmethod
-    def _known_status(cls, value: str) -> str:
-        if value not in CHAIN_TRANSITIONS:
-            raise ValueError(f"status must be one of {list(CHAIN_TRANSITIONS)}")
-        return value
 
     def external_id(self) -> str:
         return self.chain_id
@@ -358,15 +370,8 @@ class SessionStatusChangedBody(_SessionBody):
 
     ACTION = "change_status"
     type: Literal["session.status_changed"]
-    status: str
+    status: SessionStatus
     reason: str | None = None
-
-    @field_validator("status")
-    @classmethod
-    def _known_status(cls, value: str) -> str:
-        if value not in STATUSES:
-            raise ValueError(f"status must be one of {list(STATUSES)}")
-        return value
 
     def args(self, offload: Offload) -> dict[str, Any]:
         return _fields(self, "status", "reason")

@@ -31,6 +31,8 @@ import orjson
 from eventsourcing.domain import DomainEvent, OriginatorVersionError, Snapshot
 from eventsourcing.utils import get_topic
 
+from domain.errors import IdempotencyConflictError
+
 #: Namespace of every stream id (fixed forever: ids derived from it are in the log).
 NAMESPACE = UUID("6f1c6b52-5a1e-4f0e-9c84-3b1d2a7e9d10")
 
@@ -196,8 +198,6 @@ class LedgerAggregate:
         Raises:
             IdempotencyConflictError: recorded before with a different ``content_sha256``.
         """
-        from domain.errors import IdempotencyConflictError
-
         if self.event_ids is None:
             raise RuntimeError("a stream restored from a snapshot has no idempotency index")
         prior = self.event_ids.get(meta.event_id)

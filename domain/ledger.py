@@ -199,7 +199,7 @@ class Ledger(Application[UUID]):
         stale: set[UUID] = set()
         outcomes: list[Outcome] = []
         pending = False
-        loaded = self._preload(commands, fresh)
+        loaded = self._load_streams(commands, fresh)
         for command in commands:
             sid = stream_id(command.project, command.kind, command.external_id)
             outcome = Outcome(command=command, stream_id=sid, status="rejected")
@@ -210,12 +210,10 @@ class Ledger(Application[UUID]):
                     aggregate = self._cache.get(sid) if sid not in fresh else None
                     if aggregate is not None:
                         cached.add(sid)
-                    elif sid in loaded:
-                        aggregate = loaded[sid] or _aggregate_class(command.kind).blank(
+                    else:
+                        aggregate = loaded.get(sid) or _aggregate_class(command.kind).blank(
                             command.project, command.external_id
                         )
-                    else:
-                        aggregate = self._load_or_blank(command)
                     aggregates[sid] = aggregate
                 prior = aggregate.seen(command.meta)
                 if prior is not None:
@@ -240,45 +238,40 @@ class Ledger(Application[UUID]):
             pending = True
         return outcomes, aggregates, pending, stale
 
-    def _preload(
+    def _load_streams(
         self, commands: Sequence[Command], fresh: set[UUID]
-    ) -> dict[UUID, LedgerAggregate | None]:
-        """Replay every uncached stream of a batch from one query, when the recorder offers
-        ``select_events_many`` (runledger's PostgreSQL recorder); ``None`` for a new stream."""
-        select_many = getattr(self.recorder, "select_events_many", None)
-        if select_many is None:
-            return {}
-        wanted = {
-            sid
-            for c in commands
-            if (sid := stream_id(c.project, c.kind, c.external_id)) in fresh
-            or sid not in self._cache
-        }
-        if len(wanted) < 2:
-            return {}
-        loaded: dict[UUID, LedgerAggregate | None] = dict.fromkeys(wanted)
-        current: Any = None
-        for stored in select_many(list(wanted)):
-            event: Any = self.mapper.to_domain_event(stored)
-            if current is not None and current.id != event.originator_id:
-                loaded[current.id] = current
-                current = None
-            current = event.mutate(current)
-        if current is not None:
-            loaded[current.id] = current
-        return loaded
+    ) -> dict[UUID, LedgerAggregate]:
+        """Replay every stream of a batch that is not cached (or must be read ``fresh``).
 
-    def _load_or_blank(self, command: Command) -> LedgerAggregate:
-        # Writers replay the whole stream, never a snapshot: snapshots leave out the idempotency
-        # index. Hot streams stay in the write cache, so this runs once per stream per process.
-        sid = stream_id(command.project, command.kind, command.external_id)
-        aggregate: Any = None
-        for event in self.events.get(sid):
-            aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
-        if aggregate is None:
-            return _aggregate_class(command.kind).blank(command.project, command.external_id)
-        assert isinstance(aggregate, _aggregate_class(command.kind))
-        return aggregate
+        Writers replay whole streams, never snapshots (snapshots leave out the idempotency
+        index); hot streams stay in the write cache. With a recorder offering
+        ``select_events_many`` (runledger's PostgreSQL recorder) it is one query per batch.
+
+        Returns:
+            ``{stream_id: aggregate}`` for the wanted streams that have events.
+        """
+        wanted = list(
+            {
+                sid
+                for c in commands
+                if c.kind in AGGREGATES
+                and (
+                    (sid := stream_id(c.project, c.kind, c.external_id)) in fresh
+                    or sid not in self._cache
+                )
+            }
+        )
+        if not wanted:
+            return {}
+        select_many = getattr(self.recorder, "select_events_many", None)
+        if select_many is not None:
+            events: Iterable[Any] = map(self.mapper.to_domain_event, select_many(wanted))
+        else:
+            events = (event for sid in wanted for event in self.events.get(sid))
+        loaded: dict[UUID, LedgerAggregate] = {}
+        for event in events:  # ordered by stream, then version
+            loaded[event.originator_id] = event.mutate(loaded.get(event.originator_id))
+        return loaded
 
     # -- write cache ---------------------------------------------------------------------------
     # Streams written by this process stay in memory (LRU), so a batch does not replay them from
@@ -332,22 +325,34 @@ class Ledger(Application[UUID]):
         return aggregate
 
     def history(
-        self, kind: str, external_id: str, *, project: str = DEFAULT_PROJECT
+        self,
+        kind: str,
+        external_id: str,
+        *,
+        project: str = DEFAULT_PROJECT,
+        after_version: int = 0,
+        limit: int | None = None,
     ) -> list[LedgerEvent]:
-        """Every event of a stream in version order.
+        """A stream's events in version order: those after ``after_version``, at most ``limit``.
 
         Raises:
             StreamNotFoundError: the stream has no events.
         """
         _aggregate_class(kind)
-        found = list(self.events_of(stream_id(project, kind, external_id)))
-        if not found:
+        sid = stream_id(project, kind, external_id)
+        found = [
+            e
+            for e in self.events.get(sid, gt=after_version or None, limit=limit)
+            if isinstance(e, LedgerEvent)
+        ]
+        if not found and (after_version == 0 or self.current_version(sid) == 0):
             raise StreamNotFoundError(kind=kind, external_id=external_id, project=project)
         return found
 
-    def events_of(self, sid: UUID) -> Sequence[LedgerEvent]:
-        """Every event of the stream with id ``sid`` (empty when none)."""
-        return [e for e in self.events.get(sid) if isinstance(e, LedgerEvent)]
+    def current_version(self, sid: UUID) -> int:
+        """The version of the stream's last event (0 for a stream with none); one row read."""
+        last = list(self.recorder.select_events(sid, desc=True, limit=1))
+        return last[0].originator_version if last else 0
 
     def version_as_of(
         self, kind: str, external_id: str, as_of: datetime, *, project: str = DEFAULT_PROJECT

@@ -53,7 +53,8 @@ class OrjsonTranscoder(JSONTranscoder):
         # down (in "state"): look there first and walk everything only if tags remain.
         if isinstance(obj, dict) and self._shallow(obj, 2) == tags:
             return obj
-        return self._walk(orjson.loads(data))
+        # Tagged values already decoded above are not dicts any more: walking on is safe.
+        return self._walk(obj)
 
     def _shallow(self, obj: dict[str, Any], depth: int) -> int:
         found = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +82,7 @@ def build_runtime(settings: Settings, *, create_tables: bool | None = None) -> R
     """Wire a runtime. Tables are created under the migration lock when ``create_tables``
     (default: ``settings.create_tables``)."""
     create = settings.create_tables if create_tables is None else create_tables
-    with migration_lock(settings) if create else _nullcontext():
+    with migration_lock(settings) if create else nullcontext():
         ledger, event_log = build_ledger(settings, create_table=create)
         db = build_database(settings)
         projector = Projector(ledger, db, page_size=settings.projector_page_size)
@@ -98,11 +99,3 @@ def build_runtime(settings: Settings, *, create_tables: bool | None = None) -> R
         blobs=blobs,
         writer=GroupCommitWriter(ledger, max_batch_commands=settings.max_group_commit_commands),
     )
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -41,16 +41,18 @@ def stream_history(
     Raises:
         StreamNotFoundError: no such stream.
     """
-    events = runtime.ledger.history(kind, external_id, project=project)
-    page = [e for e in events if e.originator_version > after_version][:limit]
+    page = runtime.ledger.history(
+        kind, external_id, project=project, after_version=after_version, limit=limit
+    )
     sid = stream_id(project, kind, external_id)
-    positions = runtime.log.positions(sid, from_version=after_version + 1) if page else {}
-    items = [render_event(e, positions.get(e.originator_version)) for e in page]
+    version = runtime.ledger.current_version(sid)
     last = page[-1].originator_version if page else after_version
-    more = bool(page) and page[-1].originator_version < events[-1].originator_version
+    positions = runtime.log.positions(sid, from_version=after_version + 1, to_version=last)
+    items = [render_event(e, positions.get(e.originator_version)) for e in page]
+    more = last < version
     return {
         "stream_id": str(sid),
-        "version": events[-1].originator_version,
+        "version": version,
         "items": items,
         "next_after_version": last if more else None,
     }

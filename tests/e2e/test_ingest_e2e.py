@@ -367,6 +367,12 @@ def test_stream_state_at_a_version_and_as_of_a_time(sqlite_server: Server) -> No
             ).raise_for_status()
             time.sleep(0.02)
         history = client.get("/v1/streams/session/s-state/events").json()["items"]
+        paged = client.get(
+            "/v1/streams/session/s-state/events", params={"after_version": 1, "limit": 2}
+        ).json()
+        assert [i["version"] for i in paged["items"]] == [2, 3]
+        assert (paged["version"], paged["next_after_version"]) == (4, 3)
+        assert [i["position"] for i in paged["items"]] == [i["position"] for i in history[1:3]]
         stamps = [item["recorded_at"] for item in history]
         at2 = client.get("/v1/streams/session/s-state/state", params={"version": 2}).json()
         assert at2["state"]["criterion_states"] == {

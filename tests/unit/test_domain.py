@@ -428,3 +428,20 @@ def test_state_at_every_version_is_the_same_with_and_without_snapshots(tmp_path:
     # a writer on the same log still sees every event id (snapshots leave the index out)
     [dup] = Ledger(env, snapshot_interval=2).handle([history[1]])
     assert dup.status == "duplicate"
+
+
+def test_history_pages_by_version_and_knows_an_empty_page_from_a_missing_stream(
+    ledger: Ledger,
+) -> None:
+    ledger.handle(
+        [
+            session_cmd("record_message", f"m{i}", role="assistant", message_kind="m", content=i)
+            for i in range(7)
+        ]
+    )
+    page = ledger.history("session", "s1", after_version=2, limit=3)
+    assert [e.originator_version for e in page] == [3, 4, 5]
+    assert ledger.history("session", "s1", after_version=7) == []
+    assert ledger.current_version(stream_id("default", "session", "s1")) == 7
+    with pytest.raises(errors.StreamNotFoundError):
+        ledger.history("session", "nope", after_version=3)
