@@ -19,11 +19,13 @@ Every event carries, besides its payload:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cache, lru_cache, partial
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid5
 
@@ -211,10 +213,13 @@ class LedgerAggregate:
 
     def trigger(self, event_class: type[LedgerEvent], meta: EventMeta, **payload: Any) -> None:
         """Construct the next event of this stream, apply it and queue it for saving."""
+        now = utcnow()
+        if self._modified_on is not None and now < self._modified_on:
+            now = self._modified_on  # recorded_at never goes back within a stream
         fields: dict[str, Any] = {
             "originator_id": self.id,
             "originator_version": self.version + 1,
-            "timestamp": utcnow(),
+            "timestamp": now,
             "project": self.project,
             "external_id": self.external_id,
             "event_id": meta.event_id,
@@ -223,7 +228,7 @@ class LedgerAggregate:
             "source": meta.source,
             **payload,
         }
-        event = event_class(**fields)
+        event = _new_event(event_class, fields)
         event.mutate(self)
         self._pending_events.append(event)
 
@@ -253,6 +258,48 @@ class LedgerAggregate:
             "stream_id": str(self.id),
             "version": self.version,
         }
+
+
+@cache
+def _event_layout(
+    event_class: type[LedgerEvent],
+) -> tuple[frozenset[str], dict[str, Callable[[], Any]]]:
+    """The field names of an event class, and a default maker for each field that has one."""
+    names: list[str] = []
+    defaults: dict[str, Callable[[], Any]] = {}
+    for f in dataclasses.fields(event_class):
+        names.append(f.name)
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = partial(_same, f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory
+    return frozenset(names), defaults
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _new_event(event_class: type[TEvent], fields: dict[str, Any]) -> TEvent:
+    """``event_class(**fields)`` without the frozen dataclass's per-field ``__setattr__``.
+
+    Builds the event the way eventsourcing's ``Mapper.to_domain_event`` does (its ``__dict__``
+    set at once). The same fields must be given as the constructor takes: a missing field with a
+    default gets it; anything else (unknown or missing fields, a non-UUID ``originator_id``)
+    goes through the real constructor, which raises its ``TypeError``.
+    """
+    names, defaults = _event_layout(event_class)
+    if fields.keys() != names:
+        missing = names - fields.keys()
+        if fields.keys() - names or missing - defaults.keys():
+            return event_class(**fields)
+        for name in missing:
+            fields[name] = defaults[name]()
+    if type(fields.get("originator_id")) is not UUID:
+        return event_class(**fields)
+    event = object.__new__(event_class)
+    object.__setattr__(event, "__dict__", fields)
+    return event
 
 
 class LedgerSnapshot(Snapshot):

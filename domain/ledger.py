@@ -359,22 +359,50 @@ class Ledger(Application[UUID]):
     ) -> int:
         """The stream's last version the ledger had recorded at ``as_of`` (its ``recorded_at`` clock).
 
+        A binary search over the stream's versions: at most ``2 + log2(version)`` single-event
+        reads (15 for a 10,000-event stream), whatever the stream's length. ``recorded_at`` never
+        decreases within a stream (``LedgerAggregate.trigger``), so the answer is exact.
+
         Raises:
             StreamNotFoundError: the stream has no events.
             VersionNotFoundError: the stream's first event was recorded after ``as_of``.
         """
-        version = 0
-        for event in self.history(kind, external_id, project=project):
-            if event.timestamp > as_of:
-                break
-            version = event.originator_version
-        if version == 0:
+        _aggregate_class(kind)
+        sid = stream_id(project, kind, external_id)
+        last = self._recorded_at(sid, None)
+        if last is None:
+            raise StreamNotFoundError(kind=kind, external_id=external_id, project=project)
+        high, recorded_at = last
+        if recorded_at <= as_of:
+            return high
+        low = 0  # invariant: version ``low`` (0: none) was recorded at or before ``as_of``,
+        high -= 1  # every version after ``high`` after it
+        while low < high:
+            middle = (low + high + 1) // 2
+            found = self._recorded_at(sid, middle)
+            assert found is not None
+            if found[1] <= as_of:
+                low = middle
+            else:
+                high = middle - 1
+        if low == 0:
             raise VersionNotFoundError(
                 kind=kind,
                 external_id=external_id,
                 detail=f"{kind} stream {external_id!r} had no event recorded at {as_of.isoformat()}",
             )
-        return version
+        return low
+
+    def _recorded_at(self, sid: UUID, version: int | None) -> tuple[int, datetime] | None:
+        """``(version, recorded_at)`` of one event of a stream (``None``: its last one)."""
+        if version is None:
+            rows = self.recorder.select_events(sid, desc=True, limit=1)
+        else:
+            rows = self.recorder.select_events(sid, gt=version - 1, lte=version, limit=1)
+        for stored in rows:
+            event = self.mapper.to_domain_event(stored)
+            return event.originator_version, event.timestamp
+        return None
 
 
 def _aggregate_class(kind: str) -> type[LedgerAggregate]:

@@ -35,6 +35,7 @@ def ledger_env(settings: Settings, *, create_table: bool) -> dict[str, str]:
     env = {
         "CREATE_TABLE": "y" if create_table else "n",
         "TRANSCODER_TOPIC": "infra.codec:OrjsonTranscoder",
+        "MAPPER_TOPIC": "infra.codec:OrjsonMapper",
     }
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)

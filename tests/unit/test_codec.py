@@ -36,3 +36,66 @@ def test_either_transcoder_reads_what_the_other_wrote(value: dict[str, object]) 
     assert fast.decode(stdlib.encode(value)) == value
     assert stdlib.decode(fast.encode(value)) == value
     assert fast.decode(fast.encode(value)) == value
+
+
+def test_the_one_pass_mapper_writes_the_library_mappers_bytes() -> None:
+    from eventsourcing.persistence import Mapper
+
+    from domain.base import EventMeta, LedgerSnapshot, content_sha256
+    from domain.ledger import Command, Ledger
+    from infra.codec import OrjsonMapper
+
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.popo",
+        "TRANSCODER_TOPIC": "infra.codec:OrjsonTranscoder",
+        "MAPPER_TOPIC": "infra.codec:OrjsonMapper",
+    }
+    ledger = Ledger(env)
+    assert isinstance(ledger.mapper, OrjsonMapper)
+
+    def meta(n: int) -> EventMeta:
+        return EventMeta(f"e{n}", content_sha256(n), datetime(2026, 1, 1, tzinfo=UTC), "api")
+
+    outcomes = ledger.handle(
+        [
+            Command("session", "s1", "start", meta(1), {"agent": "claude-code", "model": "m"}),
+            Command(
+                "session",
+                "s1",
+                "start_tool_call",
+                meta(2),
+                {
+                    "tool_name": "Bash",
+                    "tool_input": {"big": 2**70},
+                    "tool_input_sha256": "0" * 64,
+                    "tool_use_id": "t1",
+                },
+            ),
+            Command(
+                "session",
+                "s1",
+                "end_tool_call",
+                meta(3),
+                {
+                    "tool_name": "Bash",
+                    "success": True,
+                    "tool_use_id": "t1",
+                    "tool_response": {"a": 1},
+                },
+            ),
+            Command("chain", "c1", "create", meta(4), {"title": "t"}),
+        ]
+    )
+    assert [o.status for o in outcomes] == ["created"] * 4, outcomes
+    stdlib, fast = transcoders()
+    library = Mapper(transcoder=fast)
+    reader = Mapper(transcoder=stdlib)
+    stored = list(ledger.recorder.select_notifications(start=1, limit=100))
+    assert len(stored) >= 4
+    events = [ledger.mapper.to_domain_event(s) for s in stored]
+    snapshot = LedgerSnapshot.take(ledger.load("session", "s1"))
+    for item in [*events, snapshot]:
+        ours = ledger.mapper.to_stored_event(item)
+        theirs = library.to_stored_event(item)
+        assert ours == theirs
+        assert reader.to_domain_event(ours) == item

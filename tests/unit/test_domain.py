@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -445,3 +446,100 @@ def test_history_pages_by_version_and_knows_an_empty_page_from_a_missing_stream(
     assert ledger.current_version(stream_id("default", "session", "s1")) == 7
     with pytest.raises(errors.StreamNotFoundError):
         ledger.history("session", "nope", after_version=3)
+
+
+def test_state_as_of_a_time_is_a_bounded_binary_search(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 3 events per recorded_at instant (one batch), 40 instants: ties and gaps both occur.
+    for batch in range(40):
+        ledger.handle(
+            [
+                session_cmd(
+                    "record_message",
+                    f"m{batch}-{i}",
+                    role="assistant",
+                    message_kind="text",
+                    content="hi",
+                )
+                for i in range(3)
+            ]
+        )
+    events = ledger.history("session", "s1")
+    assert len(events) == 120
+    stamps = [e.timestamp for e in events]
+    assert stamps == sorted(stamps)
+    decoded = 0
+    to_domain_event = ledger.mapper.to_domain_event
+
+    def counting(stored: Any) -> Any:
+        nonlocal decoded
+        decoded += 1
+        return to_domain_event(stored)
+
+    monkeypatch.setattr(ledger.mapper, "to_domain_event", counting)
+    probes = [*stamps, *(t + timedelta(microseconds=1) for t in stamps)]
+    for as_of in probes:
+        decoded = 0
+        expected = max(e.originator_version for e in events if e.timestamp <= as_of)
+        assert ledger.version_as_of("session", "s1", as_of) == expected
+        assert decoded <= 2 + 7  # events read: 2 + ceil(log2(120)), not the stream up to as_of
+    with pytest.raises(errors.VersionNotFoundError):
+        ledger.version_as_of("session", "s1", stamps[0] - timedelta(microseconds=1))
+    with pytest.raises(errors.StreamNotFoundError):
+        ledger.version_as_of("session", "nope", stamps[0])
+
+
+def test_recorded_at_never_goes_back_within_a_stream(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import domain.base
+
+    ledger.handle(
+        [session_cmd("record_message", "m1", role="assistant", message_kind="text", content="hi")]
+    )
+    first = ledger.history("session", "s1")[0].timestamp
+    # This writer's clock is behind the one that wrote the stream (another host, a clock step).
+    monkeypatch.setattr(domain.base, "utcnow", lambda: first - timedelta(seconds=5))
+    ledger.handle(
+        [session_cmd("record_message", "m2", role="assistant", message_kind="text", content="hi")]
+    )
+    ledger.handle(
+        [session_cmd("record_message", "m3", role="assistant", message_kind="text", content="hi")],
+    )
+    assert [e.timestamp for e in ledger.history("session", "s1")] == [first, first, first]
+    assert ledger.version_as_of("session", "s1", first) == 3
+
+
+def test_events_built_by_trigger_equal_the_constructors_events() -> None:
+    from uuid import uuid4
+
+    from domain.base import LedgerEvent, _new_event
+
+    class Noted(LedgerEvent):
+        note: str
+        tags: list[str] = dataclass_field(default_factory=list)
+        level: int = 3
+
+    fields = {
+        "originator_id": uuid4(),
+        "originator_version": 1,
+        "timestamp": datetime.now(UTC),
+        "project": "p",
+        "external_id": "x",
+        "event_id": "e1",
+        "content_sha256": "0" * 64,
+        "occurred_at": datetime.now(UTC),
+        "source": "api",
+        "note": "hello",
+    }
+    built = _new_event(Noted, dict(fields))
+    assert built == Noted(**fields)
+    assert (built.tags, built.level) == ([], 3)
+    assert _new_event(Noted, dict(fields)).tags is not built.tags  # a fresh default per event
+    with pytest.raises(TypeError):
+        _new_event(Noted, {**fields, "unknown": 1})
+    with pytest.raises(TypeError):
+        _new_event(Noted, {k: v for k, v in fields.items() if k != "note"})
+    with pytest.raises(TypeError):
+        _new_event(Noted, {**fields, "originator_id": "not-a-uuid"})
