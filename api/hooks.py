@@ -40,12 +40,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from api.offload import Offload, json_and_sha256
 from domain.base import EventMeta, content_sha256
 from domain.ledger import Command
 
@@ -80,7 +81,6 @@ HOOK_EVENTS: Final[tuple[str, ...]] = (
 )
 """The ``hook_event_name`` values with a mapping of their own; any other is kept verbatim."""
 
-Offload = Callable[[Any, str], Any]
 """``(value, media_type) -> value or a blob reference {sha256, size_bytes, media_type}``.
 
 The route passes one that moves values above the blob threshold to the blob store; the default
@@ -277,6 +277,12 @@ def _call(action: str, **args: Any) -> tuple[str, dict[str, Any]]:
     return action, args
 
 
+def _tool_input(offload: Offload, value: Any) -> dict[str, Any]:
+    """``tool_input`` (inline or its blob reference) and ``tool_input_sha256``."""
+    tool_input, digest = json_and_sha256(offload, value)
+    return {"tool_input": tool_input, "tool_input_sha256": digest}
+
+
 def _attributes(plain: Mapping[str, Any], offload: Offload, *mapped: str) -> dict[str, Any]:
     """What the hook said that no command parameter holds (never the envelope fields)."""
     return _offloaded(plain, offload, drop=_ENVELOPE.union(mapped))
@@ -289,8 +295,7 @@ def _approval_request(plain: dict[str, Any], offload: Offload) -> tuple[str, dic
         session_id=plain["session_id"],
         tool_use_id=plain.get("tool_use_id"),
         tool_name=plain["tool_name"],
-        tool_input=offload(plain["tool_input"], _JSON),
-        tool_input_sha256=content_sha256(plain["tool_input"]),
+        **_tool_input(offload, plain["tool_input"]),
         requested_by=AGENT,
         attributes=_attributes(plain, offload, "tool_name", "tool_input", "tool_use_id"),
     )
@@ -327,8 +332,7 @@ def _session_command(
             return _call(
                 "start_tool_call",
                 tool_name=plain["tool_name"],
-                tool_input=offload(plain["tool_input"], _JSON),
-                tool_input_sha256=content_sha256(plain["tool_input"]),
+                **_tool_input(offload, plain["tool_input"]),
                 # None on 2025-era payloads: the session then pairs the end by tool name.
                 tool_use_id=get("tool_use_id"),
                 agent_id=get("agent_id"),

@@ -8,6 +8,7 @@ the event is committed, so an acknowledged event never points at a missing blob.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -41,4 +42,20 @@ def make_offload(store: BlobStore, threshold_bytes: int) -> Offload:
             data, media if media_type in ("text/plain", "application/json") else media_type
         )
 
+    offload.threshold_bytes = threshold_bytes  # type: ignore[attr-defined]
     return offload
+
+
+def json_and_sha256(offload: Offload, value: Any) -> tuple[Any, str]:
+    """``(offload(value, "application/json"), content_sha256(value))``, serialising ``value`` once
+    when it stays inline (the common case: a tool input below the threshold).
+
+    Returns:
+        The value or its blob reference, and the sha256 hex of its canonical JSON.
+    """
+    data = canonical_json(value)
+    digest = hashlib.sha256(data).hexdigest()
+    threshold = getattr(offload, "threshold_bytes", None)
+    if value is None or (threshold is not None and len(data) <= threshold):
+        return value, digest
+    return offload(value, "application/json"), digest

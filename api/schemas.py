@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from api.offload import Offload, json_and_sha256
 from domain.approval import APPROVAL_TYPES
 from domain.base import DEFAULT_PROJECT, EventMeta, content_sha256, utcnow
 from domain.chain import CHAIN_TRANSITIONS, STAGE_METRICS, STAGE_TRANSITIONS
@@ -62,7 +63,6 @@ def one_of(values: Iterable[str]) -> Any:
 StageStatus = one_of(STAGE_TRANSITIONS)
 ChainStatus = one_of(CHAIN_TRANSITIONS)
 SessionStatus = one_of(STATUSES)
-Offload = Callable[[Any, str], Any]
 
 
 class EventBody(BaseModel):
@@ -140,6 +140,7 @@ class ApprovalRequestedBody(EventBody):
 
     def args(self, offload: Offload) -> dict[str, Any]:
         assert self.approval_type in APPROVAL_TYPES
+        tool_input, tool_input_sha256 = json_and_sha256(offload, self.tool_input)
         return {
             **_fields(
                 self,
@@ -152,10 +153,8 @@ class ApprovalRequestedBody(EventBody):
                 "requested_by",
                 "attributes",
             ),
-            "tool_input": offload(self.tool_input, "application/json"),
-            "tool_input_sha256": content_sha256(self.tool_input)
-            if self.tool_input is not None
-            else None,
+            "tool_input": tool_input,
+            "tool_input_sha256": tool_input_sha256 if self.tool_input is not None else None,
         }
 
 
@@ -407,10 +406,11 @@ class ToolCallStartedBody(_SessionBody):
     attributes: dict[str, Any] = Field(default_factory=dict)
 
     def args(self, offload: Offload) -> dict[str, Any]:
+        tool_input, tool_input_sha256 = json_and_sha256(offload, self.tool_input)
         return {
             **_fields(self, "tool_name", "tool_use_id", "agent_id", "attributes"),
-            "tool_input": offload(self.tool_input, "application/json"),
-            "tool_input_sha256": content_sha256(self.tool_input),
+            "tool_input": tool_input,
+            "tool_input_sha256": tool_input_sha256,
         }
 
 

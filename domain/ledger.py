@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import IntegrityError
 
 from domain.approval import Approval
@@ -127,6 +127,7 @@ class Ledger(Application[UUID]):
             cache_size: streams kept in memory between batches (0: load every stream every time).
         """
         env = dict(env or {})
+        self._snapshot_interval = snapshot_interval or 0
         if snapshot_interval:
             env["IS_SNAPSHOTTING_ENABLED"] = "y"
             # eventsourcing reads the intervals from the instance; set per instance, not per class.
@@ -161,25 +162,21 @@ class Ledger(Application[UUID]):
                     fresh.update(stale)
                     continue
                 try:
-                    recordings = self.save(*aggregates.values()) if pending else []
+                    positions = self._commit(aggregates.values()) if pending else {}
                 except IntegrityError:
                     self._evict(aggregates)
                     fresh.update(aggregates)
                     if attempt == MAX_ATTEMPTS - 1:
                         raise
-                    recordings = None
+                    positions = None
                 except BaseException:
                     self._evict(aggregates)
                     raise
                 else:
                     self._remember(aggregates)
-            if recordings is None:
+            if positions is None:
                 time.sleep(random.uniform(0, min(MAX_BACKOFF_S, 0.005 * 2**attempt)))
                 continue
-            positions = {
-                (r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id
-                for r in recordings
-            }
             for outcome in outcomes:
                 if outcome.version is None:
                     continue
@@ -190,6 +187,37 @@ class Ledger(Application[UUID]):
                     outcome.position = self._position_lookup(outcome.stream_id, outcome.version)
             return outcomes
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _commit(self, aggregates: Iterable[LedgerAggregate]) -> dict[tuple[UUID, int], int]:
+        """Append the aggregates' new events in one transaction; snapshot streams that are due.
+
+        What ``Application.save`` does (map, ``recorder.insert_events``, ``_take_snapshots``)
+        without its per-object protocol checks and ``Recording`` objects, which cost more than
+        the mapping here (batches of thousands of events).
+
+        Returns:
+            ``{(stream_id, version): notification_id}`` of the appended events.
+
+        Raises:
+            IntegrityError: another writer appended to one of the streams first.
+        """
+        aggregates = list(aggregates)
+        events = [event for aggregate in aggregates for event in aggregate.collect_events()]
+        if not events:
+            return {}
+        ids = self.recorder.insert_events(list(map(self.mapper.to_stored_event, events)))
+        if ids is None or len(ids) != len(events):  # every runledger recorder returns them
+            raise AssertionError("the recorder did not return a notification id per event")
+        if self.snapshots is not None and self.snapshotting_intervals:
+            due = [e for e in events if e.originator_version % self._snapshot_interval == 0]
+            if due:
+                processing = ProcessingEvent[UUID]()
+                processing.events.extend(due)
+                processing.aggregates.update((a.id, a) for a in aggregates)
+                self._take_snapshots(processing)
+        return {
+            (e.originator_id, e.originator_version): n for e, n in zip(events, ids, strict=True)
+        }
 
     def _execute(
         self, commands: Sequence[Command], fresh: set[UUID]
@@ -401,6 +429,7 @@ class Ledger(Application[UUID]):
             rows = self.recorder.select_events(sid, gt=version - 1, lte=version, limit=1)
         for stored in rows:
             event = self.mapper.to_domain_event(stored)
+            assert isinstance(event, LedgerEvent)
             return event.originator_version, event.timestamp
         return None
 

@@ -20,12 +20,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
 import orjson
-from eventsourcing.persistence import JSONTranscoder, Mapper, ProgrammingError, StoredEvent
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    JSONTranscoder,
+    Mapper,
+    ProgrammingError,
+    StoredEvent,
+    UUIDAsHex,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import get_topic
 from psycopg import Cursor
@@ -84,17 +93,21 @@ class OrjsonTranscoder(JSONTranscoder):
 class OrjsonMapper(Mapper[UUID]):
     """``Mapper`` with a one-pass ``to_stored_event`` for ``OrjsonTranscoder`` (see module docstring)."""
 
+    _encoders: dict[type, tuple[str, Callable[[Any], Any]]] | None = None
+
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         """The stored form of a domain event or snapshot; the same bytes as ``Mapper``'s."""
         transcoder = self.transcoder
         if self.compressor or self.cipher or type(transcoder) is not OrjsonTranscoder:
             return super().to_stored_event(domain_event)
-        types = transcoder.types
+        encoders = self._encoders
+        if encoders is None or len(encoders) != len(transcoder.types):
+            encoders = self._encoders = _encoders(transcoder)
         state: dict[str, Any] = {}
         for key, value in vars(domain_event).items():
-            transcoding = types.get(type(value))
-            if transcoding is not None:
-                value = {"_type_": transcoding.name, "_data_": transcoding.encode(value)}
+            encoder = encoders.get(type(value))
+            if encoder is not None:
+                value = {"_type_": encoder[0], "_data_": encoder[1](value)}
             state[key] = value
         del state["originator_id"], state["originator_version"]
         class_version = getattr(type(domain_event), "class_version", 1)
@@ -110,6 +123,20 @@ class OrjsonMapper(Mapper[UUID]):
             topic=get_topic(type(domain_event)),
             state=data,
         )
+
+
+def _encoders(transcoder: JSONTranscoder) -> dict[type, tuple[str, Callable[[Any], Any]]]:
+    """``{type: (transcoding name, encode)}``; the library's own datetime and UUID transcodings
+    replaced by the C-level calls they make (``datetime.isoformat``, ``UUID.hex``)."""
+    encoders: dict[type, tuple[str, Callable[[Any], Any]]] = {}
+    for cls, transcoding in transcoder.types.items():
+        encode: Callable[[Any], Any] = transcoding.encode
+        if type(transcoding) is DatetimeAsISO:
+            encode = datetime.isoformat
+        elif type(transcoding) is UUIDAsHex:
+            encode = attrgetter("hex")
+        encoders[cls] = (transcoding.name, encode)
+    return encoders
 
 
 class FastPostgresApplicationRecorder(PostgresApplicationRecorder):

@@ -458,3 +458,39 @@ def test_a_token_guards_every_v1_route_and_projects_keep_tenants_apart(make_serv
             "items"
         ]
         assert [(i["stream"]["project"], i["type"]) for i in log] == [("other", "ChainCreated")]
+
+
+def test_a_large_tool_input_goes_to_the_blob_store_and_reads_back_whole(
+    sqlite_server: Server,
+) -> None:
+    import hashlib
+
+    session_id, pre, _ = one_real_session()
+    payload = dict(pre[0])
+    # A Write call whose content is beyond the 16 KiB default threshold.
+    content = "".join(f"line {i}: {'é' * (i % 7)}\n" for i in range(4000))
+    payload["tool_name"] = "Write"
+    payload["tool_input"] = {"file_path": "/tmp/big.txt", "content": content}
+    payload["tool_use_id"] = "toolu_large_input"
+    expected = json.dumps(
+        payload["tool_input"], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+    assert len(expected) > 16 * 1024
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        assert client.post("/v1/hooks/claude-code", json=payload).status_code == 200
+        events = client.get(f"/v1/streams/session/{session_id}/events").json()["items"]
+        started = [e for e in events if e["payload"].get("tool_use_id") == "toolu_large_input"]
+        assert len(started) == 1
+        ref = started[0]["payload"]["tool_input"]
+        digest = hashlib.sha256(expected).hexdigest()
+        assert ref == {
+            "sha256": digest,
+            "size_bytes": len(expected),
+            "media_type": "application/json",
+        }
+        assert started[0]["payload"]["tool_input_sha256"] == digest
+        blob = client.get(f"/v1/blobs/{digest}")
+        assert blob.status_code == 200
+        assert blob.content == expected
+        assert json.loads(blob.content) == payload["tool_input"]
+        assert client.get(f"/v1/blobs/{'0' * 64}").status_code == 404

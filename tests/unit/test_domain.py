@@ -293,6 +293,9 @@ def test_state_at_a_version_and_as_of_a_time(ledger: Ledger) -> None:
     )
     at3 = ledger.load("session", "s1", version=3).state()
     assert at3["version"] == 3 and at3["criterion_states"]["ac1"]["status"] == "fail"
+    assert ledger.snapshots is not None
+    snapshots = list(ledger.snapshots.get(stream_id("default", "session", "s1")))
+    assert [s.originator_version for s in snapshots] == [5]  # taken by handle (interval 5)
     at7 = ledger.load("session", "s1", version=7).state()  # beyond a snapshot (interval 5)
     assert at7["criterion_states"]["ac1"]["status"] == "pass"
     events = ledger.history("session", "s1")

@@ -796,3 +796,20 @@ def test_offload_is_given_the_prompt_as_text_and_never_the_session_id() -> None:
     assert payload["session_id"] not in [value for value, _ in calls]
     assert command.args["content"] == payload["prompt"]
     assert (command.args["role"], command.args["message_kind"]) == ("user", "prompt")
+
+
+def test_offload_keeps_small_values_inline_and_hashes_each_value_once() -> None:
+    from api.offload import json_and_sha256, make_offload
+    from domain.base import content_sha256
+    from infra.blobs import MemoryBlobStore
+
+    store = MemoryBlobStore()
+    offload = make_offload(store, threshold_bytes=64)
+    small, large = {"p": "x"}, {"p": "y" * 100}
+    assert json_and_sha256(offload, small) == (small, content_sha256(small))
+    ref, digest = json_and_sha256(offload, large)
+    assert digest == content_sha256(large) == ref["sha256"]
+    assert store.get(digest) == b'{"p":"' + b"y" * 100 + b'"}'
+    assert json_and_sha256(offload, None) == (None, content_sha256(None))
+    # an offload without a known threshold (e.g. the identity) is simply called
+    assert json_and_sha256(lambda v, _m: v, large) == (large, content_sha256(large))
