@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Event-sourced audit ledger for AI agent runs",
         version="0.1.0",
         lifespan=lifespan,
+        telemetry={key: settings.http_telemetry for key in ("tracing", "metrics", "logs")},  # type: ignore[misc]
     )
     problems.install(app)
     guarded = [Depends(require_token)]

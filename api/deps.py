@@ -94,5 +94,5 @@ def ingest_context(request: Request) -> tuple[Runtime, str]:
     runtime: Runtime = request.app.state.runtime
     headers = request.headers
     check_token(runtime, headers.get("authorization"))
-    query = request.query_params.get("project") if request.url.query else None
+    query = request.query_params.get("project") if request.scope.get("query_string") else None
     return runtime, resolve_project(runtime, headers.get("x-runledger-project"), query)

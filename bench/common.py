@@ -221,7 +221,11 @@ class ServerProcess:
     log_path: Path
     port: int
     ready_path: str = "/healthz"
+    #: A second process started once the server is ready and stopped with it (the projector of
+    #: the ``BENCH_PROJECTOR=process`` layout).
+    companion_argv: list[str] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    companion: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -251,24 +255,35 @@ class ServerProcess:
                     raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
                 try:
                     if client.get(self.url + self.ready_path).status_code == 200:
+                        self._start_companion()
                         return self
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.1)
         raise RuntimeError(f"{self.name} not ready after {timeout_s} s:\n{self.log_tail()}")
 
-    def stop(self) -> None:
-        """SIGTERM, wait up to 20 s, then SIGKILL. Idempotent."""
-        if self.process is None:
+    def _start_companion(self) -> None:
+        if self.companion_argv is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=20)
-        self.process = None
+        with self.log_path.with_suffix(".companion.log").open("ab") as log:
+            self.companion = subprocess.Popen(
+                self.companion_argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def stop(self) -> None:
+        """SIGTERM, wait up to 20 s, then SIGKILL (the companion first). Idempotent."""
+        for attr in ("companion", "process"):
+            process = getattr(self, attr)
+            if process is None:
+                continue
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=20)
+            setattr(self, attr, None)
 
     def memory_kb(self) -> dict[str, int]:
         """``VmRSS`` and ``VmHWM`` (peak RSS) of the process from ``/proc/<pid>/status``, in kB."""
@@ -333,6 +348,10 @@ def runledger_server(
             ``BENCH_RUNLEDGER_<NAME>`` variables of the benchmark's own environment are passed on
             as ``RUNLEDGER_<NAME>`` too (e.g. ``BENCH_RUNLEDGER_WORKERS=2``), to measure a
             configuration without editing the benchmark.
+
+    ``BENCH_PROJECTOR=process`` runs docker-compose's layout: the API with its projector off and
+    ``runledger project`` as a second process on the same database (started once the API is
+    ready, stopped with it). Unset (or ``inprocess``): the projector runs inside the API.
     """
     port = free_port()
     passed_on = {
@@ -348,6 +367,10 @@ def runledger_server(
         # the benchmark's own choices win over the passed-on ones
         **{f"RUNLEDGER_{key.upper()}": value for key, value in settings.items()},
     }
+    companion = None
+    if projector_layout() == "process" and chosen.get("RUNLEDGER_PROJECTOR") != "off":
+        chosen["RUNLEDGER_PROJECTOR"] = "off"
+        companion = [str(runledger_bin()), "project"]
     env = _clean_env(**chosen)
     return ServerProcess(
         name=name,
@@ -356,7 +379,20 @@ def runledger_server(
         log_path=workdir / f"{name}.log",
         port=port,
         ready_path="/readyz",
+        companion_argv=companion,
     )
+
+
+def projector_layout() -> str:
+    """``inprocess`` (default) or ``process`` (``BENCH_PROJECTOR``).
+
+    Raises:
+        SystemExit: any other value.
+    """
+    layout = os.environ.get("BENCH_PROJECTOR", "inprocess")
+    if layout not in ("inprocess", "process"):
+        raise SystemExit(f"BENCH_PROJECTOR must be inprocess or process, not {layout!r}")
+    return layout
 
 
 def noop_server(workdir: Path, *, name: str = "noop") -> ServerProcess:
@@ -602,6 +638,8 @@ def append_results(measurements: Sequence[Measurement], *, quick: bool) -> None:
             for k, v in sorted(os.environ.items())
             if k.startswith("BENCH_RUNLEDGER_")
         )
+        if projector_layout() == "process":
+            config = ", ".join(part for part in (config, "projector in its own process") if part)
         notes = "; ".join(
             part for part in ("quick" if quick else "", m.notes, config, f"rev {revision}") if part
         )

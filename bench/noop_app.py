@@ -24,7 +24,11 @@ from fastapi import Body, FastAPI, Request, Response
 
 from api.schemas import TypedEvent
 
-app = FastAPI(title="runledger benchmark no-op reference")
+# FastAPI's request telemetry off, as runledger's default (``RUNLEDGER_HTTP_TELEMETRY``).
+app = FastAPI(
+    title="runledger benchmark no-op reference",
+    telemetry={"tracing": False, "metrics": False, "logs": False},
+)
 
 
 @app.get("/healthz")

@@ -39,7 +39,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import get_topic
 from psycopg import Cursor
 from psycopg.rows import DictRow, tuple_row
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composable, Composed, Identifier
 
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
 _TAG = b'"_type_"'
@@ -139,6 +139,12 @@ def _encoders(transcoder: JSONTranscoder) -> dict[type, tuple[str, Callable[[Any
     return encoders
 
 
+def _rendered(statement: Composable) -> Composed:
+    """A composed statement rendered once (identifiers quoted without a connection), so that
+    executing it does not compose it again."""
+    return Composed([SQL(statement.as_string(None))])
+
+
 class FastPostgresApplicationRecorder(PostgresApplicationRecorder):
     """``PostgresApplicationRecorder`` inserting binary scalar arrays (see module docstring), and
     reading the events of many streams in one query (``select_events_many``)."""
@@ -149,18 +155,30 @@ class FastPostgresApplicationRecorder(PostgresApplicationRecorder):
             "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
             "WHERE originator_id = ANY(%b::uuid[]) ORDER BY originator_id, originator_version"
         ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
-        self.insert_events_statement = SQL(
-            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[]) "
-            "RETURNING notification_id"
-        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+        self.insert_events_statement = _rendered(
+            SQL(
+                "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
+                "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[]) "
+                "RETURNING notification_id"
+            ).format(
+                schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
+            )
+        )
+        # The library composes these per transaction; render them once.
+        self.lock_table_statements = [
+            _rendered(s) if isinstance(s, Composable) else s for s in self.lock_table_statements
+        ]
+        self._notify_statement = _rendered(SQL("NOTIFY {0}").format(Identifier(self.channel_name)))
+
+    def _notify_channel(self, curs: Cursor[DictRow]) -> None:
+        curs.execute(self._notify_statement)
 
     def _insert_stored_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
         self._lock_table(curs)
         self._notify_channel(curs)
-        curs.row_factory = tuple_row  # the ids come back as tuples, not dicts
+        curs.row_factory = tuple_row  # type: ignore[assignment]  # ids as tuples, not dicts
         curs.execute(
             self.insert_events_statement,
             (

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         description="Notifications per read of the log (and per transaction near the head; "
         "catching up, the projector writes up to 20,000 events per transaction).",
     )
+    http_telemetry: bool = Field(
+        default=False,
+        description="FastAPI's native OpenTelemetry instrumentation of requests (spans, metrics "
+        "and logs through a configured OpenTelemetry SDK provider). Off: requests skip its "
+        "per-request provider checks.",
+    )
     create_tables: bool = Field(
         default=True,
         description="Create tables at start-up (under a lock); off once `runledger migrate` ran.",

@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from eventsourcing.persistence import IntegrityError, OperationalError
@@ -34,7 +34,8 @@ class _Request:
     deliver: Any  # Callable[[list[Outcome] | BaseException], None]
     outcomes: list[Outcome] | None = None
     error: BaseException | None = None
-    done: threading.Event = field(default_factory=threading.Event)
+    #: Set when a ``submit_sync`` caller may read ``outcomes``/``error`` (None for async callers).
+    done: threading.Event | None = None
 
 
 class GroupCommitWriter:
@@ -93,7 +94,7 @@ class GroupCommitWriter:
         """``submit`` for callers outside an event loop (blocks the calling thread)."""
         if not commands:
             return []
-        request = _Request(commands, deliver=None)
+        request = _Request(commands, deliver=None, done=threading.Event())
         self._enqueue(request)
         request.done.wait()
         if request.error is not None:
@@ -160,6 +161,7 @@ def _finish(request: _Request, result: list[Outcome] | BaseException) -> None:
         request.error = result
     else:
         request.outcomes = result
+    assert request.done is not None
     request.done.set()
 
 
