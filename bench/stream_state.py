@@ -11,7 +11,10 @@ same versions in every round and way:
 - direct: ``Ledger.load("session", id, version=v)`` on a ledger built by
   ``infra.store.build_ledger`` with snapshots;
 - HTTP: ``GET /v1/streams/session/{id}/state?version=v`` against ``runledger serve`` (one
-  request at a time over a keep-alive connection; each answer must be 200 with that version).
+  request at a time over a keep-alive connection; each answer must be 200 with that version);
+- as of a time, direct and HTTP: the same, addressed by the ``recorded_at`` of event ``v``
+  (``Ledger.version_as_of`` then ``Ledger.load``; ``?as_of=``), the version reached checked
+  against the stream's own timestamps.
 
 Reference: the same loads with snapshots disabled (``snapshot_interval=0``: a ledger without
 snapshotting; a second server with ``RUNLEDGER_SNAPSHOT_INTERVAL=0`` and the projector off), on
@@ -32,6 +35,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -118,6 +122,38 @@ def http_loader(client: httpx.Client, url: str, session_id: str) -> Callable[[in
     return load
 
 
+def as_of_loaders(
+    ledger: Ledger, client: httpx.Client, url: str, session_id: str
+) -> tuple[Callable[[int], None], Callable[[int], None]]:
+    """Loaders of the state *as of a time*: for version ``v``, the ``recorded_at`` of event ``v``
+    (``Ledger.version_as_of`` + ``Ledger.load``, and ``GET .../state?as_of=``), each checking the
+    version reached against the stream's own timestamps (the last version recorded by then)."""
+    stamps = [event.timestamp for event in ledger.history("session", session_id)]
+    last_at: dict[datetime, int] = {}
+    for version, stamp in enumerate(stamps, start=1):
+        last_at[stamp] = version  # ties: the last version recorded at that instant
+
+    def direct(version: int) -> None:
+        expected = last_at[stamps[version - 1]]
+        found = ledger.version_as_of("session", session_id, stamps[version - 1])
+        state = ledger.load("session", session_id, version=found)
+        if found != expected or state.version != expected:
+            raise RuntimeError(f"as of event {version}'s time: {found}, expected {expected}")
+
+    def http(version: int) -> None:
+        expected = last_at[stamps[version - 1]]
+        response = client.get(
+            f"{url}/v1/streams/session/{session_id}/state",
+            params={"as_of": stamps[version - 1].isoformat()},
+        )
+        if response.status_code != 200 or response.json()["version"] != expected:
+            raise RuntimeError(
+                f"as of event {version}: {response.status_code} {response.text[:300]}"
+            )
+
+    return direct, http
+
+
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=10_000, help="stream length (10,000)")
     parser.add_argument(
@@ -185,11 +221,21 @@ def main() -> None:
                 # from pausing inside the timed loads (the server is what is measured).
                 gc.collect()
                 gc.freeze()
+                as_of_direct, as_of_http = as_of_loaders(
+                    with_snapshots, client, server.url, session_id
+                )
+                as_of_direct_ref, as_of_http_ref = as_of_loaders(
+                    without, client, plain.url, session_id
+                )
                 ways = {
                     "direct": direct_loader(with_snapshots, session_id),
                     "direct-ref": direct_loader(without, session_id),
                     "http": http_loader(client, server.url, session_id),
                     "http-ref": http_loader(client, plain.url, session_id),
+                    "asof": as_of_direct,
+                    "asof-ref": as_of_direct_ref,
+                    "http-asof": as_of_http,
+                    "http-asof-ref": as_of_http_ref,
                 }
                 for load in ways.values():  # warm-up: connections, imports, caches
                     timed_ms(load, versions[:3])
@@ -213,7 +259,12 @@ def main() -> None:
         f"{loads} random versions per round, reference {reference_loads}; {args.rounds} rounds"
     )
     measurements = []
-    for way, label in (("direct", "Ledger.load"), ("http", "GET .../state")):
+    for way, label in (
+        ("direct", "Ledger.load"),
+        ("http", "GET .../state"),
+        ("asof", "as of a time, Ledger.version_as_of + load"),
+        ("http-asof", "as of a time, GET .../state?as_of="),
+    ):
         p50 = [s[0] for s in stats[way]]
         p99 = [s[1] for s in stats[way]]
         reference = stats[f"{way}-ref"]

@@ -387,9 +387,12 @@ class Ledger(Application[UUID]):
     ) -> int:
         """The stream's last version the ledger had recorded at ``as_of`` (its ``recorded_at`` clock).
 
-        A binary search over the stream's versions: at most ``2 + log2(version)`` single-event
-        reads (15 for a 10,000-event stream), whatever the stream's length. ``recorded_at`` never
-        decreases within a stream (``LedgerAggregate.trigger``), so the answer is exact.
+        A search over the stream's versions that reads a bounded number of single events,
+        whatever the stream's length: a binary search (``2 + log2(version)`` reads, 15 for a
+        10,000-event stream), or, with a recorder offering ``select_event_versions`` (runledger's
+        PostgreSQL recorder), a 17-way search reading 16 events per round trip (4 round trips
+        for 10,000 events). ``recorded_at`` never decreases within a stream
+        (``LedgerAggregate.trigger``), so the answer is exact.
 
         Raises:
             StreamNotFoundError: the stream has no events.
@@ -397,22 +400,32 @@ class Ledger(Application[UUID]):
         """
         _aggregate_class(kind)
         sid = stream_id(project, kind, external_id)
-        last = self._recorded_at(sid, None)
-        if last is None:
+        last = list(self.recorder.select_events(sid, desc=True, limit=1))
+        if not last:
             raise StreamNotFoundError(kind=kind, external_id=external_id, project=project)
-        high, recorded_at = last
-        if recorded_at <= as_of:
-            return high
-        low = 0  # invariant: version ``low`` (0: none) was recorded at or before ``as_of``,
-        high -= 1  # every version after ``high`` after it
+        if self._recorded_at(last)[last[0].originator_version] <= as_of:
+            return last[0].originator_version
+        many = getattr(self.recorder, "select_event_versions", None)
+        ways = 16 if many is not None else 1
+        # invariant: version ``low`` (0: none) was recorded at or before ``as_of``, every
+        # version after ``high`` after it
+        low, high = 0, last[0].originator_version - 1
         while low < high:
-            middle = (low + high + 1) // 2
-            found = self._recorded_at(sid, middle)
-            assert found is not None
-            if found[1] <= as_of:
-                low = middle
+            span = high - low
+            probes = sorted({low + -(-span * i // (ways + 1)) for i in range(1, ways + 1)})
+            if many is not None:
+                stamps = self._recorded_at(many(sid, probes))
             else:
-                high = middle - 1
+                (probe,) = probes
+                stamps = self._recorded_at(
+                    self.recorder.select_events(sid, gt=probe - 1, lte=probe, limit=1)
+                )
+            for probe in probes:
+                if stamps[probe] <= as_of:
+                    low = probe
+                else:
+                    high = probe - 1
+                    break
         if low == 0:
             raise VersionNotFoundError(
                 kind=kind,
@@ -421,17 +434,14 @@ class Ledger(Application[UUID]):
             )
         return low
 
-    def _recorded_at(self, sid: UUID, version: int | None) -> tuple[int, datetime] | None:
-        """``(version, recorded_at)`` of one event of a stream (``None``: its last one)."""
-        if version is None:
-            rows = self.recorder.select_events(sid, desc=True, limit=1)
-        else:
-            rows = self.recorder.select_events(sid, gt=version - 1, lte=version, limit=1)
-        for stored in rows:
+    def _recorded_at(self, stored_events: Iterable[Any]) -> dict[int, datetime]:
+        """``{version: recorded_at}`` of stored events of one stream."""
+        found: dict[int, datetime] = {}
+        for stored in stored_events:
             event = self.mapper.to_domain_event(stored)
             assert isinstance(event, LedgerEvent)
-            return event.originator_version, event.timestamp
-        return None
+            found[event.originator_version] = event.timestamp
+        return found
 
 
 def _aggregate_class(kind: str) -> type[LedgerAggregate]:

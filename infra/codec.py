@@ -147,7 +147,8 @@ def _rendered(statement: Composable) -> Composed:
 
 class FastPostgresApplicationRecorder(PostgresApplicationRecorder):
     """``PostgresApplicationRecorder`` inserting binary scalar arrays (see module docstring), and
-    reading the events of many streams in one query (``select_events_many``)."""
+    reading the events of many streams (``select_events_many``) or of one stream at chosen
+    versions (``select_event_versions``) in one query."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -155,6 +156,15 @@ class FastPostgresApplicationRecorder(PostgresApplicationRecorder):
             "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
             "WHERE originator_id = ANY(%b::uuid[]) ORDER BY originator_id, originator_version"
         ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+        self.select_event_versions_statement = _rendered(
+            SQL(
+                "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+                "WHERE originator_id = %s AND originator_version = ANY(%s::int8[]) "
+                "ORDER BY originator_version"
+            ).format(
+                schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
+            )
+        )
         self.insert_events_statement = _rendered(
             SQL(
                 "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
@@ -199,6 +209,22 @@ class FastPostgresApplicationRecorder(PostgresApplicationRecorder):
             )
             raise ProgrammingError(msg)
         return ids
+
+    def select_event_versions(
+        self, originator_id: UUID, versions: Sequence[int]
+    ) -> list[StoredEvent]:
+        """The events of one stream at the given versions, in version order (one round trip)."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.select_event_versions_statement, (originator_id, list(versions)))
+            return [
+                StoredEvent(
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in curs.fetchall()
+            ]
 
     def select_events_many(self, originator_ids: Sequence[UUID]) -> list[StoredEvent]:
         """Every event of the given streams, ordered by stream then version (one round trip)."""

@@ -155,3 +155,66 @@ def test_a_fresh_writer_preloads_many_streams_in_one_query_and_sees_every_event(
         versions = [e.originator_version for e in first.history("session", f"s{i}")]
         assert versions == list(range(1, len(versions) + 1))
         assert len(versions) == 20  # 10 messages of each batch per stream
+
+
+def test_state_as_of_a_time_on_postgresql_reads_16_events_per_round_trip(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from domain.base import EventMeta, content_sha256
+    from domain.errors import VersionNotFoundError
+    from domain.ledger import Command
+    from infra.settings import Settings
+    from infra.store import build_ledger
+
+    settings = Settings(database_url=postgres_url, database_schema=pg_schema)
+    ledger, _ = build_ledger(settings, create_table=True)
+    for batch in range(60):  # 1,200 events; 20 per batch share close recorded_at instants
+        outcomes = ledger.handle(
+            [
+                Command(
+                    "session",
+                    "long",
+                    "record_message",
+                    EventMeta(
+                        f"m{batch}-{i}", content_sha256([batch, i]), datetime.now(UTC), "api"
+                    ),
+                    {"role": "assistant", "message_kind": "message", "content": i},
+                )
+                for i in range(20)
+            ]
+        )
+        assert all(o.status == "created" for o in outcomes)
+    events = ledger.history("session", "long")
+    assert len(events) == 1200
+    stamps = [e.timestamp for e in events]
+    assert stamps == sorted(stamps)
+    calls = 0
+    select = ledger.recorder.select_event_versions  # type: ignore[attr-defined]
+
+    def counting(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return select(*args)
+
+    monkeypatch.setattr(ledger.recorder, "select_event_versions", counting)
+    decoded = 0
+    to_domain_event = ledger.mapper.to_domain_event
+
+    def decoding(stored: Any) -> Any:
+        nonlocal decoded
+        decoded += 1
+        return to_domain_event(stored)
+
+    monkeypatch.setattr(ledger.mapper, "to_domain_event", decoding)
+    for version in [1, 2, 19, 20, 21, 599, 600, 601, 1199, 1200, *range(3, 1200, 97)]:
+        for as_of in (stamps[version - 1], stamps[version - 1] + timedelta(microseconds=1)):
+            calls = decoded = 0
+            expected = max(e.originator_version for e in events if e.timestamp <= as_of)
+            assert ledger.version_as_of("session", "long", as_of) == expected
+            # ceil(log17(1,200)) = 3 round trips of 16 events, plus one read of the last event
+            assert (1 <= calls <= 3) if expected < 1200 else calls == 0
+            assert decoded <= 1 + 16 * calls
+    with pytest.raises(VersionNotFoundError):
+        ledger.version_as_of("session", "long", stamps[0] - timedelta(microseconds=1))
