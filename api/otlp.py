@@ -356,8 +356,8 @@ def _pb_span(span: trace_pb2.Span) -> dict[str, Any]:
     start, end = span.start_time_unix_nano, span.end_time_unix_nano
     _check_times(start, end)
     return {
-        "trace_id": _checked_id(span.trace_id.hex(), "trace_id", _TRACE_ID_HEX_LENGTH),
-        "span_id": _checked_id(span.span_id.hex(), "span_id", _SPAN_ID_HEX_LENGTH),
+        "trace_id": _pb_id(span.trace_id, "trace_id", _TRACE_ID_HEX_LENGTH),
+        "span_id": _pb_id(span.span_id, "span_id", _SPAN_ID_HEX_LENGTH),
         "parent_span_id": _parent_span_id(span.parent_span_id.hex()),
         "trace_state": span.trace_state,
         "flags": span.flags,
@@ -400,10 +400,35 @@ def _pb_span(span: trace_pb2.Span) -> dict[str, Any]:
 def _pb_attributes(
     key_values: Iterable[common_pb2.KeyValue], field: str = "attributes"
 ) -> dict[str, Any]:
-    attributes: dict[str, Any] = {}
-    for index, key_value in enumerate(key_values):
-        attributes[key_value.key] = _pb_any_value(key_value.value, f"{field}[{index}].value")
-    return attributes
+    try:  # the common case: valid values, no field paths built
+        return {key_value.key: _pb_plain_value(key_value.value) for key_value in key_values}
+    except _InvalidSpanError:  # again, building the paths, for the error's message
+        attributes: dict[str, Any] = {}
+        for index, key_value in enumerate(key_values):
+            attributes[key_value.key] = _pb_any_value(key_value.value, f"{field}[{index}].value")
+        return attributes
+
+
+def _pb_plain_value(value: common_pb2.AnyValue) -> Any:
+    """``_pb_any_value`` without field paths (raises a bare ``_InvalidSpanError``)."""
+    which = value.WhichOneof("value")
+    if which == "string_value":
+        return value.string_value
+    if which == "int_value":
+        return value.int_value
+    if which == "bool_value":
+        return value.bool_value
+    if which == "double_value":
+        return value.double_value
+    if which is None:
+        return None
+    if which == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode("ascii")
+    if which == "array_value":
+        return [_pb_plain_value(item) for item in value.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: _pb_plain_value(kv.value) for kv in value.kvlist_value.values}
+    raise _InvalidSpanError(which)
 
 
 def _pb_any_value(value: common_pb2.AnyValue, field: str) -> Any:
@@ -788,6 +813,16 @@ def _checked_id(value: str, field: str, hex_length: int) -> str:
     if value.strip("0") == "":
         raise _InvalidSpanError(f"{field} must not be all zeros")
     return value.lower()
+
+
+def _pb_id(value: bytes, field: str, hex_length: int) -> str:
+    """``_checked_id`` for a protobuf id: ``bytes.hex()`` is lowercase hex already."""
+    text = value.hex()
+    if len(text) != hex_length:
+        raise _InvalidSpanError(f"{field} must be {hex_length} hex characters, got {len(text)}")
+    if not any(value):
+        raise _InvalidSpanError(f"{field} must not be all zeros")
+    return text
 
 
 def _parent_span_id(value: str) -> str | None:

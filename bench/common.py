@@ -286,13 +286,19 @@ class ServerProcess:
             setattr(self, attr, None)
 
     def memory_kb(self) -> dict[str, int]:
-        """``VmRSS`` and ``VmHWM`` (peak RSS) of the process from ``/proc/<pid>/status``, in kB."""
+        """``VmRSS`` and ``VmHWM`` (peak RSS) from ``/proc/<pid>/status``, in kB: of the process,
+        or, when it has child processes (``serve --workers N``: uvicorn's workers), the largest
+        value among the process and its children (the target is per API process)."""
         found: dict[str, int] = {}
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    found[key] = int(value.split()[0])
+        for pid in (self.pid, *_children(self.pid)):
+            try:
+                with open(f"/proc/{pid}/status") as status:
+                    for line in status:
+                        key, _, value = line.partition(":")
+                        if key in ("VmRSS", "VmHWM"):
+                            found[key] = max(found.get(key, 0), int(value.split()[0]))
+            except OSError:  # a child that just exited
+                continue
         return found
 
     def log_tail(self, size: int = 3000) -> str:
@@ -301,6 +307,17 @@ class ServerProcess:
             return self.log_path.read_text(errors="replace")[-size:]
         except OSError:
             return "(no log)"
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (``/proc/<pid>/task/*/children``)."""
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found.extend(int(child) for child in children.read_text().split())
+        except OSError:
+            continue
+    return found
 
 
 @contextlib.contextmanager

@@ -71,7 +71,7 @@ class Trace(LedgerAggregate):
 
     def record_span(self, meta: EventMeta, *, span: dict[str, Any]) -> None:
         """Record one span; ``span`` holds every name of ``SPAN_FIELDS`` (others are ignored)."""
-        self.trigger(SpanRecorded, meta, **{name: span.get(name) for name in SPAN_FIELDS})
+        self.trigger(SpanRecorded, meta, **dict(zip(SPAN_FIELDS, map(span.get, SPAN_FIELDS))))
 
     def state(self) -> dict[str, Any]:
         """Span count and root span ids."""
