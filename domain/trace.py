@@ -71,7 +71,8 @@ class Trace(LedgerAggregate):
 
     def record_span(self, meta: EventMeta, *, span: dict[str, Any]) -> None:
         """Record one span; ``span`` holds every name of ``SPAN_FIELDS`` (others are ignored)."""
-        self.trigger(SpanRecorded, meta, **dict(zip(SPAN_FIELDS, map(span.get, SPAN_FIELDS))))
+        payload = dict(zip(SPAN_FIELDS, map(span.get, SPAN_FIELDS), strict=True))
+        self.trigger(SpanRecorded, meta, **payload)
 
     def state(self) -> dict[str, Any]:
         """Span count and root span ids."""
