@@ -400,17 +400,18 @@ def _pb_span(span: trace_pb2.Span) -> dict[str, Any]:
 def _pb_attributes(
     key_values: Iterable[common_pb2.KeyValue], field: str = "attributes"
 ) -> dict[str, Any]:
-    try:  # the common case: valid values, no field paths built
-        return {key_value.key: _pb_plain_value(key_value.value) for key_value in key_values}
-    except _InvalidSpanError:  # again, building the paths, for the error's message
-        attributes: dict[str, Any] = {}
-        for index, key_value in enumerate(key_values):
-            attributes[key_value.key] = _pb_any_value(key_value.value, f"{field}[{index}].value")
-        return attributes
+    attributes: dict[str, Any] = {}
+    for index, key_value in enumerate(key_values):
+        try:
+            attributes[key_value.key] = _pb_any_value(key_value.value)
+        except _InvalidSpanError as error:  # the path is built only for an error
+            raise _InvalidSpanError(f"{field}[{index}].value{error}") from None
+    return attributes
 
 
-def _pb_plain_value(value: common_pb2.AnyValue) -> Any:
-    """``_pb_any_value`` without field paths (raises a bare ``_InvalidSpanError``)."""
+def _pb_any_value(value: common_pb2.AnyValue) -> Any:
+    """A protobuf ``AnyValue`` as JSON. Raises ``_InvalidSpanError`` whose message starts with
+    the path below ``value`` (e.g. ``.array_value[2]: ...``)."""
     which = value.WhichOneof("value")
     if which == "string_value":
         return value.string_value
@@ -425,35 +426,17 @@ def _pb_plain_value(value: common_pb2.AnyValue) -> Any:
     if which == "bytes_value":
         return base64.b64encode(value.bytes_value).decode("ascii")
     if which == "array_value":
-        return [_pb_plain_value(item) for item in value.array_value.values]
+        items = []
+        for index, item in enumerate(value.array_value.values):
+            try:
+                items.append(_pb_any_value(item))
+            except _InvalidSpanError as error:
+                raise _InvalidSpanError(f".array_value[{index}]{error}") from None
+        return items
     if which == "kvlist_value":
-        return {kv.key: _pb_plain_value(kv.value) for kv in value.kvlist_value.values}
-    raise _InvalidSpanError(which)
-
-
-def _pb_any_value(value: common_pb2.AnyValue, field: str) -> Any:
-    which = value.WhichOneof("value")
-    if which is None:
-        return None
-    if which == "string_value":
-        return value.string_value
-    if which == "bool_value":
-        return value.bool_value
-    if which == "int_value":
-        return value.int_value
-    if which == "double_value":
-        return value.double_value
-    if which == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode("ascii")
-    if which == "array_value":
-        return [
-            _pb_any_value(item, f"{field}.array_value[{index}]")
-            for index, item in enumerate(value.array_value.values)
-        ]
-    if which == "kvlist_value":
-        return _pb_attributes(value.kvlist_value.values, f"{field}.kvlist_value")
+        return _pb_attributes(value.kvlist_value.values, ".kvlist_value")
     # string_value_strindex points into a profiles dictionary that trace exports do not have.
-    raise _InvalidSpanError(f"{field}: {which} is not valid in a trace export")
+    raise _InvalidSpanError(f": {which} is not valid in a trace export")
 
 
 # --- JSON ----------------------------------------------------------------------------------

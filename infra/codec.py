@@ -20,7 +20,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from operator import attrgetter
 from typing import Any
@@ -216,26 +216,22 @@ class FastPostgresApplicationRecorder(PostgresApplicationRecorder):
         """The events of one stream at the given versions, in version order (one round trip)."""
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self.select_event_versions_statement, (originator_id, list(versions)))
-            return [
-                StoredEvent(
-                    originator_id=row["originator_id"],
-                    originator_version=row["originator_version"],
-                    topic=row["topic"],
-                    state=bytes(row["state"]),
-                )
-                for row in curs.fetchall()
-            ]
+            return _stored_events(curs.fetchall())
 
     def select_events_many(self, originator_ids: Sequence[UUID]) -> list[StoredEvent]:
         """Every event of the given streams, ordered by stream then version (one round trip)."""
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self.select_events_many_statement, (list(originator_ids),))
-            return [
-                StoredEvent(
-                    originator_id=row["originator_id"],
-                    originator_version=row["originator_version"],
-                    topic=row["topic"],
-                    state=bytes(row["state"]),
-                )
-                for row in curs.fetchall()
-            ]
+            return _stored_events(curs.fetchall())
+
+
+def _stored_events(rows: Iterable[DictRow]) -> list[StoredEvent]:
+    return [
+        StoredEvent(
+            originator_id=row["originator_id"],
+            originator_version=row["originator_version"],
+            topic=row["topic"],
+            state=bytes(row["state"]),
+        )
+        for row in rows
+    ]

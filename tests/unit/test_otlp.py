@@ -1289,3 +1289,38 @@ def test_response_for_an_unsupported_content_type_is_refused() -> None:
 def test_negative_rejected_count_is_refused() -> None:
     with pytest.raises(ValueError, match="rejected_spans"):
         encode_export_response(-1, "", JSON)
+
+
+@pytest.mark.unit
+def test_a_protobuf_value_trace_exports_cannot_hold_is_rejected_with_its_path() -> None:
+    strindex = common_pb2.AnyValue(string_value_strindex=3)
+    good = common_pb2.AnyValue(string_value="ok")
+    cases = {
+        "attributes[1].value": [pb_attr("a", good), pb_attr("b", strindex)],
+        "attributes[0].value.array_value[1]": [
+            pb_attr(
+                "a", common_pb2.AnyValue(array_value=common_pb2.ArrayValue(values=[good, strindex]))
+            )
+        ],
+        "attributes[0].value.kvlist_value[1].value": [
+            pb_attr(
+                "a",
+                common_pb2.AnyValue(
+                    kvlist_value=common_pb2.KeyValueList(
+                        values=[pb_attr("x", good), pb_attr("y", strindex)]
+                    )
+                ),
+            )
+        ],
+    }
+    for path, attributes in cases.items():
+        decoded = decode_export_request(
+            pb_request(
+                pb_span(span_id=bytes.fromhex("2222222222222222"), attributes=attributes), pb_span()
+            ),
+            PROTOBUF,
+        )
+        assert [span["span_id"] for span in decoded.spans] == [OTHER_SPAN_ID]
+        assert [r.reason for r in decoded.rejected] == [
+            f"{path}: string_value_strindex is not valid in a trace export"
+        ]
