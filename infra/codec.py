@@ -43,6 +43,8 @@ from psycopg.sql import SQL, Composable, Composed, Identifier
 
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
 _TAG = b'"_type_"'
+#: The top-level keys of a runledger event holding tagged values (``LedgerEvent``'s datetimes).
+_EVENT_TAGGED = ("timestamp", "occurred_at")
 
 
 class OrjsonTranscoder(JSONTranscoder):
@@ -64,18 +66,39 @@ class OrjsonTranscoder(JSONTranscoder):
         if not tags:
             return obj
         # Events carry their tagged values (datetimes) at the top level, snapshots one level
-        # down (in "state"): look there first and walk everything only if tags remain.
-        if isinstance(obj, dict) and self._shallow(obj, 2) == tags:
-            return obj
+        # down (in "state"): look at the top level, then one level down (values decoded at the
+        # top are not dicts any more, so none is counted twice), and walk everything only if
+        # tags remain.
+        if type(obj) is dict:
+            found = 0
+            for key in _EVENT_TAGGED:  # where runledger's events keep theirs: checked first
+                value = obj.get(key)
+                if type(value) is dict and len(value) == 2 and "_type_" in value:
+                    obj[key] = self._decode_tagged(value)
+                    found += 1
+            if found == tags:
+                return obj
+            found += self._shallow(obj, 1)
+            if found == tags or found + self._shallow(obj, 2) == tags:
+                return obj
         # Tagged values already decoded above are not dicts any more: walking on is safe.
         return self._walk(obj)
+
+    def _decode_tagged(self, value: dict[str, Any]) -> Any:
+        """``_decode_obj`` with the library's ``datetime_iso`` transcoding done inline."""
+        if (
+            value["_type_"] == "datetime_iso"
+            and type(self.names.get("datetime_iso")) is DatetimeAsISO
+        ):
+            return datetime.fromisoformat(value["_data_"])
+        return self._decode_obj(value)
 
     def _shallow(self, obj: dict[str, Any], depth: int) -> int:
         found = 0
         for key, value in obj.items():
             if isinstance(value, dict):
                 if "_type_" in value and len(value) == 2:
-                    obj[key] = self._decode_obj(value)
+                    obj[key] = self._decode_tagged(value)
                     found += 1
                 elif depth > 1:
                     found += self._shallow(value, depth - 1)
