@@ -176,7 +176,8 @@ def warm_up(server: ServerProcess, *, concurrency: int) -> None:
     )
 
 
-def _options(parser: argparse.ArgumentParser) -> None:
+def load_options(parser: argparse.ArgumentParser) -> None:
+    """``--batches`` and ``--concurrency`` of the ingest load (also ``bench.rss``'s)."""
     parser.add_argument(
         "--batches", type=int, default=None, help="batches per round (100; quick 10)"
     )
@@ -185,7 +186,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
 
 def main() -> None:
     """Run the benchmark (see the module docstring)."""
-    args = parse_args(__doc__.splitlines()[0], rounds=5, quick_rounds=2, add=_options)
+    args = parse_args(__doc__.splitlines()[0], rounds=5, quick_rounds=2, add=load_options)
     unwind_on_sigterm()
     batches_per_round = args.batches or (10 if args.quick else 100)
     banner(

@@ -16,7 +16,6 @@ it alone. Run: ``python -m bench.rss [--quick] [--rounds N] [--batches N]``.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import uuid
 from pathlib import Path
@@ -33,19 +32,12 @@ from bench.common import (
     running,
     unwind_on_sigterm,
 )
-from bench.ingest_batch import BATCH_SIZE, TARGET_RSS_MB, http_round, make_batches
-
-
-def _options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--batches", type=int, default=None, help="batches per round (100; quick 10)"
-    )
-    parser.add_argument("--concurrency", type=int, default=4, help="client connections (4)")
+from bench.ingest_batch import BATCH_SIZE, TARGET_RSS_MB, http_round, load_options, make_batches
 
 
 def main() -> None:
     """Run the benchmark (see the module docstring)."""
-    args = parse_args(__doc__.splitlines()[0], rounds=3, quick_rounds=2, add=_options)
+    args = parse_args(__doc__.splitlines()[0], rounds=3, quick_rounds=2, add=load_options)
     unwind_on_sigterm()
     batches_per_round = args.batches or (10 if args.quick else 100)
     banner(

@@ -123,12 +123,12 @@ def http_loader(client: httpx.Client, url: str, session_id: str) -> Callable[[in
 
 
 def as_of_loaders(
-    ledger: Ledger, client: httpx.Client, url: str, session_id: str
+    ledger: Ledger, client: httpx.Client, url: str, session_id: str, stamps: list[datetime]
 ) -> tuple[Callable[[int], None], Callable[[int], None]]:
     """Loaders of the state *as of a time*: for version ``v``, the ``recorded_at`` of event ``v``
-    (``Ledger.version_as_of`` + ``Ledger.load``, and ``GET .../state?as_of=``), each checking the
-    version reached against the stream's own timestamps (the last version recorded by then)."""
-    stamps = [event.timestamp for event in ledger.history("session", session_id)]
+    (``stamps[v - 1]``; ``Ledger.version_as_of`` + ``Ledger.load``, and
+    ``GET .../state?as_of=``), each checking the version reached against the stream's own
+    timestamps (the last version recorded by then)."""
     last_at: dict[datetime, int] = {}
     for version, stamp in enumerate(stamps, start=1):
         last_at[stamp] = version  # ties: the last version recorded at that instant
@@ -221,11 +221,12 @@ def main() -> None:
                 # from pausing inside the timed loads (the server is what is measured).
                 gc.collect()
                 gc.freeze()
+                stamps = [e.timestamp for e in with_snapshots.history("session", session_id)]
                 as_of_direct, as_of_http = as_of_loaders(
-                    with_snapshots, client, server.url, session_id
+                    with_snapshots, client, server.url, session_id, stamps
                 )
                 as_of_direct_ref, as_of_http_ref = as_of_loaders(
-                    without, client, plain.url, session_id
+                    without, client, plain.url, session_id, stamps
                 )
                 ways = {
                     "direct": direct_loader(with_snapshots, session_id),

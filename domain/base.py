@@ -25,7 +25,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache, lru_cache, partial
+from functools import cache, lru_cache
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid5
 
@@ -270,14 +270,15 @@ def _event_layout(
     for f in dataclasses.fields(event_class):
         names.append(f.name)
         if f.default is not dataclasses.MISSING:
-            defaults[f.name] = partial(_same, f.default)
+            defaults[f.name] = _returning(f.default)
         elif f.default_factory is not dataclasses.MISSING:
             defaults[f.name] = f.default_factory
     return frozenset(names), defaults
 
 
-def _same(value: Any) -> Any:
-    return value
+def _returning(value: Any) -> Callable[[], Any]:
+    """A default maker for a plain default: the same object every time, as ``__init__`` does."""
+    return lambda: value
 
 
 def _new_event(event_class: type[TEvent], fields: dict[str, Any]) -> TEvent:

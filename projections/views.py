@@ -120,10 +120,7 @@ class Views:
         Raises:
             InvalidCursorError: a malformed cursor.
         """
-        where, params = ["project = ?"], [project]
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
+        where, params = _equalities(project=project, status=status)
         return self._page(
             SESSIONS, "sessions", where, params, ("first_position", "session_id"), (int, str),
             descending=True, limit=limit, cursor=cursor,
@@ -207,13 +204,7 @@ class Views:
         Raises:
             InvalidCursorError: a malformed cursor.
         """
-        where, params = ["project = ?"], [project]
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        if session_id is not None:
-            where.append("session_id = ?")
-            params.append(session_id)
+        where, params = _equalities(project=project, status=status, session_id=session_id)
         return self._page(
             APPROVALS, "approvals", where, params, ("first_position", "approval_id"), (int, str),
             descending=True, limit=limit, cursor=cursor,
@@ -236,10 +227,7 @@ class Views:
         Raises:
             InvalidCursorError: a malformed cursor.
         """
-        where, params = ["project = ?"], [project]
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
+        where, params = _equalities(project=project, status=status)
         return self._page(
             CHAIN_SUMMARIES, "chains", where, params, ("first_position", "chain_id"), (int, str),
             descending=True, limit=limit, cursor=cursor,
@@ -296,7 +284,7 @@ class Views:
         Raises:
             InvalidCursorError: a malformed cursor.
         """
-        where, params = ["project = ?"], [project]
+        where, params = _equalities(project=project)
         if session_id is not None:
             where.append(
                 "EXISTS (SELECT 1 FROM spans s WHERE s.project = trace_summaries.project "
@@ -359,13 +347,7 @@ class Views:
         Raises:
             InvalidCursorError: a malformed cursor.
         """
-        where, params = ["project = ?"], [project]
-        if trace_id is not None:
-            where.append("trace_id = ?")
-            params.append(trace_id)
-        if session_id is not None:
-            where.append("session_id = ?")
-            params.append(session_id)
+        where, params = _equalities(project=project, trace_id=trace_id, session_id=session_id)
         return self._page(
             SPANS, "spans", where, params, ("position",), (int,),
             descending=False, limit=limit, cursor=cursor,
@@ -481,3 +463,12 @@ def span_tree(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
         node["children"].sort(key=order)
     roots.sort(key=order)
     return roots
+
+
+def _equalities(**columns: Any) -> tuple[list[str], list[Any]]:
+    """``["<column> = ?", ...]`` and their parameters, for the columns given a value (not None).
+
+    Column names are the keyword names (code, never input).
+    """
+    given = {column: value for column, value in columns.items() if value is not None}
+    return [f"{column} = ?" for column in given], list(given.values())

@@ -36,6 +36,7 @@ from tests.unit.test_projections import (
     log_events,
     positions,
     span,
+    with_sessions_fold,
     write_many,
     write_realistic,
 )
@@ -406,10 +407,7 @@ def test_a_batch_written_on_its_own_thread_that_another_projector_overtook_is_fo
     first = Projector(
         pg_ledger,
         pg_db,
-        projections=[
-            dataclasses.replace(p, fold=interfering) if p.name == "sessions" else p
-            for p in PROJECTIONS
-        ],
+        projections=with_sessions_fold(interfering),
         page_size=5,
         batch_size=10,
     )

@@ -134,6 +134,12 @@ def log_events(ledger: Ledger, *, after: int = 0) -> list[tuple[int, LedgerEvent
         start = page[-1].id + 1
 
 
+def with_sessions_fold(fold: Any) -> list[Any]:
+    """The catalog's projections with the ``sessions`` fold replaced (e.g. by one that lets
+    another projector interfere mid-page)."""
+    return [dataclasses.replace(p, fold=fold) if p.name == "sessions" else p for p in PROJECTIONS]
+
+
 def dump_tables(db: Database) -> dict[str, list[dict[str, Any]]]:
     """Every row of every read-model table, decoded, sorted by key."""
     dumped: dict[str, list[dict[str, Any]]] = {}
@@ -866,10 +872,7 @@ def test_a_page_another_projector_committed_first_is_not_folded_twice(
     first = Projector(
         sqlite_ledger,
         first_db,
-        projections=[
-            dataclasses.replace(p, fold=interfering) if p.name == "sessions" else p
-            for p in PROJECTIONS
-        ],
+        projections=with_sessions_fold(interfering),
         page_size=1000,
     )
     first.create_tables()
@@ -1032,10 +1035,7 @@ def test_a_batch_another_projector_moved_past_is_folded_again_from_the_database(
     first = Projector(
         sqlite_ledger,
         first_db,
-        projections=[
-            dataclasses.replace(p, fold=interfering) if p.name == "sessions" else p
-            for p in PROJECTIONS
-        ],
+        projections=with_sessions_fold(interfering),
         page_size=5,
         batch_size=10,
     )
