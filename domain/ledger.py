@@ -103,6 +103,18 @@ class Outcome:
     error: LedgerError | None = None
 
 
+def _replay(aggregate: Any, events: Iterable[Any]) -> Any:
+    """Fold ``events`` onto ``aggregate`` (``None`` before a stream's first event or snapshot).
+
+    eventsourcing's ``project_aggregate`` without its per-event ``isinstance`` against a runtime
+    ``Protocol`` (a third of a snapshot-bounded load's time): a stream's events here are
+    ``LedgerEvent`` or ``LedgerSnapshot`` objects, which both ``mutate``.
+    """
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
+
+
 class Ledger(Application[UUID]):
     """runledger's one application: four stream kinds on one append-only log."""
 
@@ -345,7 +357,7 @@ class Ledger(Application[UUID]):
             )
         try:
             aggregate: Any = self.repository.get(
-                stream_id(project, kind, external_id), version=version
+                stream_id(project, kind, external_id), version=version, projector_func=_replay
             )
         except AggregateNotFoundError:
             raise StreamNotFoundError(kind=kind, external_id=external_id, project=project) from None

@@ -16,6 +16,14 @@
   one text-encoded composite array, whose per-row escaping dominated the write path's CPU. The
   table lock, ``NOTIFY`` and ``RETURNING notification_id`` are the library's own, unchanged
   (DESIGN.md §3: the lock keeps notification ids gap-safe for tailing readers).
+- Reads (``select_events``, ``select_notifications``; also ``FastPostgresAggregateRecorder``, the
+  snapshots' recorder): the library's statements, each shape rendered once, with results in
+  PostgreSQL's binary format. The library reads them as text, in which a ``bytea`` is sent as hex:
+  twice the bytes of the event, hex-encoded by the server and decoded by psycopg. Over TCP the
+  doubled result of a stream's load also stalled in the kernel for 20-80 ms on about one load in
+  thirty (seen in ``bench.stream_state``: not over a Unix socket; gone with the binary format).
+- ``PostgresFactory``: eventsourcing's PostgreSQL factory making those two recorders
+  (``PERSISTENCE_MODULE=infra.codec:PostgresFactory``).
 """
 
 from __future__ import annotations
@@ -31,11 +39,16 @@ from eventsourcing.persistence import (
     DatetimeAsISO,
     JSONTranscoder,
     Mapper,
+    Notification,
     ProgrammingError,
     StoredEvent,
     UUIDAsHex,
 )
-from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.postgres import (
+    PostgresAggregateRecorder,
+    PostgresApplicationRecorder,
+)
+from eventsourcing.postgres import PostgresFactory as _LibraryPostgresFactory
 from eventsourcing.utils import get_topic
 from psycopg import Cursor
 from psycopg.rows import DictRow, tuple_row
@@ -168,13 +181,68 @@ def _rendered(statement: Composable) -> Composed:
     return Composed([SQL(statement.as_string(None))])
 
 
-class FastPostgresApplicationRecorder(PostgresApplicationRecorder):
-    """``PostgresApplicationRecorder`` inserting binary scalar arrays (see module docstring), and
-    reading the events of many streams (``select_events_many``) or of one stream at chosen
-    versions (``select_event_versions``) in one query."""
+class FastPostgresAggregateRecorder(PostgresAggregateRecorder):
+    """``PostgresAggregateRecorder`` whose ``select_events`` reads binary results (see the module
+    docstring): the same statement, order and ``StoredEvent`` objects as the library's."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._select_events_statements: dict[tuple[bool, bool, bool, bool], Composed] = {}
+
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> list[StoredEvent]:
+        """A stream's events with ``gt < originator_version <= lte``, in version order (``desc``:
+        newest first), at most ``limit``: eventsourcing's ``select_events``, binary results."""
+        shape = (gt is not None, lte is not None, desc, limit is not None)
+        statement = self._select_events_statements.get(shape)
+        if statement is None:
+            statement = self._select_events_statements[shape] = self._select_events_sql(*shape)
+        params: list[Any] = [originator_id]
+        params.extend(p for p in (gt, lte, limit) if p is not None)
+        with (
+            self.datastore.get_connection() as conn,
+            conn.cursor(binary=True, row_factory=tuple_row) as curs,
+        ):
+            curs.execute(statement, params, prepare=True)
+            return _stored_events(curs.fetchall())
+
+    def _select_events_sql(self, gt: bool, lte: bool, desc: bool, limit: bool) -> Composed:
+        """The library's statement of that shape (its clauses, in its order), rendered once."""
+        clauses = [
+            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+            "WHERE originator_id = %s"
+        ]
+        if gt:
+            clauses.append(" AND originator_version > %s")
+        if lte:
+            clauses.append(" AND originator_version <= %s")
+        clauses.append(
+            " ORDER BY originator_version DESC" if desc else " ORDER BY originator_version ASC"
+        )
+        if limit:
+            clauses.append(" LIMIT %s")
+        return _rendered(
+            SQL("".join(clauses)).format(
+                schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
+            )
+        )
+
+
+class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApplicationRecorder):
+    """``PostgresApplicationRecorder`` inserting binary scalar arrays and reading binary results
+    (see the module docstring), and reading the events of many streams (``select_events_many``)
+    or of one stream at chosen versions (``select_event_versions``) in one query."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._select_notifications_statements: dict[tuple[bool, bool, bool, bool], Composed] = {}
         self.select_events_many_statement = SQL(
             "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
             "WHERE originator_id = ANY(%b::uuid[]) ORDER BY originator_id, originator_version"
@@ -233,28 +301,103 @@ class FastPostgresApplicationRecorder(PostgresApplicationRecorder):
             raise ProgrammingError(msg)
         return ids
 
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> list[Notification]:
+        """Events in log order from position ``start`` (``inclusive_of_start``) up to ``stop``, of
+        the given ``topics`` (all if empty), at most ``limit``: eventsourcing's
+        ``select_notifications``, binary results."""
+        shape = (start is not None, inclusive_of_start, stop is not None, bool(topics))
+        statement = self._select_notifications_statements.get(shape)
+        if statement is None:
+            statement = self._select_notifications_sql(*shape)
+            self._select_notifications_statements[shape] = statement
+        params: list[Any] = [p for p in (start, stop) if p is not None]
+        if topics:
+            params.append(list(topics))
+        params.append(limit)
+        with (
+            self.datastore.get_connection() as conn,
+            conn.cursor(binary=True, row_factory=tuple_row) as curs,
+        ):
+            curs.execute(statement, params, prepare=True)
+            return [
+                Notification(
+                    id=notification_id,
+                    originator_id=originator_id,
+                    originator_version=originator_version,
+                    topic=topic,
+                    state=state,
+                )
+                for notification_id, originator_id, originator_version, topic, state in (
+                    curs.fetchall()
+                )
+            ]
+
+    def _select_notifications_sql(
+        self, start: bool, inclusive: bool, stop: bool, topics: bool
+    ) -> Composed:
+        """The library's statement of that shape, rendered once."""
+        conditions = []
+        if start:
+            conditions.append("notification_id >= %s" if inclusive else "notification_id > %s")
+        if stop:
+            conditions.append("notification_id <= %s")
+        if topics:
+            conditions.append("topic = ANY(%s)")
+        where = " WHERE " + " AND ".join(conditions) if conditions else ""
+        return _rendered(
+            SQL(
+                "SELECT notification_id, originator_id, originator_version, topic, state "
+                "FROM {schema}.{table}" + where + " ORDER BY notification_id LIMIT %s"
+            ).format(
+                schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
+            )
+        )
+
     def select_event_versions(
         self, originator_id: UUID, versions: Sequence[int]
     ) -> list[StoredEvent]:
         """The events of one stream at the given versions, in version order (one round trip)."""
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+        with (
+            self.datastore.get_connection() as conn,
+            conn.cursor(binary=True, row_factory=tuple_row) as curs,
+        ):
             curs.execute(self.select_event_versions_statement, (originator_id, list(versions)))
             return _stored_events(curs.fetchall())
 
     def select_events_many(self, originator_ids: Sequence[UUID]) -> list[StoredEvent]:
         """Every event of the given streams, ordered by stream then version (one round trip)."""
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+        with (
+            self.datastore.get_connection() as conn,
+            conn.cursor(binary=True, row_factory=tuple_row) as curs,
+        ):
             curs.execute(self.select_events_many_statement, (list(originator_ids),))
             return _stored_events(curs.fetchall())
 
 
-def _stored_events(rows: Iterable[DictRow]) -> list[StoredEvent]:
+def _stored_events(rows: Iterable[tuple[Any, ...]]) -> list[StoredEvent]:
+    """``StoredEvent`` objects of ``(originator_id, originator_version, topic, state)`` rows."""
     return [
         StoredEvent(
-            originator_id=row["originator_id"],
-            originator_version=row["originator_version"],
-            topic=row["topic"],
-            state=bytes(row["state"]),
+            originator_id=originator_id,
+            originator_version=originator_version,
+            topic=topic,
+            state=state,
         )
-        for row in rows
+        for originator_id, originator_version, topic, state in rows
     ]
+
+
+class PostgresFactory(_LibraryPostgresFactory):
+    """eventsourcing's PostgreSQL factory making ``FastPostgresAggregateRecorder`` (snapshots)
+    and ``FastPostgresApplicationRecorder`` (the log)."""
+
+    aggregate_recorder_class = FastPostgresAggregateRecorder
+    application_recorder_class = FastPostgresApplicationRecorder

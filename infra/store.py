@@ -47,7 +47,7 @@ def ledger_env(settings: Settings, *, create_table: bool) -> dict[str, str]:
         return env
     info = conninfo_to_dict(settings.database_url)
     env.update(
-        PERSISTENCE_MODULE="eventsourcing.postgres",
+        PERSISTENCE_MODULE="infra.codec:PostgresFactory",
         POSTGRES_DBNAME=str(info.get("dbname") or "postgres"),
         POSTGRES_HOST=str(info.get("host") or "127.0.0.1"),
         POSTGRES_PORT=str(info.get("port") or "5432"),
@@ -56,7 +56,6 @@ def ledger_env(settings: Settings, *, create_table: bool) -> dict[str, str]:
         POSTGRES_CONNECT_TIMEOUT="10",
         POSTGRES_POOL_SIZE="5",
         POSTGRES_MAX_OVERFLOW="10",
-        APPLICATION_RECORDER_TOPIC="infra.codec:FastPostgresApplicationRecorder",
     )
     if settings.database_schema:
         env["POSTGRES_SCHEMA"] = settings.database_schema

@@ -218,3 +218,96 @@ def test_state_as_of_a_time_on_postgresql_reads_16_events_per_round_trip(
             assert decoded <= 1 + 16 * calls
     with pytest.raises(VersionNotFoundError):
         ledger.version_as_of("session", "long", stamps[0] - timedelta(microseconds=1))
+
+
+def test_runledgers_recorders_read_in_binary_exactly_what_the_librarys_read_as_text(
+    postgres_url: str, pg_schema: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from eventsourcing.application import project_aggregate
+    from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder
+
+    from domain.base import EventMeta, content_sha256, stream_id
+    from domain.ledger import Command
+    from infra.codec import FastPostgresAggregateRecorder, FastPostgresApplicationRecorder
+    from infra.settings import Settings
+    from infra.store import build_ledger
+
+    settings = Settings(database_url=postgres_url, database_schema=pg_schema, snapshot_interval=7)
+    ledger, _ = build_ledger(settings, create_table=True)
+    commands = []
+    for i in range(90):  # two sessions (tool inputs beyond ASCII) and 30 approvals
+        meta = EventMeta(f"e{i}", content_sha256(i), datetime.now(UTC), "api")
+        if i % 3 == 2:
+            commands.append(Command("approval", f"a{i}", "request", meta, {"tool_name": "Bash"}))
+        else:
+            tool_input = {"command": f"printf 'é\\x00{i}'", "blob": "\u2603" * i}
+            commands.append(
+                Command(
+                    "session",
+                    f"s{i % 3}",
+                    "start_tool_call",
+                    meta,
+                    {
+                        "tool_name": "Bash",
+                        "tool_input": tool_input,
+                        "tool_input_sha256": content_sha256(tool_input),
+                        "tool_use_id": f"toolu_{i}",
+                    },
+                )
+            )
+    assert all(o.status == "created" for o in ledger.handle(commands))
+
+    fast = ledger.recorder
+    snapshots = ledger.snapshots.recorder  # type: ignore[union-attr]
+    assert type(fast) is FastPostgresApplicationRecorder
+    assert type(snapshots) is FastPostgresAggregateRecorder
+    library = PostgresApplicationRecorder(fast.datastore, events_table_name=fast.events_table_name)
+    library_snapshots = PostgresAggregateRecorder(
+        snapshots.datastore, events_table_name=snapshots.events_table_name
+    )
+    shapes: list[dict[str, Any]] = [
+        {},
+        {"gt": 3},
+        {"lte": 9},
+        {"gt": 2, "lte": 20},
+        {"desc": True},
+        {"limit": 4},
+        {"desc": True, "limit": 1},
+        {"desc": True, "lte": 14, "limit": 1},
+        {"gt": 5, "desc": True, "limit": 3},
+    ]
+    for sid in (stream_id("default", "session", "s0"), stream_id("default", "session", "s1")):
+        for shape in shapes:
+            expected = library.select_events(sid, **shape)
+            assert expected, shape
+            assert fast.select_events(sid, **shape) == expected, shape
+            assert snapshots.select_events(sid, **shape) == (
+                library_snapshots.select_events(sid, **shape)
+            ), shape
+    assert library_snapshots.select_events(stream_id("default", "session", "s0"))  # taken
+
+    topics = sorted({n.topic for n in library.select_notifications(start=None, limit=1000)})
+    assert len(topics) >= 2
+    for args, kwargs in [
+        ((None, 1000), {}),
+        ((1, 25), {}),
+        ((10, 25), {"inclusive_of_start": False}),
+        ((5, 100), {"stop": 40}),
+        ((None, 100), {"stop": 12}),
+        ((1, 100), {"topics": topics[:1]}),
+        ((3, 100), {"stop": 70, "topics": topics, "inclusive_of_start": False}),
+    ]:
+        expected_notifications = library.select_notifications(*args, **kwargs)
+        assert expected_notifications, (args, kwargs)
+        assert fast.select_notifications(*args, **kwargs) == expected_notifications
+
+    # Loads fold without the library's per-event Protocol check, to the same states.
+    for version in (1, 6, 7, 8, 20, 30):
+        folded = ledger.repository.get(
+            stream_id("default", "session", "s1"), version=version, projector_func=project_aggregate
+        )
+        loaded = ledger.load("session", "s1", version=version)
+        assert loaded.version == folded.version == version
+        assert loaded.state() == folded.state()
