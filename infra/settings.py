@@ -53,6 +53,14 @@ class Settings(BaseSettings):
         description="Notifications per read of the log (and per transaction near the head; "
         "catching up, the projector writes up to 20,000 events per transaction).",
     )
+    gc_young_threshold: int = Field(
+        default=10_000,
+        ge=0,
+        description="Python's cyclic garbage collector: allocations between young collections "
+        "(`gc.set_threshold(N, 10, 10)`; Python's default is 700). Full collections, which walk "
+        "every live object (the projector's row cache, the writer's stream cache), then come "
+        "about 200 times less often. 0 leaves Python's thresholds alone.",
+    )
     http_telemetry: bool = Field(
         default=False,
         description="FastAPI's native OpenTelemetry instrumentation of requests (spans, metrics "

@@ -94,9 +94,10 @@ class GroupCommitWriter:
         """``submit`` for callers outside an event loop (blocks the calling thread)."""
         if not commands:
             return []
-        request = _Request(commands, deliver=None, done=threading.Event())
+        done = threading.Event()
+        request = _Request(commands, deliver=None, done=done)
         self._enqueue(request)
-        request.done.wait()
+        done.wait()
         if request.error is not None:
             raise request.error
         assert request.outcomes is not None

@@ -1,0 +1,37 @@
+"""The composition root's process-wide settings."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.runtime import build_runtime
+from infra.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture()
+def restored_gc_thresholds() -> Iterator[tuple[int, int, int]]:
+    before = gc.get_threshold()
+    try:
+        yield before
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_a_runtime_sets_the_garbage_collector_thresholds_from_its_settings(
+    tmp_path: Path, restored_gc_thresholds: tuple[int, int, int]
+) -> None:
+    runtime = build_runtime(Settings(data_dir=tmp_path / "a", gc_young_threshold=12_345))
+    runtime.close()
+    assert gc.get_threshold() == (12_345, 10, 10)
+
+    gc.set_threshold(*restored_gc_thresholds)
+    runtime = build_runtime(Settings(data_dir=tmp_path / "b", gc_young_threshold=0))
+    runtime.close()
+    assert gc.get_threshold() == restored_gc_thresholds
+    assert Settings().gc_young_threshold == 10_000
