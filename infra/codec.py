@@ -11,6 +11,9 @@
   ``OrjsonTranscoder`` in one pass over the event's attributes (the registered transcodings of
   top-level values applied inline, not through orjson's per-value callback); anything else
   (a compressor, a cipher, another transcoder, a value orjson refuses) takes the library's path.
+  Reading, its ``to_domain_event`` builds the library's objects (upcasts included) with the class
+  looked up by topic in a dict and text stream ids' ``UUID`` cached: 4.2 -> 3.7 µs per event with
+  UUID ids (PostgreSQL), 5.3 -> 4.2 µs with text ids (SQLite), in a micro-benchmark.
 - ``FastPostgresApplicationRecorder``: eventsourcing's PostgreSQL application recorder with the
   insert sent as four binary scalar arrays (``unnest(uuid[], int8[], text[], bytea[])``) instead of
   one text-encoded composite array, whose per-row escaping dominated the write path's CPU. The
@@ -28,10 +31,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import datetime
+from functools import lru_cache
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import orjson
@@ -43,13 +47,15 @@ from eventsourcing.persistence import (
     ProgrammingError,
     StoredEvent,
     UUIDAsHex,
+    find_id_convertor,
+    str_to_uuid_convertor,
 )
 from eventsourcing.postgres import (
     PostgresAggregateRecorder,
     PostgresApplicationRecorder,
 )
 from eventsourcing.postgres import PostgresFactory as _LibraryPostgresFactory
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import get_topic, resolve_topic
 from psycopg import Cursor
 from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Composable, Composed, Identifier
@@ -58,6 +64,8 @@ _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
 _TAG = b'"_type_"'
 #: The top-level keys of a runledger event holding tagged values (``LedgerEvent``'s datetimes).
 _EVENT_TAGGED = ("timestamp", "occurred_at")
+#: Event and snapshot classes by topic (``OrjsonMapper.to_domain_event``).
+_CLASSES: dict[str, type] = {}
 
 
 class OrjsonTranscoder(JSONTranscoder):
@@ -126,10 +134,47 @@ class OrjsonTranscoder(JSONTranscoder):
         return obj
 
 
+#: ``UUID(text)`` of recently read stream ids (SQLite stores them as text; a stream's events
+#: come many at a time).
+_uuid_of: Callable[[str], UUID] = lru_cache(maxsize=65536)(UUID)
+
+
 class OrjsonMapper(Mapper[UUID]):
-    """``Mapper`` with a one-pass ``to_stored_event`` for ``OrjsonTranscoder`` (see module docstring)."""
+    """``Mapper`` with a one-pass ``to_stored_event`` and a lean ``to_domain_event`` for
+    ``OrjsonTranscoder`` (see module docstring)."""
 
     _encoders: dict[type, tuple[str, Callable[[Any], Any]]] | None = None
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        """The domain event or snapshot of a stored event: ``Mapper.to_domain_event``'s object
+        (upcast to its ``class_version``), with the class looked up by topic in a dict and a
+        text stream id's ``UUID`` in a cache. What the transcoder cannot decode takes the
+        library's path, which raises its ``MapperDeserialisationError``."""
+        transcoder = self.transcoder
+        if self.compressor or self.cipher or type(transcoder) is not OrjsonTranscoder:
+            return super().to_domain_event(stored_event)
+        cls = _CLASSES.get(stored_event.topic)
+        if cls is None:
+            cls = _CLASSES[stored_event.topic] = resolve_topic(stored_event.topic)
+        try:
+            state: dict[str, Any] = transcoder.decode(stored_event.state)
+        except Exception:  # the library's path raises its own error for it
+            return super().to_domain_event(stored_event)
+        originator_id = stored_event.originator_id
+        convert = find_id_convertor(cls, cast(Hashable, type(originator_id)))
+        if convert is str_to_uuid_convertor:
+            state["originator_id"] = _uuid_of(originator_id)  # type: ignore[arg-type]
+        else:
+            state["originator_id"] = convert(originator_id)
+        state["originator_version"] = stored_event.originator_version
+        class_version = getattr(cls, "class_version", 1)
+        from_version = state.pop("class_version", 1)
+        while from_version < class_version:
+            getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
+            from_version += 1
+        domain_event = object.__new__(cls)
+        object.__setattr__(domain_event, "__dict__", state)
+        return domain_event
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         """The stored form of a domain event or snapshot; the same bytes as ``Mapper``'s."""

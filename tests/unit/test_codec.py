@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from eventsourcing.application import Application
@@ -99,3 +99,67 @@ def test_the_one_pass_mapper_writes_the_library_mappers_bytes() -> None:
         theirs = library.to_stored_event(item)
         assert ours == theirs
         assert reader.to_domain_event(ours) == item
+
+
+def test_the_lean_decoder_gives_the_library_mappers_objects_and_errors() -> None:
+    from dataclasses import replace
+    from typing import Any, ClassVar
+
+    from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent
+    from eventsourcing.utils import get_topic
+
+    from domain.base import EventMeta, LedgerSnapshot, content_sha256
+    from domain.ledger import Command, Ledger
+    from domain.session import MessageRecorded
+    from infra.codec import OrjsonMapper
+
+    ledger = Ledger(
+        {
+            "PERSISTENCE_MODULE": "eventsourcing.popo",
+            "TRANSCODER_TOPIC": "infra.codec:OrjsonTranscoder",
+            "MAPPER_TOPIC": "infra.codec:OrjsonMapper",
+        }
+    )
+    assert isinstance(ledger.mapper, OrjsonMapper)
+    outcomes = ledger.handle(
+        [
+            Command(
+                "session",
+                f"s{n % 2}",
+                "record_message",
+                EventMeta(f"e{n}", content_sha256(n), datetime(2026, 1, 1, tzinfo=UTC), "api"),
+                {"role": "assistant", "message_kind": "message", "content": f"é {n}"},
+            )
+            for n in range(6)
+        ]
+    )
+    assert all(o.status == "created" for o in outcomes)
+    library = Mapper(transcoder=ledger.mapper.transcoder)
+    stored = list(ledger.recorder.select_notifications(start=1, limit=100))
+    snapshot = ledger.mapper.to_stored_event(LedgerSnapshot.take(ledger.load("session", "s1")))
+    as_text = [replace(s, originator_id=str(s.originator_id)) for s in stored]  # SQLite's ids
+    for item in [*stored, snapshot, *as_text]:
+        ours, theirs = ledger.mapper.to_domain_event(item), library.to_domain_event(item)
+        assert type(ours) is type(theirs)
+        assert vars(ours) == vars(theirs)
+        assert type(ours.originator_id) is UUID
+
+    class MessageRecordedV2(MessageRecorded):  # an upcast from version 1 to 2
+        class_version: ClassVar[int] = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["upcast"] = True
+
+    message = next(s for s in stored if s.topic == get_topic(MessageRecorded))
+    upcast = replace(message, topic=get_topic(MessageRecordedV2))
+    ours, theirs = ledger.mapper.to_domain_event(upcast), library.to_domain_event(upcast)
+    assert vars(ours) == vars(theirs)
+    assert vars(ours)["upcast"] is True
+
+    corrupt = StoredEvent(uuid4(), 1, message.topic, b'{"not json')
+    with pytest.raises(MapperDeserialisationError) as ours_error:
+        ledger.mapper.to_domain_event(corrupt)
+    with pytest.raises(MapperDeserialisationError) as theirs_error:
+        library.to_domain_event(corrupt)
+    assert str(ours_error.value) == str(theirs_error.value)
