@@ -89,7 +89,8 @@ def serve(
 
 @app.command()
 def migrate() -> None:
-    """Create the log's and the read models' tables (idempotent, under a lock)."""
+    """Create the log's and the read models' tables, and the S3 bucket when one is configured
+    (idempotent, under a lock)."""
     runtime = build_runtime(Settings(), create_tables=True)
     runtime.close()
     console.print("tables ready")

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.hooks import HookPayloadError
 from api.otlp import OTLPDecodeError, PayloadTooLargeError, UnsupportedMediaTypeError
 from domain import errors as e
-from infra.blobs import BlobNotFoundError
+from infra.blobs import BlobNotFoundError, BlobStoreUnavailableError
 
 PROBLEM_BASE = "https://runledger.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
@@ -69,6 +69,7 @@ PROBLEMS: dict[type[BaseException], tuple[int, str, str]] = {
     BadRequestError: (400, "bad-request", "Bad request"),
     UnauthorizedError: (401, "unauthorized", "Unauthorized"),
     BlobNotFoundError: (404, "blob-not-found", "Blob not found"),
+    BlobStoreUnavailableError: (503, "blob-store-unavailable", "Blob store unavailable"),
     IntegrityError: (503, "write-contention", "Write contention, retry"),
     OperationalError: (503, "store-unavailable", "Event store unavailable"),
 }

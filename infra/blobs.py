@@ -2,7 +2,8 @@
 
 An event holds ``{"sha256": hex, "size_bytes": int, "media_type": str}`` instead of the value
 (DESIGN.md §2). ``put`` is idempotent (same bytes, same key), so a retried request stores nothing new.
-Implementations: ``LocalBlobStore`` (a directory, the default), ``MemoryBlobStore`` (tests).
+Implementations: ``LocalBlobStore`` (a directory, the default), ``S3BlobStore`` (an S3 bucket
+through boto3: AWS S3, MinIO, any S3-compatible server), ``MemoryBlobStore`` (tests).
 """
 
 from __future__ import annotations
@@ -11,13 +12,19 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 _HEX = set("0123456789abcdef")
 
 
 class BlobNotFoundError(KeyError):
     """No blob with that sha256."""
+
+
+class BlobStoreUnavailableError(RuntimeError):
+    """The blob store refused or could not be reached (S3: after boto3's own retries)."""
 
 
 def is_sha256_hex(value: str) -> bool:
@@ -107,3 +114,118 @@ class LocalBlobStore:
             return self._path(sha256).read_bytes()
         except FileNotFoundError:
             raise BlobNotFoundError(sha256) from None
+
+
+#: S3 error codes meaning "no such object" / "no such bucket" (AWS, MinIO, moto).
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_NO_BUCKET = {"NoSuchBucket", "404", "NotFound"}
+
+
+class S3BlobStore:
+    """Blobs as objects ``<prefix><sha256>`` of an S3 bucket (``Content-Type`` = the media type).
+
+    ``put`` asks for the object's head first, so a retried request uploads nothing again; S3's
+    own write is atomic and durable once it answers. boto3 retries throttling and transient
+    errors itself (its ``standard`` retry mode, set by ``s3_client``).
+
+    Args:
+        client: a boto3 S3 client (``s3_client``).
+        bucket: the bucket's name.
+        prefix: key prefix (``blobs/``).
+    """
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "blobs/") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+
+    def ensure_bucket(self, *, create: bool) -> None:
+        """Check that the bucket exists; create it when missing and ``create``.
+
+        Raises:
+            RuntimeError: the bucket is missing (and not ``create``) or not accessible, with
+                S3's error code.
+        """
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code"))
+            if code not in _NO_BUCKET or not create:
+                raise RuntimeError(f"S3 bucket {self.bucket!r} is not usable: {code}") from None
+        region = self.client.meta.region_name
+        if region and region != "us-east-1":
+            self.client.create_bucket(
+                Bucket=self.bucket, CreateBucketConfiguration={"LocationConstraint": region}
+            )
+        else:
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def put(self, data: bytes, media_type: str) -> dict[str, object]:
+        """See ``BlobStore.put``; stored when S3 answered.
+
+        Raises:
+            BlobStoreUnavailableError: S3 refused or could not be reached after boto3's retries
+                (the request then fails with 503, nothing appended).
+        """
+        ref = blob_ref(data, media_type)
+        key = self.prefix + str(ref["sha256"])
+        try:
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=key)
+                return ref
+            except ClientError as error:
+                if str(error.response.get("Error", {}).get("Code")) not in _NOT_FOUND:
+                    raise
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=media_type)
+        except (ClientError, BotoCoreError) as error:
+            raise BlobStoreUnavailableError(f"S3 bucket {self.bucket!r}: {error}") from error
+        return ref
+
+    def get(self, sha256: str) -> bytes:
+        """See ``BlobStore.get``.
+
+        Raises:
+            BlobNotFoundError: no such object.
+            BlobStoreUnavailableError: S3 refused or could not be reached.
+        """
+        if not is_sha256_hex(sha256):
+            raise BlobNotFoundError(sha256)
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self.prefix + sha256)
+            data: bytes = answer["Body"].read()
+        except ClientError as error:
+            if str(error.response.get("Error", {}).get("Code")) in _NOT_FOUND:
+                raise BlobNotFoundError(sha256) from None
+            raise BlobStoreUnavailableError(f"S3 bucket {self.bucket!r}: {error}") from error
+        except BotoCoreError as error:
+            raise BlobStoreUnavailableError(f"S3 bucket {self.bucket!r}: {error}") from error
+        return data
+
+
+def s3_client(
+    *,
+    endpoint_url: str | None,
+    region: str,
+    path_style: bool,
+    access_key_id: str | None,
+    secret_access_key: str | None,
+) -> Any:
+    """A boto3 S3 client (``standard`` retries, 10 s connect timeout, 60 s read timeout)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        region_name=region,
+        s3={"addressing_style": "path" if path_style else "auto"},
+        retries={"mode": "standard", "max_attempts": 5},
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
+        config=config,
+    )

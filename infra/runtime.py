@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domain.ledger import Ledger
-from infra.blobs import BlobStore, LocalBlobStore
+from infra.blobs import BlobStore, LocalBlobStore, S3BlobStore, s3_client
 from infra.database import PostgresDatabase
 from infra.settings import Settings
 from infra.store import EventLog, build_ledger, migration_lock
@@ -79,6 +79,31 @@ def build_database(settings: Settings) -> Database:
     return PostgresDatabase(settings.database_url, schema=settings.database_schema)
 
 
+def build_blob_store(settings: Settings, *, create: bool) -> BlobStore:
+    """S3 when ``settings.s3_bucket`` is set (the bucket created when missing and ``create``),
+    else the local blob directory.
+
+    Raises:
+        RuntimeError: the S3 bucket is missing or not accessible.
+    """
+    if settings.s3_bucket is None:
+        return LocalBlobStore(settings.blob_path)
+    secret = settings.s3_secret_access_key
+    store = S3BlobStore(
+        s3_client(
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            path_style=settings.s3_path_style,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=secret.get_secret_value() if secret is not None else None,
+        ),
+        settings.s3_bucket,
+        settings.s3_prefix,
+    )
+    store.ensure_bucket(create=create)
+    return store
+
+
 def tune_gc(young_threshold: int) -> None:
     """Set the process's garbage collector thresholds to ``(young_threshold, 10, 10)`` (0: leave
     them). With Python's default of 700, a rebuild of a million events (its row cache holds up to
@@ -100,7 +125,7 @@ def build_runtime(settings: Settings, *, create_tables: bool | None = None) -> R
         projector = Projector(ledger, db, page_size=settings.projector_page_size)
         if create:
             projector.create_tables()
-    blobs = LocalBlobStore(settings.blob_path)
+    blobs = build_blob_store(settings, create=create)
     return Runtime(
         settings=settings,
         ledger=ledger,

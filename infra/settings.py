@@ -1,8 +1,10 @@
 """Configuration: one pydantic-settings class, environment prefix ``RUNLEDGER_``.
 
 Nothing set: an SQLite file under ``./var/``, a local blob directory, the projector in-process,
-bind 127.0.0.1:8000. ``RUNLEDGER_DATABASE_URL=postgresql://...`` selects PostgreSQL. No other
-module of runledger reads ``os.environ``.
+bind 127.0.0.1:8000. ``RUNLEDGER_DATABASE_URL=postgresql://...`` selects PostgreSQL;
+``RUNLEDGER_S3_BUCKET`` (with ``RUNLEDGER_S3_*``: endpoint URL, region, path-style, credentials)
+selects S3 for blobs. No other module of runledger reads ``os.environ`` (boto3 reads its own
+``AWS_*`` variables when no S3 credentials are set here).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -97,6 +99,27 @@ class Settings(BaseSettings):
     default_project: str = Field(
         default="default", description="Project (tenant) of requests that name none."
     )
+    s3_bucket: str | None = Field(
+        default=None,
+        description="S3 bucket of the blobs (boto3; AWS S3 or an S3-compatible server such as "
+        "MinIO); unset: the local blob directory.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint, e.g. http://minio:9000; unset: AWS's."
+    )
+    s3_region: str = Field(default="us-east-1", description="S3 region.")
+    s3_path_style: bool = Field(
+        default=False,
+        description="Path-style addressing (http://host/bucket/key), as MinIO and most "
+        "S3-compatible servers want; off: boto3 chooses.",
+    )
+    s3_access_key_id: str | None = Field(
+        default=None, description="S3 access key; unset: boto3's own credential chain."
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="S3 secret key (never logged)."
+    )
+    s3_prefix: str = Field(default="blobs/", description="Key prefix of the blob objects.")
     api_token: str | None = Field(
         default=None,
         description="When set, every /v1 request needs `Authorization: Bearer <token>`.",

@@ -40,6 +40,10 @@ def test_compose_file_declares_the_deployment_and_its_commands_exist() -> None:
         env = services[name]["environment"]
         assert env["RUNLEDGER_DATABASE_URL"].startswith("postgresql://")
     assert services["api"]["environment"]["RUNLEDGER_PROJECTOR"] == "off"
+    # Blobs go to the MinIO service, through its S3 API.
+    assert services["api"]["environment"]["RUNLEDGER_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert services["api"]["environment"]["RUNLEDGER_S3_BUCKET"]
+    assert services["migrate"]["depends_on"]["minio"]["condition"] == "service_healthy"
     assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert (
         services["projector"]["depends_on"]["migrate"]["condition"]
@@ -48,12 +52,14 @@ def test_compose_file_declares_the_deployment_and_its_commands_exist() -> None:
 
 
 def test_compose_processes_run_directly_migrate_api_and_a_separate_projector(
-    tmp_path: Path, postgres_url: str, pg_schema: str
+    tmp_path: Path, postgres_url: str, pg_schema: str, s3_server: Any, s3_bucket: str
 ) -> None:
     services = compose()["services"]
     env = base_env(tmp_path)
     env.update({k: str(v) for k, v in services["api"]["environment"].items()})
+    # This machine's PostgreSQL and S3-compatible server in place of the compose services.
     env.update(RUNLEDGER_DATABASE_URL=postgres_url, RUNLEDGER_DATABASE_SCHEMA=pg_schema)
+    env.update(s3_server.settings_env(s3_bucket))
 
     subprocess.run(
         [RUNLEDGER, *services["migrate"]["command"][1:]], env=env, check=True, timeout=120
@@ -77,6 +83,20 @@ def test_compose_processes_run_directly_migrate_api_and_a_separate_projector(
                 assert time.monotonic() < deadline, (tmp_path / "projector.log").read_text()
                 time.sleep(0.1)
             assert client.get("/v1/chains/deployed").json()["status"] == "active"
+            # `migrate` created the bucket; a large tool input lands there.
+            tool_input = {"content": "x" * 40_000}
+            client.post(
+                "/v1/events",
+                json={
+                    "type": "session.tool_call_started",
+                    "session_id": "deployed",
+                    "tool_name": "Write",
+                    "tool_use_id": "toolu_deployed",
+                    "tool_input": tool_input,
+                },
+            ).raise_for_status()
+            listed = s3_server.client().list_objects_v2(Bucket=s3_bucket)["Contents"]
+            assert len(listed) == 1 and listed[0]["Size"] > 40_000
     finally:
         api.stop()
         projector.terminate()

@@ -460,10 +460,18 @@ def test_a_token_guards_every_v1_route_and_projects_keep_tenants_apart(make_serv
         assert [(i["stream"]["project"], i["type"]) for i in log] == [("other", "ChainCreated")]
 
 
+@pytest.mark.parametrize("store", ["local", "s3"])
 def test_a_large_tool_input_goes_to_the_blob_store_and_reads_back_whole(
-    sqlite_server: Server,
+    store: str, make_server: Any, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     import hashlib
+
+    if store == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        bucket = request.getfixturevalue("s3_bucket")
+        server = make_server(**s3.settings_env(bucket))
+    else:
+        server = make_server()
 
     session_id, pre, _ = one_real_session()
     payload = dict(pre[0])
@@ -476,7 +484,7 @@ def test_a_large_tool_input_goes_to_the_blob_store_and_reads_back_whole(
         payload["tool_input"], sort_keys=True, separators=(",", ":"), ensure_ascii=False
     ).encode()
     assert len(expected) > 16 * 1024
-    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
         assert client.post("/v1/hooks/claude-code", json=payload).status_code == 200
         events = client.get(f"/v1/streams/session/{session_id}/events").json()["items"]
         started = [e for e in events if e["payload"].get("tool_use_id") == "toolu_large_input"]
@@ -494,3 +502,39 @@ def test_a_large_tool_input_goes_to_the_blob_store_and_reads_back_whole(
         assert blob.content == expected
         assert json.loads(blob.content) == payload["tool_input"]
         assert client.get(f"/v1/blobs/{'0' * 64}").status_code == 404
+        # Resent (a retry): the same reference, still one stored copy.
+        assert client.post("/v1/hooks/claude-code", json=payload).status_code == 200
+    local = sorted(p.name for p in (tmp_path / "var" / "blobs").rglob("*") if p.is_file())
+    if store == "s3":  # in the bucket, read with a client of our own; nothing on local disk
+        stored = s3.client().get_object(Bucket=bucket, Key=f"blobs/{digest}")
+        assert stored["Body"].read() == expected
+        assert stored["ContentType"] == "application/json"
+        listed = s3.client().list_objects_v2(Bucket=bucket)["Contents"]
+        assert [o["Key"] for o in listed] == [f"blobs/{digest}"]
+        assert local == []
+    else:
+        assert local == [digest]
+
+
+def test_when_s3_refuses_a_blob_the_request_is_503_and_appends_nothing(
+    make_server: Any, s3_server: Any, s3_bucket: str
+) -> None:
+    server = make_server(**s3_server.settings_env(s3_bucket))
+    s3_server.client().delete_bucket(Bucket=s3_bucket)  # empty: the server created it
+    event = {
+        "type": "session.tool_call_started",
+        "session_id": "s3-down",
+        "tool_name": "Write",
+        "tool_use_id": "toolu_s3_down",
+        "tool_input": {"content": "x" * 40_000},
+    }
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        refused = client.post("/v1/events", json=event)
+        assert refused.status_code == 503
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.json()["type"].endswith("/blob-store-unavailable")
+        assert client.get("/v1/streams/session/s3-down/events").status_code == 404
+        # Values below the threshold never touch S3: the same call with a small input lands.
+        event["tool_input"] = {"content": "small"}
+        assert client.post("/v1/events", json=event).status_code == 201
+        assert len(client.get("/v1/streams/session/s3-down/events").json()["items"]) >= 1
