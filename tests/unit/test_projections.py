@@ -954,6 +954,54 @@ def test_batches_and_the_row_cache_project_the_rows_an_in_memory_fold_gives(
     )
 
 
+def test_the_row_cache_reads_dropped_rows_one_by_one_until_a_page_wants_many(
+    sqlite_ledger: Ledger, sqlite_db: SQLiteDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from projections import runner
+    from projections.schema import SESSIONS
+
+    Projector(sqlite_ledger, sqlite_db).create_tables()
+    name = SESSIONS.name
+    cache = runner._RowCache(
+        sqlite_db, {name: SESSIONS}, complete={name}, retain={name}, max_rows=10
+    )
+    keys = [("default", f"s{i:02d}") for i in range(30)]
+    for key in keys:
+        row = SESSIONS.blank(key)
+        row["status"] = f"status of {key[1]}"
+        cache.put(name, key, row)
+    with sqlite_db.transaction() as conn:
+        runner._write_rows(conn, sqlite_db.dialect, {name: SESSIONS}, cache.take())
+    cache.written()  # trims to 7 rows: the first 23 (least recently used) are dropped
+    reads: list[int] = []
+    read = runner._RowCache._read
+    monkeypatch.setattr(
+        runner._RowCache,
+        "_read",
+        lambda self, table, wanted, into: (
+            reads.append(len(wanted)) or read(self, table, wanted, into)
+        ),
+    )
+    never_written = ("default", "never")
+    assert cache.get(name, never_written) is None and reads == []  # complete: no read
+
+    cache.start_page()
+    assert not cache.needs_reads(name)  # nothing dropped was wanted yet: no bulk pass
+    for key in keys[:9]:  # a page wants 9 dropped rows: read one by one, as they were
+        row = cache.get(name, key)
+        assert row is not None and row["status"] == f"status of {key[1]}"
+    assert reads == [1] * 9
+
+    cache.start_page()
+    assert cache.needs_reads(name)  # 9 > BULK_AFTER_WANTED: this page's are read in bulk
+    cache.fetch({name: [*keys[9:12], keys[0], never_written]})
+    assert reads[9:] == [3]  # only the dropped ones not cached; never_written has no row
+    assert cache.get(name, keys[10]) is not None and reads[9:] == [3]
+
+    cache.start_page()
+    assert not cache.needs_reads(name)  # 3 wanted by the last page: one by one again
+
+
 def write_many(writer: Writer, sessions_count: int = 4, calls: int = 12) -> None:
     """Sessions whose rows every page touches, tool calls that span pages, repeated evidence."""
     for i in range(calls):
