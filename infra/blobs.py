@@ -150,7 +150,7 @@ class S3BlobStore:
             self.client.head_bucket(Bucket=self.bucket)
             return
         except ClientError as error:
-            code = str(error.response.get("Error", {}).get("Code"))
+            code = _code(error)
             if code not in _NO_BUCKET or not create:
                 raise RuntimeError(f"S3 bucket {self.bucket!r} is not usable: {code}") from None
         region = self.client.meta.region_name
@@ -175,11 +175,11 @@ class S3BlobStore:
                 self.client.head_object(Bucket=self.bucket, Key=key)
                 return ref
             except ClientError as error:
-                if str(error.response.get("Error", {}).get("Code")) not in _NOT_FOUND:
+                if _code(error) not in _NOT_FOUND:
                     raise
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=media_type)
         except (ClientError, BotoCoreError) as error:
-            raise BlobStoreUnavailableError(f"S3 bucket {self.bucket!r}: {error}") from error
+            raise self._unavailable(error) from error
         return ref
 
     def get(self, sha256: str) -> bytes:
@@ -195,12 +195,20 @@ class S3BlobStore:
             answer = self.client.get_object(Bucket=self.bucket, Key=self.prefix + sha256)
             data: bytes = answer["Body"].read()
         except ClientError as error:
-            if str(error.response.get("Error", {}).get("Code")) in _NOT_FOUND:
+            if _code(error) in _NOT_FOUND:
                 raise BlobNotFoundError(sha256) from None
-            raise BlobStoreUnavailableError(f"S3 bucket {self.bucket!r}: {error}") from error
+            raise self._unavailable(error) from error
         except BotoCoreError as error:
-            raise BlobStoreUnavailableError(f"S3 bucket {self.bucket!r}: {error}") from error
+            raise self._unavailable(error) from error
         return data
+
+    def _unavailable(self, error: Exception) -> BlobStoreUnavailableError:
+        return BlobStoreUnavailableError(f"S3 bucket {self.bucket!r}: {error}")
+
+
+def _code(error: ClientError) -> str:
+    """S3's error code of a refusal (``NoSuchKey``, ``404``, ``AccessDenied``, ...)."""
+    return str(error.response.get("Error", {}).get("Code"))
 
 
 def s3_client(

@@ -251,12 +251,16 @@ class FastPostgresAggregateRecorder(PostgresAggregateRecorder):
             statement = self._select_events_statements[shape] = self._select_events_sql(*shape)
         params: list[Any] = [originator_id]
         params.extend(p for p in (gt, lte, limit) if p is not None)
+        return _stored_events(self._fetch_binary(statement, params))
+
+    def _fetch_binary(self, statement: Composed, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows of ``statement`` (prepared), results in binary format, as tuples."""
         with (
             self.datastore.get_connection() as conn,
             conn.cursor(binary=True, row_factory=tuple_row) as curs,
         ):
             curs.execute(statement, params, prepare=True)
-            return _stored_events(curs.fetchall())
+            return curs.fetchall()
 
     def _select_events_sql(self, gt: bool, lte: bool, desc: bool, limit: bool) -> Composed:
         """The library's statement of that shape (its clauses, in its order), rendered once."""
@@ -367,23 +371,18 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
         if topics:
             params.append(list(topics))
         params.append(limit)
-        with (
-            self.datastore.get_connection() as conn,
-            conn.cursor(binary=True, row_factory=tuple_row) as curs,
-        ):
-            curs.execute(statement, params, prepare=True)
-            return [
-                Notification(
-                    id=notification_id,
-                    originator_id=originator_id,
-                    originator_version=originator_version,
-                    topic=topic,
-                    state=state,
-                )
-                for notification_id, originator_id, originator_version, topic, state in (
-                    curs.fetchall()
-                )
-            ]
+        return [
+            Notification(
+                id=notification_id,
+                originator_id=originator_id,
+                originator_version=originator_version,
+                topic=topic,
+                state=state,
+            )
+            for notification_id, originator_id, originator_version, topic, state in (
+                self._fetch_binary(statement, params)
+            )
+        ]
 
     def _select_notifications_sql(
         self, start: bool, inclusive: bool, stop: bool, topics: bool
@@ -410,21 +409,17 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
         self, originator_id: UUID, versions: Sequence[int]
     ) -> list[StoredEvent]:
         """The events of one stream at the given versions, in version order (one round trip)."""
-        with (
-            self.datastore.get_connection() as conn,
-            conn.cursor(binary=True, row_factory=tuple_row) as curs,
-        ):
-            curs.execute(self.select_event_versions_statement, (originator_id, list(versions)))
-            return _stored_events(curs.fetchall())
+        return _stored_events(
+            self._fetch_binary(
+                self.select_event_versions_statement, (originator_id, list(versions))
+            )
+        )
 
     def select_events_many(self, originator_ids: Sequence[UUID]) -> list[StoredEvent]:
         """Every event of the given streams, ordered by stream then version (one round trip)."""
-        with (
-            self.datastore.get_connection() as conn,
-            conn.cursor(binary=True, row_factory=tuple_row) as curs,
-        ):
-            curs.execute(self.select_events_many_statement, (list(originator_ids),))
-            return _stored_events(curs.fetchall())
+        return _stored_events(
+            self._fetch_binary(self.select_events_many_statement, (list(originator_ids),))
+        )
 
 
 def _stored_events(rows: Iterable[tuple[Any, ...]]) -> list[StoredEvent]:
