@@ -12,8 +12,8 @@
   top-level values applied inline, not through orjson's per-value callback); anything else
   (a compressor, a cipher, another transcoder, a value orjson refuses) takes the library's path.
   Reading, its ``to_domain_event`` builds the library's objects (upcasts included) with the class
-  looked up by topic in a dict and text stream ids' ``UUID`` cached: 4.2 -> 3.7 µs per event with
-  UUID ids (PostgreSQL), 5.3 -> 4.2 µs with text ids (SQLite), in a micro-benchmark.
+  and its ``class_version`` looked up by topic in a dict: 4.1 -> 3.7 µs per event in a
+  micro-benchmark.
 - ``FastPostgresApplicationRecorder``: eventsourcing's PostgreSQL application recorder with the
   insert sent as four binary scalar arrays (``unnest(uuid[], int8[], text[], bytea[])``) instead of
   one text-encoded composite array, whose per-row escaping dominated the write path's CPU. The
@@ -27,6 +27,9 @@
   thirty (seen in ``bench.stream_state``: not over a Unix socket; gone with the binary format).
 - ``PostgresFactory``: eventsourcing's PostgreSQL factory making those two recorders
   (``PERSISTENCE_MODULE=infra.codec:PostgresFactory``).
+- ``SQLiteFactory``: eventsourcing's SQLite factory whose recorders turn the stored text of a
+  stream id into its ``UUID`` through a cache (a stream's events come many at a time; the
+  library parses the text for every row read: about a twentieth of a SQLite rebuild).
 """
 
 from __future__ import annotations
@@ -48,13 +51,18 @@ from eventsourcing.persistence import (
     StoredEvent,
     UUIDAsHex,
     find_id_convertor,
-    str_to_uuid_convertor,
 )
 from eventsourcing.postgres import (
     PostgresAggregateRecorder,
     PostgresApplicationRecorder,
 )
 from eventsourcing.postgres import PostgresFactory as _LibraryPostgresFactory
+from eventsourcing.sqlite import (
+    SQLiteAggregateRecorder,
+    SQLiteApplicationRecorder,
+    SQLiteDatastore,
+)
+from eventsourcing.sqlite import SQLiteFactory as _LibrarySQLiteFactory
 from eventsourcing.utils import get_topic, resolve_topic
 from psycopg import Cursor
 from psycopg.rows import DictRow, tuple_row
@@ -64,8 +72,8 @@ _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
 _TAG = b'"_type_"'
 #: The top-level keys of a runledger event holding tagged values (``LedgerEvent``'s datetimes).
 _EVENT_TAGGED = ("timestamp", "occurred_at")
-#: Event and snapshot classes by topic (``OrjsonMapper.to_domain_event``).
-_CLASSES: dict[str, type] = {}
+#: Event and snapshot classes, and their ``class_version``, by topic (``OrjsonMapper.to_domain_event``).
+_CLASSES: dict[str, tuple[type, int]] = {}
 
 
 class OrjsonTranscoder(JSONTranscoder):
@@ -134,11 +142,6 @@ class OrjsonTranscoder(JSONTranscoder):
         return obj
 
 
-#: ``UUID(text)`` of recently read stream ids (SQLite stores them as text; a stream's events
-#: come many at a time).
-_uuid_of: Callable[[str], UUID] = lru_cache(maxsize=65536)(UUID)
-
-
 class OrjsonMapper(Mapper[UUID]):
     """``Mapper`` with a one-pass ``to_stored_event`` and a lean ``to_domain_event`` for
     ``OrjsonTranscoder`` (see module docstring)."""
@@ -147,32 +150,33 @@ class OrjsonMapper(Mapper[UUID]):
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         """The domain event or snapshot of a stored event: ``Mapper.to_domain_event``'s object
-        (upcast to its ``class_version``), with the class looked up by topic in a dict and a
-        text stream id's ``UUID`` in a cache. What the transcoder cannot decode takes the
-        library's path, which raises its ``MapperDeserialisationError``."""
+        (upcast to its ``class_version``), with the class and its version looked up by topic in
+        a dict. What the transcoder cannot decode takes the library's path, which raises its
+        ``MapperDeserialisationError``."""
         transcoder = self.transcoder
         if self.compressor or self.cipher or type(transcoder) is not OrjsonTranscoder:
             return super().to_domain_event(stored_event)
-        cls = _CLASSES.get(stored_event.topic)
-        if cls is None:
-            cls = _CLASSES[stored_event.topic] = resolve_topic(stored_event.topic)
+        found = _CLASSES.get(stored_event.topic)
+        if found is None:
+            cls = resolve_topic(stored_event.topic)
+            found = _CLASSES[stored_event.topic] = (cls, getattr(cls, "class_version", 1))
+        cls, class_version = found
         try:
             state: dict[str, Any] = transcoder.decode(stored_event.state)
         except Exception:  # the library's path raises its own error for it
             return super().to_domain_event(stored_event)
         originator_id = stored_event.originator_id
-        convert = find_id_convertor(cls, cast(Hashable, type(originator_id)))
-        if convert is str_to_uuid_convertor:
-            state["originator_id"] = _uuid_of(originator_id)  # type: ignore[arg-type]
-        else:
-            state["originator_id"] = convert(originator_id)
+        if type(originator_id) is not UUID:  # a UUID is passed through, as the library does
+            originator_id = find_id_convertor(cls, cast(Hashable, type(originator_id)))(
+                originator_id
+            )
+        state["originator_id"] = originator_id
         state["originator_version"] = stored_event.originator_version
-        class_version = getattr(cls, "class_version", 1)
         from_version = state.pop("class_version", 1)
         while from_version < class_version:
             getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
             from_version += 1
-        domain_event = object.__new__(cls)
+        domain_event: Any = object.__new__(cls)
         object.__setattr__(domain_event, "__dict__", state)
         return domain_event
 
@@ -441,3 +445,34 @@ class PostgresFactory(_LibraryPostgresFactory):
 
     aggregate_recorder_class = FastPostgresAggregateRecorder
     application_recorder_class = FastPostgresApplicationRecorder
+
+
+#: ``UUID(text)`` of recently read stream ids.
+_uuid_of: Callable[[str], UUID] = lru_cache(maxsize=65536)(UUID)
+
+
+class _CachedIdSQLite:
+    """``convert_originator_id`` of eventsourcing's SQLite recorders, through ``_uuid_of``."""
+
+    datastore: SQLiteDatastore
+
+    def convert_originator_id(self, originator_id: str) -> UUID | str:
+        """The stored text of a stream id as the ``UUID`` it is (or the text, for text ids)."""
+        if self.datastore.originator_id_type == "uuid":
+            return _uuid_of(originator_id)
+        return originator_id
+
+
+class CachedIdSQLiteAggregateRecorder(_CachedIdSQLite, SQLiteAggregateRecorder):
+    """``SQLiteAggregateRecorder`` (snapshots) with cached stream id parsing."""
+
+
+class CachedIdSQLiteApplicationRecorder(_CachedIdSQLite, SQLiteApplicationRecorder):
+    """``SQLiteApplicationRecorder`` (the log) with cached stream id parsing."""
+
+
+class SQLiteFactory(_LibrarySQLiteFactory):
+    """eventsourcing's SQLite factory making the recorders above."""
+
+    aggregate_recorder_class = CachedIdSQLiteAggregateRecorder
+    application_recorder_class = CachedIdSQLiteApplicationRecorder

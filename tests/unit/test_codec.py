@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
@@ -163,3 +164,47 @@ def test_the_lean_decoder_gives_the_library_mappers_objects_and_errors() -> None
     with pytest.raises(MapperDeserialisationError) as theirs_error:
         library.to_domain_event(corrupt)
     assert str(ours_error.value) == str(theirs_error.value)
+
+
+def test_the_sqlite_recorders_read_what_the_librarys_read_with_stream_ids_parsed_once(
+    tmp_path: Path,
+) -> None:
+    from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteApplicationRecorder
+
+    from domain.base import EventMeta, content_sha256, stream_id
+    from domain.ledger import Command
+    from infra import codec
+    from infra.settings import Settings
+    from infra.store import build_ledger
+
+    ledger, _ = build_ledger(Settings(data_dir=tmp_path, snapshot_interval=3), create_table=True)
+    outcomes = ledger.handle(
+        [
+            Command(
+                "session",
+                f"s{n % 2}",
+                "record_message",
+                EventMeta(f"e{n}", content_sha256(n), datetime(2026, 1, 1, tzinfo=UTC), "api"),
+                {"role": "user", "message_kind": "prompt", "content": f"prompt {n}"},
+            )
+            for n in range(10)
+        ]
+    )
+    assert all(o.status == "created" for o in outcomes)
+    ours, snapshots = ledger.recorder, ledger.snapshots.recorder  # type: ignore[union-attr]
+    assert type(ours) is codec.CachedIdSQLiteApplicationRecorder
+    assert type(snapshots) is codec.CachedIdSQLiteAggregateRecorder
+    library = SQLiteApplicationRecorder(ours.datastore, events_table_name=ours.events_table_name)
+    library_snapshots = SQLiteAggregateRecorder(
+        snapshots.datastore, events_table_name=snapshots.events_table_name
+    )
+    codec._uuid_of.cache_clear()
+    notifications = ours.select_notifications(start=1, limit=100)
+    assert notifications == library.select_notifications(start=1, limit=100)
+    assert len(notifications) >= 10
+    assert all(type(n.originator_id) is UUID for n in notifications)
+    assert codec._uuid_of.cache_info().currsize == 2  # two streams, each id parsed once
+    sid = stream_id("default", "session", "s1")
+    assert ours.select_events(sid, gt=1) == library.select_events(sid, gt=1)
+    assert snapshots.select_events(sid) == library_snapshots.select_events(sid)
+    assert snapshots.select_events(sid)  # taken every 3 events
