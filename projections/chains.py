@@ -174,14 +174,19 @@ def fold_summaries(event: LedgerEvent, position: int, rows: Rows) -> None:
     row["last_position"] = position
     occurred = utc(event.occurred_at)
     row["updated_at"] = later(row["updated_at"], occurred)
-    # Copy the index and the stage it changes: the dict from rows.get must stay untouched.
-    stages: dict[str, dict[str, Any]] = dict(row["stage_index"] or {})
-    row["stage_index"] = stages
+    # What _derive reads (the stage index, current_stage_id) changes only with a new row, a new
+    # stage, or the events below that set a stage's number, agent, status or approval status.
+    derive = existing is None
     stage_id = getattr(event, "stage_id", None)
     stage: dict[str, Any] | None = None
     if isinstance(stage_id, str):
+        # Copy the index and the stage it changes: the dicts from rows.get stay untouched.
+        stages: dict[str, dict[str, Any]] = dict(row["stage_index"] or {})
+        row["stage_index"] = stages
+        known = stages.get(stage_id)
+        derive = derive or known is None
         stage = dict(
-            stages.get(stage_id)
+            known
             or {"stage_number": None, "agent_id": None, "status": None, "approval_status": None}
         )
         stages[stage_id] = stage
@@ -205,15 +210,19 @@ def fold_summaries(event: LedgerEvent, position: int, rows: Rows) -> None:
         if isinstance(event, StageAdded):
             stage.update(stage_number=event.stage_number, agent_id=event.agent_id)
             stage["status"] = stage["status"] or "pending"
+            derive = True
         elif isinstance(event, StageTransitioned):
             stage["status"] = event.to_status
             if event.to_status in _CURRENT:
                 row["current_stage_id"] = event.stage_id
+            derive = True
         elif isinstance(event, StageApprovalRecorded):
             stage["approval_status"] = event.approval_status
+            derive = True
         elif isinstance(event, StageMetricsRecorded):
             add_metrics(row, event.metrics)
-    _derive(row)
+    if derive:
+        _derive(row)
     rows.put(CHAIN_SUMMARIES.name, key, row)
 
 

@@ -452,6 +452,43 @@ def test_a_chain_summary_orders_its_agent_flow_by_stage_number_and_sums_stage_me
     assert stages["x"]["status"] == "pending" and stages["x"]["started_at"] is None
 
 
+def test_a_chain_summarys_derived_fields_are_those_of_its_stage_index_after_every_event(
+    ledger: Ledger, writer: Writer
+) -> None:
+    """The fold recomputes the fields derived from the stage index only after the events that
+    can change them; after every event they equal a recomputation from the row itself."""
+    w = writer
+    write_realistic(w, lambda: None)
+    w.add("chain", "ch", "create", title="Issue 8")
+    w.add("chain", "ch", "add_stage", stage_id="b", agent_id="sprint-executor", stage_number=2)
+    w.add("chain", "ch", "add_stage", stage_id="a", agent_id="design-doc-creator", stage_number=1)
+    w.add("chain", "ch", "transition_stage", stage_id="a", to_status="running")
+    w.add("chain", "ch", "record_stage_metrics", stage_id="a", metrics={"cost_usd": 0.5})
+    w.add("chain", "ch", "link_stage_session", stage_id="a", session_id="s-a")
+    w.add("chain", "ch", "transition_stage", stage_id="a", to_status="awaiting_approval")
+    w.add("chain", "ch", "record_stage_approval", stage_id="a", approval_status="pending")
+    w.add("chain", "ch", "record_stage_approval", stage_id="a", approval_status="approved")
+    w.add("chain", "ch", "transition_stage", stage_id="a", to_status="completed")
+    w.add("chain", "ch", "transition_stage", stage_id="b", to_status="running")
+    w.add("chain", "ch", "change_status", status="failed")
+    w.flush()
+    rows = MemoryRows()
+    folded = 0
+    for position, event in log_events(ledger):
+        chains.fold_summaries(event, position, rows)
+        for row in rows.rows("chain_summaries"):
+            rederived = {**row, "stage_index": dict(row["stage_index"])}
+            chains._derive(rederived)
+            assert rederived == row, (position, type(event).__name__)
+        folded += isinstance(event, chains.ChainEvent)
+    assert folded >= 12
+    summary = rows.get("chain_summaries", ("default", "ch"))
+    assert summary is not None
+    assert summary["agent_flow"] == "design-doc-creator -> sprint-executor"
+    assert (summary["stages_completed"], summary["pending_approvals"]) == (1, 0)
+    assert (summary["current_stage_id"], summary["current_agent_id"]) == ("b", "sprint-executor")
+
+
 def test_a_trace_summary_takes_its_root_when_the_root_arrives_after_a_child(
     ledger: Ledger, writer: Writer
 ) -> None:
