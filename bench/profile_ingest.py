@@ -5,7 +5,7 @@ Runs what ``POST /v1/events`` does for a batch, in-process, against a ``Ledger``
 validation of the body bytes with the route's ``EventBatch`` model (``validate_json``),
 ``to_command``, ``Ledger.handle`` (load streams, domain commands, ``save()``: mapper/transcoder
 and recorder; the API's group-commit writer hands a whole 1,000-event batch to one ``handle``
-call as well) and the ``EventResults`` answer. Batches of 1,000 mixed typed events (``bench.workload``).
+call as well) and the answer (the route's own ``event_results``). Batches of 1,000 mixed typed events (``bench.workload``).
 
 First an unprofiled pass (events/s without profiler overhead), then the same amount of work
 under ``cProfile`` (``pyinstrument`` is used instead when installed and ``--pyinstrument`` is
@@ -33,7 +33,8 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from api.schemas import EventBatch, EventResult, EventResults, StreamRef
+from api.routes.ingest import event_results
+from api.schemas import EventBatch
 from bench.common import DEFAULT_DATABASE_URL, banner, fmt, fresh_schema, unwind_on_sigterm
 from bench.workload import mixed_batches
 from domain.ledger import Ledger
@@ -50,47 +51,17 @@ STAGES: list[tuple[str, tuple[str, ...], str]] = [
     ("  to_command (model_dump + sha256)", ("api/schemas.py",), "to_command"),
     ("  Ledger.handle", ("domain/ledger.py",), "handle"),
     ("    _execute: load streams + domain", ("domain/ledger.py",), "_execute"),
-    ("      load streams in bulk (_preload)", ("domain/ledger.py",), "_preload"),
-    ("      load one stream (repository.get)", ("domain/ledger.py",), "_load_or_blank"),
-    ("    Application.save", ("eventsourcing/application.py",), "save"),
-    (
-        "      mapper.to_stored_event (transcode)",
-        ("eventsourcing/persistence.py",),
-        "to_stored_event",
-    ),
-    ("        transcoder.encode", ("eventsourcing/persistence.py", "infra/codec.py"), "encode"),
+    ("      load uncached streams (_load_streams)", ("domain/ledger.py",), "_load_streams"),
+    ("    Ledger._commit (map, insert, snapshots)", ("domain/ledger.py",), "_commit"),
+    ("      mapper.to_stored_event (encode)", ("infra/codec.py",), "to_stored_event"),
     (
         "      recorder.insert_events (SQL)",
         ("eventsourcing/postgres.py", "eventsourcing/sqlite.py"),
         "insert_events",
     ),
     ("      take snapshots", ("eventsourcing/application.py",), "_take_snapshots"),
-    ("  answer (EventResults.model_dump_json)", ("bench/profile_ingest.py",), "answer"),
+    ("  answer (the route's event_results)", ("api/routes/ingest.py",), "event_results"),
 ]
-
-
-def answer(outcomes: list[Any]) -> bytes:
-    """The route's answer: one ``EventResult`` per outcome, dumped to JSON."""
-    results = [
-        EventResult(
-            index=i,
-            event_id=o.command.meta.event_id,
-            status=o.status,
-            stream=StreamRef(
-                kind=o.command.kind, external_id=o.command.external_id, stream_id=str(o.stream_id)
-            ),
-            version=o.version,
-            position=o.position,
-        )
-        for i, o in enumerate(outcomes)
-    ]
-    body = EventResults(
-        results=results,
-        created=sum(r.status == "created" for r in results),
-        duplicates=sum(r.status == "duplicate" for r in results),
-        rejected=sum(r.status == "rejected" for r in results),
-    )
-    return body.model_dump_json().encode()
 
 
 def ingest(ledger: Ledger, body: bytes) -> int:
@@ -102,7 +73,7 @@ def ingest(ledger: Ledger, body: bytes) -> int:
     events = _batch.validate_json(body).events
     commands = [event.to_command("default") for event in events]
     outcomes = ledger.handle(commands)
-    answer(outcomes)
+    event_results(outcomes)
     created = sum(o.status == "created" for o in outcomes)
     if created != len(outcomes):
         raise RuntimeError(f"only {created} of {len(outcomes)} created")

@@ -97,6 +97,20 @@ def _result(index: int, outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def event_results(outcomes: list[Outcome]) -> bytes:
+    """The ``EventResults`` JSON of a ``POST /v1/events`` answer (``results`` in request order,
+    and the counts of created, duplicate and rejected events)."""
+    statuses = [o.status for o in outcomes]
+    return orjson.dumps(
+        {
+            "results": [_result(i, o) for i, o in enumerate(outcomes)],
+            "created": statuses.count("created"),
+            "duplicates": statuses.count("duplicate"),
+            "rejected": statuses.count("rejected"),
+        }
+    )
+
+
 @router.post(
     "/events",
     openapi_extra={"parameters": PROJECT_PARAMETERS},
@@ -129,16 +143,7 @@ async def post_events(request: Request) -> Response:
     offload = make_offload(runtime.blobs, runtime.settings.blob_threshold_bytes)
     commands = [event.to_command(project, offload) for event in events]
     outcomes = await runtime.writer.submit(commands)
-    results = [_result(i, o) for i, o in enumerate(outcomes)]
-    statuses = [o.status for o in outcomes]
-    content = orjson.dumps(
-        {
-            "results": results,
-            "created": statuses.count("created"),
-            "duplicates": statuses.count("duplicate"),
-            "rejected": statuses.count("rejected"),
-        }
-    )
+    content = event_results(outcomes)
     status = 200
     if single:
         outcome = outcomes[0]
