@@ -56,6 +56,10 @@ class BlobStore(Protocol):
         """
         ...
 
+    def check(self) -> None:
+        """Raise ``BlobStoreUnavailableError`` when blobs cannot be stored now (readiness)."""
+        ...
+
 
 class MemoryBlobStore:
     """Blobs in a dict (unit tests)."""
@@ -75,6 +79,9 @@ class MemoryBlobStore:
             return self._blobs[sha256]
         except KeyError:
             raise BlobNotFoundError(sha256) from None
+
+    def check(self) -> None:
+        """See ``BlobStore.check``: always ready."""
 
 
 class LocalBlobStore:
@@ -114,6 +121,11 @@ class LocalBlobStore:
             return self._path(sha256).read_bytes()
         except FileNotFoundError:
             raise BlobNotFoundError(sha256) from None
+
+    def check(self) -> None:
+        """See ``BlobStore.check``: the directory exists and is writable."""
+        if not (self.root.is_dir() and os.access(self.root, os.W_OK)):
+            raise BlobStoreUnavailableError(f"blob directory {self.root} is not writable")
 
 
 #: S3 error codes meaning "no such object" / "no such bucket" (AWS, MinIO, moto).
@@ -201,6 +213,13 @@ class S3BlobStore:
         except BotoCoreError as error:
             raise self._unavailable(error) from error
         return data
+
+    def check(self) -> None:
+        """See ``BlobStore.check``: the bucket answers (``HeadBucket``)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as error:
+            raise self._unavailable(error) from error
 
     def _unavailable(self, error: Exception) -> BlobStoreUnavailableError:
         return BlobStoreUnavailableError(f"S3 bucket {self.bucket!r}: {error}")

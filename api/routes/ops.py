@@ -1,4 +1,5 @@
-"""Operations: ``/healthz`` (the process answers), ``/readyz`` (store reachable, projections' lag),
+"""Operations: ``/healthz`` (the process answers), ``/readyz`` (event store and blob store
+reachable, projections' lag),
 ``GET /v1/projections`` (each projection's position and lag)."""
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: store reachable, projections' lag")
+@router.get("/readyz", summary="Readiness: stores reachable, projections' lag")
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """200 with head position and projection lag when the store answers; 503 problem+json otherwise."""
+    """200 with head position and projection lag when the event store and the blob store (S3:
+    the bucket; local: the directory) answer; 503 problem+json otherwise."""
     try:
         status = await run_in_threadpool(runtime.projector.status)
         head = await run_in_threadpool(runtime.log.head)
+        await run_in_threadpool(runtime.blobs.check)
     except Exception as error:
         return JSONResponse(
             {"type": "about:blank", "title": "Not ready", "status": 503, "detail": str(error)},

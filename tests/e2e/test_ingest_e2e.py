@@ -529,6 +529,9 @@ def test_when_s3_refuses_a_blob_the_request_is_503_and_appends_nothing(
         "tool_input": {"content": "x" * 40_000},
     }
     with httpx.Client(base_url=server.url, timeout=60) as client:
+        not_ready = client.get("/readyz")
+        assert not_ready.status_code == 503
+        assert s3_bucket in not_ready.json()["detail"]
         refused = client.post("/v1/events", json=event)
         assert refused.status_code == 503
         assert refused.headers["content-type"].startswith("application/problem+json")

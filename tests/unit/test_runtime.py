@@ -35,3 +35,22 @@ def test_a_runtime_sets_the_garbage_collector_thresholds_from_its_settings(
     runtime.close()
     assert gc.get_threshold() == restored_gc_thresholds
     assert Settings().gc_young_threshold == 10_000
+
+
+def test_the_local_blob_store_is_ready_while_its_directory_is_there(tmp_path: Path) -> None:
+    import hashlib
+    import shutil
+
+    from infra.blobs import BlobNotFoundError, BlobStoreUnavailableError
+    from infra.runtime import build_blob_store
+
+    store = build_blob_store(Settings(data_dir=tmp_path), create=True)
+    store.check()
+    ref = store.put(b"x" * 20_000, "text/plain")
+    assert ref["sha256"] == hashlib.sha256(b"x" * 20_000).hexdigest()
+    assert store.get(str(ref["sha256"])) == b"x" * 20_000
+    with pytest.raises(BlobNotFoundError):
+        store.get("../" + "0" * 61)
+    shutil.rmtree(tmp_path / "blobs")
+    with pytest.raises(BlobStoreUnavailableError, match="blobs"):
+        store.check()
