@@ -155,8 +155,8 @@ class S3BlobStore:
         """Check that the bucket exists; create it when missing and ``create``.
 
         Raises:
-            RuntimeError: the bucket is missing (and not ``create``) or not accessible, with
-                S3's error code.
+            RuntimeError: the bucket is missing (and not ``create``), not accessible, not
+                reachable, or could not be created, with S3's error code.
         """
         try:
             self.client.head_bucket(Bucket=self.bucket)
@@ -165,13 +165,21 @@ class S3BlobStore:
             code = _code(error)
             if code not in _NO_BUCKET or not create:
                 raise RuntimeError(f"S3 bucket {self.bucket!r} is not usable: {code}") from None
+        except BotoCoreError as error:
+            raise RuntimeError(f"S3 bucket {self.bucket!r} is not reachable: {error}") from None
         region = self.client.meta.region_name
-        if region and region != "us-east-1":
-            self.client.create_bucket(
-                Bucket=self.bucket, CreateBucketConfiguration={"LocationConstraint": region}
-            )
-        else:
-            self.client.create_bucket(Bucket=self.bucket)
+        location = (
+            {"CreateBucketConfiguration": {"LocationConstraint": region}}
+            if region and region != "us-east-1"
+            else {}
+        )
+        try:
+            self.client.create_bucket(Bucket=self.bucket, **location)
+        except ClientError as error:  # another process created it first
+            if _code(error) not in {"BucketAlreadyOwnedByYou"}:
+                raise RuntimeError(
+                    f"S3 bucket {self.bucket!r} could not be created: {_code(error)}"
+                ) from None
 
     def put(self, data: bytes, media_type: str) -> dict[str, object]:
         """See ``BlobStore.put``; stored when S3 answered.

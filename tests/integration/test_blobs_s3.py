@@ -12,6 +12,7 @@ import pytest
 from infra.blobs import BlobNotFoundError, BlobStoreUnavailableError, S3BlobStore
 from infra.runtime import build_blob_store
 from infra.settings import Settings
+from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -50,11 +51,23 @@ def test_the_s3_store_creates_its_bucket_and_keeps_each_blob_once_under_its_sha2
     assert again.get(digest) == data
 
 
-def test_a_missing_bucket_is_a_clear_error_when_tables_are_not_created(
+def test_a_missing_or_unreachable_bucket_is_a_clear_error_at_start_up(
     s3_server: Any, s3_bucket: str
 ) -> None:
     with pytest.raises(RuntimeError, match=f"S3 bucket '{s3_bucket}' is not usable"):
         build_blob_store(settings_for(s3_server, s3_bucket), create=False)
+    # A second process finds the bucket there (created by the first).
+    build_blob_store(settings_for(s3_server, s3_bucket), create=True)
+    store = build_blob_store(settings_for(s3_server, s3_bucket), create=True)
+    assert isinstance(store, S3BlobStore)
+    store.client.delete_bucket(Bucket=s3_bucket)
+    store.ensure_bucket(create=True)  # created again
+    store.client.head_bucket(Bucket=s3_bucket)
+    nowhere = settings_for(s3_server, s3_bucket).model_copy(
+        update={"s3_endpoint_url": f"http://127.0.0.1:{free_port()}"}
+    )
+    with pytest.raises(RuntimeError, match="is not reachable"):
+        build_blob_store(nowhere, create=True)
 
 
 def test_a_put_s3_refuses_raises_the_error_the_api_answers_503_with(
