@@ -119,13 +119,13 @@ def build_runtime(settings: Settings, *, create_tables: bool | None = None) -> R
     (``settings.gc_young_threshold``, see ``tune_gc``)."""
     tune_gc(settings.gc_young_threshold)
     create = settings.create_tables if create_tables is None else create_tables
+    blobs = build_blob_store(settings, create=create)  # first: nothing to close if S3 fails
     with migration_lock(settings) if create else nullcontext():
         ledger, event_log = build_ledger(settings, create_table=create)
         db = build_database(settings)
         projector = Projector(ledger, db, page_size=settings.projector_page_size)
         if create:
             projector.create_tables()
-    blobs = build_blob_store(settings, create=create)
     return Runtime(
         settings=settings,
         ledger=ledger,

@@ -60,8 +60,9 @@ class Settings(BaseSettings):
         ge=0,
         description="Python's cyclic garbage collector: allocations between young collections "
         "(`gc.set_threshold(N, 10, 10)`; Python's default is 700). Full collections, which walk "
-        "every live object (the projector's row cache, the writer's stream cache), then come "
-        "about 200 times less often. 0 leaves Python's thresholds alone.",
+        "every live object (the projector's row cache, the writer's stream cache), are then "
+        "considered 14 times less often (a million-event rebuild: ~50 of them -> 2). 0 leaves "
+        "Python's thresholds alone.",
     )
     http_telemetry: bool = Field(
         default=False,
