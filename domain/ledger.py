@@ -107,8 +107,9 @@ def _replay(aggregate: Any, events: Iterable[Any]) -> Any:
     """Fold ``events`` onto ``aggregate`` (``None`` before a stream's first event or snapshot).
 
     eventsourcing's ``project_aggregate`` without its per-event ``isinstance`` against a runtime
-    ``Protocol`` (a third of a snapshot-bounded load's time): a stream's events here are
-    ``LedgerEvent`` or ``LedgerSnapshot`` objects, which both ``mutate``.
+    ``Protocol`` (about half of a snapshot-bounded load's time: p50 1.3 -> 0.6 ms on a
+    10,000-event stream): a stream's events here are ``LedgerEvent`` or ``LedgerSnapshot``
+    objects, which both ``mutate``.
     """
     for event in events:
         aggregate = event.mutate(aggregate)

@@ -136,9 +136,10 @@ _NO_BUCKET = {"NoSuchBucket", "404", "NotFound"}
 class S3BlobStore:
     """Blobs as objects ``<prefix><sha256>`` of an S3 bucket (``Content-Type`` = the media type).
 
-    ``put`` asks for the object's head first, so a retried request uploads nothing again; S3's
-    own write is atomic and durable once it answers. boto3 retries throttling and transient
-    errors itself (its ``standard`` retry mode, set by ``s3_client``).
+    ``put`` is one ``PutObject``: the key is the content's sha256, so a retried request writes
+    the same bytes over themselves (no ``HeadObject`` round trip before every new blob); S3's
+    write is atomic and durable once it answers. boto3 retries throttling and transient errors
+    itself (its ``standard`` retry mode, set by ``s3_client``).
 
     Args:
         client: a boto3 S3 client (``s3_client``).
@@ -176,7 +177,7 @@ class S3BlobStore:
         try:
             self.client.create_bucket(Bucket=self.bucket, **location)
         except ClientError as error:  # another process created it first
-            if _code(error) not in {"BucketAlreadyOwnedByYou"}:
+            if _code(error) != "BucketAlreadyOwnedByYou":
                 raise RuntimeError(
                     f"S3 bucket {self.bucket!r} could not be created: {_code(error)}"
                 ) from None
@@ -191,12 +192,6 @@ class S3BlobStore:
         ref = blob_ref(data, media_type)
         key = self.prefix + str(ref["sha256"])
         try:
-            try:
-                self.client.head_object(Bucket=self.bucket, Key=key)
-                return ref
-            except ClientError as error:
-                if _code(error) not in _NOT_FOUND:
-                    raise
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=media_type)
         except (ClientError, BotoCoreError) as error:
             raise self._unavailable(error) from error
@@ -246,7 +241,18 @@ def s3_client(
     access_key_id: str | None,
     secret_access_key: str | None,
 ) -> Any:
-    """A boto3 S3 client (``standard`` retries, 10 s connect timeout, 60 s read timeout)."""
+    """A boto3 S3 client: ``standard`` retries (5 attempts), 10 s connect and 60 s read timeouts.
+
+    Args:
+        endpoint_url: the S3 endpoint (``http://minio:9000``); None: AWS's.
+        region: the region name (``us-east-1``).
+        path_style: path-style addressing (``http://host/bucket/key``) instead of boto3's choice.
+        access_key_id, secret_access_key: credentials; None: boto3's own chain (``AWS_*``
+            variables, instance profile).
+
+    Returns:
+        A ``botocore`` S3 client (thread-safe; one per process).
+    """
     import boto3
     from botocore.config import Config
 

@@ -148,13 +148,21 @@ class OrjsonMapper(Mapper[UUID]):
 
     _encoders: dict[type, tuple[str, Callable[[Any], Any]]] | None = None
 
+    def _orjson(self) -> OrjsonTranscoder | None:
+        """The transcoder when the one-pass paths apply (no compressor, no cipher, an
+        ``OrjsonTranscoder``); None when the library's own path is needed."""
+        transcoder = self.transcoder
+        if self.compressor or self.cipher or type(transcoder) is not OrjsonTranscoder:
+            return None
+        return transcoder
+
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         """The domain event or snapshot of a stored event: ``Mapper.to_domain_event``'s object
         (upcast to its ``class_version``), with the class and its version looked up by topic in
         a dict. What the transcoder cannot decode takes the library's path, which raises its
         ``MapperDeserialisationError``."""
-        transcoder = self.transcoder
-        if self.compressor or self.cipher or type(transcoder) is not OrjsonTranscoder:
+        transcoder = self._orjson()
+        if transcoder is None:
             return super().to_domain_event(stored_event)
         found = _CLASSES.get(stored_event.topic)
         if found is None:
@@ -182,8 +190,8 @@ class OrjsonMapper(Mapper[UUID]):
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         """The stored form of a domain event or snapshot; the same bytes as ``Mapper``'s."""
-        transcoder = self.transcoder
-        if self.compressor or self.cipher or type(transcoder) is not OrjsonTranscoder:
+        transcoder = self._orjson()
+        if transcoder is None:
             return super().to_stored_event(domain_event)
         encoders = self._encoders
         if encoders is None or len(encoders) != len(transcoder.types):
@@ -236,7 +244,22 @@ class FastPostgresAggregateRecorder(PostgresAggregateRecorder):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._select_events_statements: dict[tuple[bool, bool, bool, bool], Composed] = {}
+        self._statements: dict[tuple[Any, ...], Composed] = {}
+
+    def _table_sql(self, text: str) -> Composed:
+        """``text`` with ``{schema}.{table}`` naming this recorder's table, rendered once."""
+        return _rendered(
+            SQL(text).format(
+                schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
+            )
+        )
+
+    def _statement(self, key: tuple[Any, ...], build: Callable[..., Composed]) -> Composed:
+        """The statement ``build(*key[1:])``, built once per ``key``."""
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = self._statements[key] = build(*key[1:])
+        return statement
 
     def select_events(
         self,
@@ -249,10 +272,10 @@ class FastPostgresAggregateRecorder(PostgresAggregateRecorder):
     ) -> list[StoredEvent]:
         """A stream's events with ``gt < originator_version <= lte``, in version order (``desc``:
         newest first), at most ``limit``: eventsourcing's ``select_events``, binary results."""
-        shape = (gt is not None, lte is not None, desc, limit is not None)
-        statement = self._select_events_statements.get(shape)
-        if statement is None:
-            statement = self._select_events_statements[shape] = self._select_events_sql(*shape)
+        statement = self._statement(
+            ("events", gt is not None, lte is not None, desc, limit is not None),
+            self._select_events_sql,
+        )
         params: list[Any] = [originator_id]
         params.extend(p for p in (gt, lte, limit) if p is not None)
         return _stored_events(self._fetch_binary(statement, params))
@@ -281,11 +304,7 @@ class FastPostgresAggregateRecorder(PostgresAggregateRecorder):
         )
         if limit:
             clauses.append(" LIMIT %s")
-        return _rendered(
-            SQL("".join(clauses)).format(
-                schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
-            )
-        )
+        return self._table_sql("".join(clauses))
 
 
 class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApplicationRecorder):
@@ -295,28 +314,19 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._select_notifications_statements: dict[tuple[bool, bool, bool, bool], Composed] = {}
-        self.select_events_many_statement = SQL(
+        self.select_events_many_statement = self._table_sql(
             "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
             "WHERE originator_id = ANY(%b::uuid[]) ORDER BY originator_id, originator_version"
-        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
-        self.select_event_versions_statement = _rendered(
-            SQL(
-                "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
-                "WHERE originator_id = %s AND originator_version = ANY(%s::int8[]) "
-                "ORDER BY originator_version"
-            ).format(
-                schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
-            )
         )
-        self.insert_events_statement = _rendered(
-            SQL(
-                "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
-                "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[]) "
-                "RETURNING notification_id"
-            ).format(
-                schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
-            )
+        self.select_event_versions_statement = self._table_sql(
+            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+            "WHERE originator_id = %s AND originator_version = ANY(%s::int8[]) "
+            "ORDER BY originator_version"
+        )
+        self.insert_events_statement = self._table_sql(
+            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[]) "
+            "RETURNING notification_id"
         )
         # The library composes these per transaction; render them once.
         self.lock_table_statements = [
@@ -366,11 +376,16 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
         """Events in log order from position ``start`` (``inclusive_of_start``) up to ``stop``, of
         the given ``topics`` (all if empty), at most ``limit``: eventsourcing's
         ``select_notifications``, binary results."""
-        shape = (start is not None, inclusive_of_start, stop is not None, bool(topics))
-        statement = self._select_notifications_statements.get(shape)
-        if statement is None:
-            statement = self._select_notifications_sql(*shape)
-            self._select_notifications_statements[shape] = statement
+        statement = self._statement(
+            (
+                "notifications",
+                start is not None,
+                inclusive_of_start,
+                stop is not None,
+                bool(topics),
+            ),
+            self._select_notifications_sql,
+        )
         params: list[Any] = [p for p in (start, stop) if p is not None]
         if topics:
             params.append(list(topics))
@@ -400,13 +415,9 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
         if topics:
             conditions.append("topic = ANY(%s)")
         where = " WHERE " + " AND ".join(conditions) if conditions else ""
-        return _rendered(
-            SQL(
-                "SELECT notification_id, originator_id, originator_version, topic, state "
-                "FROM {schema}.{table}" + where + " ORDER BY notification_id LIMIT %s"
-            ).format(
-                schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
-            )
+        return self._table_sql(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            "FROM {schema}.{table}" + where + " ORDER BY notification_id LIMIT %s"
         )
 
     def select_event_versions(

@@ -84,7 +84,8 @@ def build_blob_store(settings: Settings, *, create: bool) -> BlobStore:
     else the local blob directory.
 
     Raises:
-        RuntimeError: the S3 bucket is missing or not accessible.
+        RuntimeError: the S3 bucket is missing (and not ``create``), not accessible, not
+            reachable, or could not be created.
     """
     if settings.s3_bucket is None:
         return LocalBlobStore(settings.blob_path)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -191,8 +192,8 @@ class _RowCache:
         # complete retained tables: hashes of the keys of the rows dropped from the cache
         self._evicted: dict[str, set[int]] = {}
         # complete retained tables: dropped rows the current / the last page wanted
-        self._wanted_dropped: dict[str, int] = {}
-        self._wanted_dropped_last: dict[str, int] = {}
+        self._wanted_dropped: Counter[str] = Counter()
+        self._wanted_dropped_last: Counter[str] = Counter()
         self._max_evicted = 4 * max_rows
 
     def get(self, table: str, key: Key) -> Row | None:
@@ -207,7 +208,7 @@ class _RowCache:
                 evicted = self._evicted.get(table)
                 if evicted is None or hash(key) not in evicted:
                     return None
-                self._wanted_dropped[table] = self._wanted_dropped.get(table, 0) + 1
+                self._wanted_dropped[table] += 1
             self._read(table, [key], rows)
             return rows.get(key)
         fresh = self._fresh[table].get(key)
@@ -248,12 +249,11 @@ class _RowCache:
         more than ``BULK_AFTER_WANTED`` of its dropped rows."""
         if table not in self.complete:
             return True
-        return self._wanted_dropped_last.get(table, 0) > self.BULK_AFTER_WANTED
+        return self._wanted_dropped_last[table] > self.BULK_AFTER_WANTED
 
     def start_page(self) -> None:
         """A new page is folded: what the last one wanted is what ``needs_reads`` looks at."""
-        self._wanted_dropped_last = self._wanted_dropped
-        self._wanted_dropped = {}
+        self._wanted_dropped_last, self._wanted_dropped = self._wanted_dropped, Counter()
 
     def fetch(self, wanted: dict[str, Iterable[Key]]) -> None:
         """Read, in bulk, every wanted row of a retained table that may be in the database only
@@ -266,7 +266,7 @@ class _RowCache:
             if table in self.complete:
                 evicted = self._evicted.get(table)
                 missing = [k for k in missing if evicted is not None and hash(k) in evicted]
-                self._wanted_dropped[table] = self._wanted_dropped.get(table, 0) + len(missing)
+                self._wanted_dropped[table] += len(missing)
             if missing:
                 self._read(table, missing, rows)
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.servers import Server
+from tests.spies import Calls
 
 pytestmark = pytest.mark.integration
 
@@ -190,32 +191,16 @@ def test_state_as_of_a_time_on_postgresql_reads_16_events_per_round_trip(
     assert len(events) == 1200
     stamps = [e.timestamp for e in events]
     assert stamps == sorted(stamps)
-    calls = 0
-    select = ledger.recorder.select_event_versions  # type: ignore[attr-defined]
-
-    def counting(*args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        return select(*args)
-
-    monkeypatch.setattr(ledger.recorder, "select_event_versions", counting)
-    decoded = 0
-    to_domain_event = ledger.mapper.to_domain_event
-
-    def decoding(stored: Any) -> Any:
-        nonlocal decoded
-        decoded += 1
-        return to_domain_event(stored)
-
-    monkeypatch.setattr(ledger.mapper, "to_domain_event", decoding)
+    rounds = Calls(monkeypatch, ledger.recorder, "select_event_versions")
+    decoded = Calls(monkeypatch, ledger.mapper, "to_domain_event")
     for version in [1, 2, 19, 20, 21, 599, 600, 601, 1199, 1200, *range(3, 1200, 97)]:
         for as_of in (stamps[version - 1], stamps[version - 1] + timedelta(microseconds=1)):
-            calls = decoded = 0
+            rounds.count = decoded.count = 0
             expected = max(e.originator_version for e in events if e.timestamp <= as_of)
             assert ledger.version_as_of("session", "long", as_of) == expected
             # ceil(log17(1,200)) = 3 round trips of 16 events, plus one read of the last event
-            assert (1 <= calls <= 3) if expected < 1200 else calls == 0
-            assert decoded <= 1 + 16 * calls
+            assert (1 <= rounds.count <= 3) if expected < 1200 else rounds.count == 0
+            assert decoded.count <= 1 + 16 * rounds.count
     with pytest.raises(VersionNotFoundError):
         ledger.version_as_of("session", "long", stamps[0] - timedelta(microseconds=1))
 

@@ -10,7 +10,9 @@ import pytest
 from eventsourcing.application import Application
 from eventsourcing.persistence import JSONTranscoder
 
-from infra.codec import OrjsonTranscoder
+from domain.base import EventMeta, content_sha256
+from domain.ledger import Command, Ledger
+from infra.codec import OrjsonMapper, OrjsonTranscoder
 
 pytestmark = pytest.mark.unit
 
@@ -21,6 +23,44 @@ def transcoders() -> tuple[JSONTranscoder, OrjsonTranscoder]:
     app.register_transcodings(stdlib)
     app.register_transcodings(fast)
     return stdlib, fast
+
+
+def orjson_ledger() -> Ledger:
+    """An in-memory Ledger with runledger's transcoder and mapper (as ``infra.store`` sets them)."""
+    ledger = Ledger(
+        {
+            "PERSISTENCE_MODULE": "eventsourcing.popo",
+            "TRANSCODER_TOPIC": "infra.codec:OrjsonTranscoder",
+            "MAPPER_TOPIC": "infra.codec:OrjsonMapper",
+        }
+    )
+    assert isinstance(ledger.mapper, OrjsonMapper)
+    return ledger
+
+
+def meta(n: int) -> EventMeta:
+    """Event ``e<n>`` of 2026-01-01 from the API."""
+    return EventMeta(f"e{n}", content_sha256(n), datetime(2026, 1, 1, tzinfo=UTC), "api")
+
+
+def record_messages(ledger: Ledger, count: int, **message: str) -> None:
+    """``count`` ``record_message`` commands on sessions s0 and s1 (alternately), all created."""
+    outcomes = ledger.handle(
+        [
+            Command(
+                "session",
+                f"s{n % 2}",
+                "record_message",
+                EventMeta(f"e{n}", content_sha256(n), datetime(2026, 1, 1, tzinfo=UTC), "api"),
+                {
+                    key: f"{value} {n}" if key == "content" else value
+                    for key, value in message.items()
+                },
+            )
+            for n in range(count)
+        ]
+    )
+    assert all(o.status == "created" for o in outcomes), outcomes
 
 
 VALUES = [
@@ -42,20 +82,9 @@ def test_either_transcoder_reads_what_the_other_wrote(value: dict[str, object]) 
 def test_the_one_pass_mapper_writes_the_library_mappers_bytes() -> None:
     from eventsourcing.persistence import Mapper
 
-    from domain.base import EventMeta, LedgerSnapshot, content_sha256
-    from domain.ledger import Command, Ledger
-    from infra.codec import OrjsonMapper
+    from domain.base import LedgerSnapshot
 
-    env = {
-        "PERSISTENCE_MODULE": "eventsourcing.popo",
-        "TRANSCODER_TOPIC": "infra.codec:OrjsonTranscoder",
-        "MAPPER_TOPIC": "infra.codec:OrjsonMapper",
-    }
-    ledger = Ledger(env)
-    assert isinstance(ledger.mapper, OrjsonMapper)
-
-    def meta(n: int) -> EventMeta:
-        return EventMeta(f"e{n}", content_sha256(n), datetime(2026, 1, 1, tzinfo=UTC), "api")
+    ledger = orjson_ledger()
 
     outcomes = ledger.handle(
         [
@@ -109,32 +138,11 @@ def test_the_lean_decoder_gives_the_library_mappers_objects_and_errors() -> None
     from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent
     from eventsourcing.utils import get_topic
 
-    from domain.base import EventMeta, LedgerSnapshot, content_sha256
-    from domain.ledger import Command, Ledger
+    from domain.base import LedgerSnapshot
     from domain.session import MessageRecorded
-    from infra.codec import OrjsonMapper
 
-    ledger = Ledger(
-        {
-            "PERSISTENCE_MODULE": "eventsourcing.popo",
-            "TRANSCODER_TOPIC": "infra.codec:OrjsonTranscoder",
-            "MAPPER_TOPIC": "infra.codec:OrjsonMapper",
-        }
-    )
-    assert isinstance(ledger.mapper, OrjsonMapper)
-    outcomes = ledger.handle(
-        [
-            Command(
-                "session",
-                f"s{n % 2}",
-                "record_message",
-                EventMeta(f"e{n}", content_sha256(n), datetime(2026, 1, 1, tzinfo=UTC), "api"),
-                {"role": "assistant", "message_kind": "message", "content": f"é {n}"},
-            )
-            for n in range(6)
-        ]
-    )
-    assert all(o.status == "created" for o in outcomes)
+    ledger = orjson_ledger()
+    record_messages(ledger, 6, role="assistant", message_kind="message", content="é")
     library = Mapper(transcoder=ledger.mapper.transcoder)
     stored = list(ledger.recorder.select_notifications(start=1, limit=100))
     snapshot = ledger.mapper.to_stored_event(LedgerSnapshot.take(ledger.load("session", "s1")))
@@ -171,26 +179,13 @@ def test_the_sqlite_recorders_read_what_the_librarys_read_with_stream_ids_parsed
 ) -> None:
     from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteApplicationRecorder
 
-    from domain.base import EventMeta, content_sha256, stream_id
-    from domain.ledger import Command
+    from domain.base import stream_id
     from infra import codec
     from infra.settings import Settings
     from infra.store import build_ledger
 
     ledger, _ = build_ledger(Settings(data_dir=tmp_path, snapshot_interval=3), create_table=True)
-    outcomes = ledger.handle(
-        [
-            Command(
-                "session",
-                f"s{n % 2}",
-                "record_message",
-                EventMeta(f"e{n}", content_sha256(n), datetime(2026, 1, 1, tzinfo=UTC), "api"),
-                {"role": "user", "message_kind": "prompt", "content": f"prompt {n}"},
-            )
-            for n in range(10)
-        ]
-    )
-    assert all(o.status == "created" for o in outcomes)
+    record_messages(ledger, 10, role="user", message_kind="prompt", content="prompt")
     ours, snapshots = ledger.recorder, ledger.snapshots.recorder  # type: ignore[union-attr]
     assert type(ours) is codec.CachedIdSQLiteApplicationRecorder
     assert type(snapshots) is codec.CachedIdSQLiteAggregateRecorder

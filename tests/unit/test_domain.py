@@ -13,6 +13,7 @@ from domain.base import EventMeta, content_sha256, stream_id
 from domain.chain import ChainStatusChanged, StageTransitioned
 from domain.ledger import Command, Ledger
 from domain.session import SessionStatusChanged, ToolCallEnded, ToolCallStarted
+from tests.spies import Calls
 
 pytestmark = pytest.mark.unit
 
@@ -472,21 +473,14 @@ def test_state_as_of_a_time_is_a_bounded_binary_search(
     assert len(events) == 120
     stamps = [e.timestamp for e in events]
     assert stamps == sorted(stamps)
-    decoded = 0
-    to_domain_event = ledger.mapper.to_domain_event
-
-    def counting(stored: Any) -> Any:
-        nonlocal decoded
-        decoded += 1
-        return to_domain_event(stored)
-
-    monkeypatch.setattr(ledger.mapper, "to_domain_event", counting)
+    decoded = Calls(monkeypatch, ledger.mapper, "to_domain_event")
     probes = [*stamps, *(t + timedelta(microseconds=1) for t in stamps)]
     for as_of in probes:
-        decoded = 0
+        decoded.count = 0
         expected = max(e.originator_version for e in events if e.timestamp <= as_of)
         assert ledger.version_as_of("session", "s1", as_of) == expected
-        assert decoded <= 2 + 7  # events read: 2 + ceil(log2(120)), not the stream up to as_of
+        # events read: 2 + ceil(log2(120)), not the stream up to as_of
+        assert decoded.count <= 2 + 7
     with pytest.raises(errors.VersionNotFoundError):
         ledger.version_as_of("session", "s1", stamps[0] - timedelta(microseconds=1))
     with pytest.raises(errors.StreamNotFoundError):
