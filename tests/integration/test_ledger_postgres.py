@@ -296,3 +296,116 @@ def test_runledgers_recorders_read_in_binary_exactly_what_the_librarys_read_as_t
         loaded = ledger.load("session", "s1", version=version)
         assert loaded.version == folded.version == version
         assert loaded.state() == folded.state()
+
+
+def _message(tag: str, session: str = "s") -> Any:
+    from datetime import UTC, datetime
+
+    from domain.base import EventMeta, content_sha256
+    from domain.ledger import Command
+
+    return Command(
+        "session",
+        session,
+        "record_message",
+        EventMeta(tag, content_sha256(tag), datetime.now(UTC), "api"),
+        {"role": "assistant", "message_kind": "message", "content": tag},
+    )
+
+
+def test_an_append_is_one_call_that_takes_the_librarys_table_lock_and_is_all_or_nothing(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    import psycopg
+    from eventsourcing.persistence import IntegrityError, StoredEvent
+
+    from infra.settings import Settings
+    from infra.store import build_ledger
+
+    ledger, _ = build_ledger(
+        Settings(database_url=postgres_url, database_schema=pg_schema), create_table=True
+    )
+    recorder: Any = ledger.recorder
+    library_path = Calls(monkeypatch, recorder, "_library_insert_events")
+    table = f'"{pg_schema}"."{recorder.events_table_name}"'
+
+    outcomes = ledger.handle([_message(f"m{i}", f"s{i % 3}") for i in range(30)])
+    assert [o.status for o in outcomes] == ["created"] * 30
+    positions = sorted(o.position for o in outcomes)
+    assert positions == list(range(1, 31))  # one call, no gaps
+    for stream in {o.stream_id for o in outcomes}:
+        mine = [(o.version, o.position) for o in outcomes if o.stream_id == stream]
+        assert mine == sorted(mine) and [v for v, _ in mine] == list(range(1, 11))
+    assert library_path.count == 0
+
+    # A transaction holding ROW EXCLUSIVE (what a plain INSERT takes) must hold the append back:
+    # only the EXCLUSIVE lock conflicts with it, so an append that skipped the lock would pass.
+    with psycopg.connect(postgres_url) as holder, psycopg.connect(postgres_url) as observer:
+        holder.execute(f"LOCK TABLE {table} IN ROW EXCLUSIVE MODE")
+        done: list[Any] = []
+        writer = threading.Thread(target=lambda: done.append(ledger.handle([_message("late")])))
+        writer.start()
+        waiting = False
+        for _ in range(100):  # up to 5 s
+            waiting = observer.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = 'ExclusiveLock' "
+                "AND relation = %s::regclass",
+                (table,),
+            ).fetchone() == (1,)
+            if waiting:
+                break
+            time.sleep(0.05)
+        assert waiting and not done
+        holder.commit()
+        writer.join(timeout=10)
+    assert done and done[0][0].status == "created"
+    assert done[0][0].position == positions[-1] + 1
+
+    # One conflicting event fails the whole call: nothing of it is appended.
+    head = recorder.max_notification_id()
+    existing = recorder.select_events(outcomes[0].stream_id, limit=1)[0]
+    fresh = recorder.select_events(outcomes[1].stream_id, desc=True, limit=1)[0]
+    batch = [
+        StoredEvent(fresh.originator_id, fresh.originator_version + 1, fresh.topic, fresh.state),
+        existing,
+    ]
+    with pytest.raises(IntegrityError):
+        recorder.insert_events(batch)
+    assert recorder.max_notification_id() == head
+    assert recorder.select_events(fresh.originator_id, gt=fresh.originator_version) == []
+    assert library_path.count == 0
+
+
+def test_a_database_without_the_append_function_appends_through_the_librarys_transaction(
+    postgres_url: str, pg_schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import psycopg
+
+    from infra.settings import Settings
+    from infra.store import build_ledger
+
+    settings = Settings(database_url=postgres_url, database_schema=pg_schema)
+    first, _ = build_ledger(settings, create_table=True)
+    function = first.recorder.insert_function.as_string(None)  # type: ignore[attr-defined]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # as an older migrate left it
+        conn.execute(f"DROP FUNCTION {function}")
+    older, _ = build_ledger(settings, create_table=False)
+    with caplog.at_level("WARNING", logger="runledger.codec"):
+        created = older.handle([_message("a"), _message("b")])
+        more = older.handle([_message("c")])
+    assert [o.status for o in created + more] == ["created"] * 3
+    assert [o.version for o in created + more] == [1, 2, 3]
+    assert [o.position for o in created + more] == [1, 2, 3]
+    warnings = [r for r in caplog.records if "runledger migrate" in r.getMessage()]
+    assert len(warnings) == 1  # once, not per append
+    migrated, _ = build_ledger(settings, create_table=True)  # `runledger migrate` installs it
+    assert migrated.recorder._insert_function_missing is False  # type: ignore[attr-defined]
+    assert [o.position for o in migrated.handle([_message("d")])] == [4]
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_proc WHERE oid = %s::regprocedure",
+            (f"{function}(uuid[], int8[], text[], bytea[])",),
+        ).fetchone() == (1,)
