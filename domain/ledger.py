@@ -16,8 +16,8 @@ arguments. ``Ledger.handle`` executes a batch of commands:
    throughput and leaves only cross-process races to retry.
 
 Positions (``notification_id``) of new events come from the recordings; for duplicates of
-events committed earlier, from ``position_lookup(stream_id, version)`` given by the composition root
-(the domain does no SQL).
+events committed earlier, from one ``position_lookup([(stream_id, version), ...])`` call per batch,
+given by the composition root (the domain does no SQL).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ AGGREGATES: dict[str, type[LedgerAggregate]] = {
     cls.KIND: cls for cls in (Session, Trace, Approval, Chain)
 }
 
-PositionLookup = Callable[[UUID, int], "int | None"]
+#: ``[(stream_id, version), ...] -> {(stream_id, version): notification_id}`` (stored ones only).
+PositionLookup = Callable[[Sequence[tuple[UUID, int]]], Mapping[tuple[UUID, int], int]]
 
 #: How often a batch is tried before the race is reported (``IntegrityError``; the API answers 503).
 MAX_ATTEMPTS = 50
@@ -135,7 +136,8 @@ class Ledger(Application[UUID]):
         Args:
             env: eventsourcing environment (``PERSISTENCE_MODULE``, ``SQLITE_DBNAME``, ``POSTGRES_*``,
                 ``CREATE_TABLE``...); built by ``infra``, never read from ``os.environ`` here.
-            position_lookup: ``(stream_id, version) -> notification_id`` for earlier events.
+            position_lookup: ``[(stream_id, version), ...] -> {(stream_id, version):
+                notification_id}`` for events committed earlier (duplicates), called once per batch.
             snapshot_interval: take a snapshot every N events of a stream (None: never).
             cache_size: streams kept in memory between batches (0: load every stream every time).
         """
@@ -190,14 +192,16 @@ class Ledger(Application[UUID]):
             if positions is None:
                 time.sleep(random.uniform(0, min(MAX_BACKOFF_S, 0.005 * 2**attempt)))
                 continue
+            earlier = [
+                (o.stream_id, o.version)
+                for o in outcomes
+                if o.version is not None and (o.stream_id, o.version) not in positions
+            ]
+            if earlier and self._position_lookup is not None:
+                positions.update(self._position_lookup(earlier))  # one lookup per batch
             for outcome in outcomes:
-                if outcome.version is None:
-                    continue
-                key = (outcome.stream_id, outcome.version)
-                if key in positions:
-                    outcome.position = positions[key]
-                elif self._position_lookup is not None:
-                    outcome.position = self._position_lookup(outcome.stream_id, outcome.version)
+                if outcome.version is not None:
+                    outcome.position = positions.get((outcome.stream_id, outcome.version))
             return outcomes
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -120,7 +120,7 @@ def test_a_race_on_one_stream_neither_loses_nor_duplicates_an_event(
 
 
 def test_a_fresh_writer_preloads_many_streams_in_one_query_and_sees_every_event(
-    postgres_url: str, pg_schema: str
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from datetime import UTC, datetime
 
@@ -145,10 +145,12 @@ def test_a_fresh_writer_preloads_many_streams_in_one_query_and_sees_every_event(
         ]
 
     created = first.handle(batch("a"))
-    second, _ = build_ledger(settings, create_table=False)
+    second, second_log = build_ledger(settings, create_table=False)
     assert hasattr(second.recorder, "select_events_many")
+    lookups = Calls(monkeypatch, second_log, "positions_of")
     resent = second.handle(batch("a"))
     assert [o.status for o in resent] == ["duplicate"] * 400
+    assert lookups.count == 1  # the duplicates' positions in one query
     assert [(o.version, o.position) for o in resent] == [(o.version, o.position) for o in created]
     more = second.handle(batch("b"))
     assert all(o.status == "created" for o in more)

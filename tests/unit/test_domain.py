@@ -35,7 +35,7 @@ def ledger() -> Ledger:
     app = Ledger(
         {"PERSISTENCE_MODULE": "eventsourcing.popo"},
         snapshot_interval=5,
-        position_lookup=lambda sid, version: holder[0].position(sid, version),
+        position_lookup=lambda keys: holder[0].positions_of(keys),
     )
     holder.append(EventLog(app))
     return app
@@ -540,3 +540,38 @@ def test_events_built_by_trigger_equal_the_constructors_events() -> None:
         _new_event(Noted, {k: v for k, v in fields.items() if k != "note"})
     with pytest.raises(TypeError):
         _new_event(Noted, {**fields, "originator_id": "not-a-uuid"})
+
+
+@pytest.mark.parametrize("persistence", ["popo", "sqlite"])
+def test_a_retried_batch_of_duplicates_is_answered_from_one_position_lookup(
+    persistence: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infra.store import EventLog
+
+    env = {"PERSISTENCE_MODULE": f"eventsourcing.{persistence}"}
+    if persistence == "sqlite":
+        env["SQLITE_DBNAME"] = str(tmp_path / "log.sqlite")
+    holder: list[EventLog] = []
+    app = Ledger(env, position_lookup=lambda keys: holder[0].positions_of(keys))
+    log = EventLog(app)
+    holder.append(log)
+    batch = [
+        session_cmd(
+            "record_message", f"m{i}", f"s{i % 7}", role="user", message_kind="prompt", content=i
+        )
+        for i in range(900)  # more keys than one SQLite query takes
+    ]
+    created = app.handle(batch)
+    assert {o.status for o in created} == {"created"}
+    lookups = Calls(monkeypatch, log, "positions_of")
+    again = app.handle(batch)
+    assert lookups.count == 1
+    assert [o.status for o in again] == ["duplicate"] * 900
+    assert [(o.stream_id, o.version, o.position) for o in again] == [
+        (o.stream_id, o.version, o.position) for o in created
+    ]
+    # the range query of one stream (the audit routes' read) agrees on every position
+    ranges = {sid: log.positions(sid) for sid in {o.stream_id for o in created}}
+    assert all(ranges[o.stream_id][o.version] == o.position for o in created)
+    missing = [(created[0].stream_id, 10_000), (created[1].stream_id, 0)]
+    assert log.positions_of(missing) == {}
