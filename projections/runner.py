@@ -37,9 +37,9 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from eventsourcing.application import Application
 from eventsourcing.persistence import Notification
@@ -77,8 +77,6 @@ _PREFETCH_CHUNK = 500
 _COPY_THRESHOLD = 64
 
 _MISSING: Any = object()
-
-T = TypeVar("T")
 
 
 _Targets = list[tuple[int, Projection]]
@@ -366,36 +364,6 @@ def _write_rows(
     return written
 
 
-class _Task(Generic[T]):
-    """A call run on a thread of its own; ``result`` waits for it and returns (or raises) what
-    it returned (or raised)."""
-
-    def __init__(self, call: Callable[[], T], name: str) -> None:
-        self._call = call
-        self._result: T | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=name)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._result = self._call()
-        except BaseException as error:  # handed to result()
-            self._error = error
-
-    def result(self) -> T:
-        """Wait for the call to end.
-
-        Raises:
-            BaseException: whatever the call raised.
-        """
-        self._thread.join()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        return self._result  # type: ignore[return-value]
-
-
 class _Write:
     """One batch's write transaction: its rows and tracking moves, run on the caller's thread
     (``run``) or on a thread of its own (``start``, then ``wait``)."""
@@ -417,7 +385,7 @@ class _Write:
         self.events = events
         self.pages = pages
         self._projector = projector
-        self._task: _Task[None] | None = None
+        self._task: Future[None] | None = None
 
     def run(self) -> None:
         """Write now, on this thread.
@@ -427,9 +395,9 @@ class _Write:
         """
         self._projector._write(self.tables, self.rows, self.advanced, self.last)
 
-    def start(self) -> None:
-        """Write on a thread of its own; ``wait`` for the outcome."""
-        self._task = _Task(self.run, "runledger-projector-write")
+    def start(self, pool: ThreadPoolExecutor) -> None:
+        """Write on a thread of ``pool``; ``wait`` for the outcome."""
+        self._task = pool.submit(self.run)
 
     def wait(self) -> None:
         """Wait for a started write to end.
@@ -700,9 +668,9 @@ class Projector:
         when a page comes back short (the head is reached), after the last page and before
         returning. A batch's rows and its tracking positions commit together.
 
-        On PostgreSQL (``background``) a batch is written on a thread of its own while the next
-        one is folded, and the next page is read on a thread of its own while one is folded (the
-        server works while this process folds); a batch's write starts only after the previous
+        On PostgreSQL (``background``) a batch is written on one of the run's two threads while
+        the next one is folded, and the next page is read on the other while one is folded (the
+        server works while this process folds; two threads for the run, not one per page); a batch's write starts only after the previous
         one committed, and the run waits for the last one, and for a read it started (also when
         a fold raises). On SQLite, whose calls hand the interpreter lock back and forth for each
         row, that would be slower: everything happens in turn.
@@ -713,88 +681,93 @@ class Projector:
         background = self.db.dialect == "postgresql"
         select = self.application.recorder.select_notifications
         processed = pages = committed_pages = 0
-        while True:
-            # A run (and a retry after another projector moved a position) starts from one
-            # snapshot of the positions and of which tables are empty, with an empty cache.
-            positions, empty = self._snapshot(chosen)
-            cache = _RowCache(
-                self.db, tables, complete=empty, retain=retain, max_rows=self.cache_rows
-            )
-            reached = min(positions[p.name] for p in chosen)
-            batch_events = batch_pages = 0
-            pending: _Write | None = None
-            ahead: _Task[Sequence[Notification]] | None = None  # the next page, being read
-            try:
-                done = False
-                while not done:
-                    if max_pages is not None and pages >= max_pages:
-                        done = True
-                        notifications: Sequence[Notification] = ()
-                    else:
-                        if ahead is not None:
-                            reading, ahead = ahead, None
-                            notifications = reading.result()
+        # threads start on the first submit: none on SQLite, nor for a run of one short page
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="runledger-projector") as pool:
+            while True:
+                # A run (and a retry after another projector moved a position) starts from one
+                # snapshot of the positions and of which tables are empty, with an empty cache.
+                positions, empty = self._snapshot(chosen)
+                cache = _RowCache(
+                    self.db, tables, complete=empty, retain=retain, max_rows=self.cache_rows
+                )
+                reached = min(positions[p.name] for p in chosen)
+                batch_events = batch_pages = 0
+                pending: _Write | None = None
+                ahead: Future[Sequence[Notification]] | None = None  # the next page, being read
+                try:
+                    done = False
+                    while not done:
+                        if max_pages is not None and pages >= max_pages:
+                            done = True
+                            notifications: Sequence[Notification] = ()
                         else:
-                            notifications = select(start=reached + 1, limit=limit)
-                        done = len(notifications) < limit
-                        if background and not done and (max_pages is None or pages + 1 < max_pages):
-                            ahead = _Task(
-                                partial(select, start=notifications[-1].id + 1, limit=limit),
-                                "runledger-projector-read",
-                            )
-                    if notifications:
-                        count, reached = len(notifications), notifications[-1].id
-                        self._fold_page(chosen, positions, notifications, cache)
-                        batch_events += count
-                        batch_pages += 1
-                        pages += 1
-                    if not batch_events or not (done or batch_events >= self.batch_size):
-                        continue
+                            if ahead is not None:
+                                reading, ahead = ahead, None
+                                notifications = reading.result()
+                            else:
+                                notifications = select(start=reached + 1, limit=limit)
+                            done = len(notifications) < limit
+                            if (
+                                background
+                                and not done
+                                and (max_pages is None or pages + 1 < max_pages)
+                            ):
+                                ahead = pool.submit(
+                                    select, start=notifications[-1].id + 1, limit=limit
+                                )
+                        if notifications:
+                            count, reached = len(notifications), notifications[-1].id
+                            self._fold_page(chosen, positions, notifications, cache)
+                            batch_events += count
+                            batch_pages += 1
+                            pages += 1
+                        if not batch_events or not (done or batch_events >= self.batch_size):
+                            continue
+                        if pending is not None:
+                            previous, pending = pending, None
+                            processed += self._finished(previous, cache, progress, head)
+                            committed_pages += previous.pages
+                        # positions: where the tracking rows will be once this write commits
+                        advanced = [
+                            (positions[p.name], p) for p in chosen if positions[p.name] < reached
+                        ]
+                        write = _Write(
+                            self,
+                            cache.tables,
+                            cache.take(),
+                            advanced,
+                            reached,
+                            batch_events,
+                            batch_pages,
+                        )
+                        for _, projection in advanced:
+                            positions[projection.name] = reached
+                        batch_events = batch_pages = 0
+                        if background and not done:
+                            write.start(pool)
+                            pending = write
+                        else:
+                            write.run()
+                            processed += self._finished(write, cache, progress, head)
+                            committed_pages += write.pages
                     if pending is not None:
                         previous, pending = pending, None
                         processed += self._finished(previous, cache, progress, head)
-                        committed_pages += previous.pages
-                    # positions: where the tracking rows will be once this write commits
-                    advanced = [
-                        (positions[p.name], p) for p in chosen if positions[p.name] < reached
-                    ]
-                    write = _Write(
-                        self,
-                        cache.tables,
-                        cache.take(),
-                        advanced,
-                        reached,
-                        batch_events,
-                        batch_pages,
-                    )
-                    for _, projection in advanced:
-                        positions[projection.name] = reached
-                    batch_events = batch_pages = 0
-                    if background and not done:
-                        write.start()
-                        pending = write
-                    else:
-                        write.run()
-                        processed += self._finished(write, cache, progress, head)
-                        committed_pages += write.pages
-                if pending is not None:
-                    previous, pending = pending, None
-                    processed += self._finished(previous, cache, progress, head)
-                return processed
-            except _TrackingMovedError as moved:
-                log.info("%s; reading again from the last committed position", moved)
-                pages = committed_pages
-            finally:
-                if ahead is not None:  # not needed any more
-                    try:
-                        ahead.result()
-                    except Exception:
-                        log.debug("reading ahead failed", exc_info=True)
-                if pending is not None:  # a fold raised while the previous batch was written
-                    try:
-                        pending.wait()
-                    except Exception:
-                        log.exception("writing the batch before the failed one failed too")
+                    return processed
+                except _TrackingMovedError as moved:
+                    log.info("%s; reading again from the last committed position", moved)
+                    pages = committed_pages
+                finally:
+                    if ahead is not None:  # not needed any more
+                        try:
+                            ahead.result()
+                        except Exception:
+                            log.debug("reading ahead failed", exc_info=True)
+                    if pending is not None:  # a fold raised while the previous batch was written
+                        try:
+                            pending.wait()
+                        except Exception:
+                            log.exception("writing the batch before the failed one failed too")
 
     def _fold_page(
         self,
