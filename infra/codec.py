@@ -36,6 +36,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -602,7 +603,55 @@ class CachedIdSQLiteAggregateRecorder(_CachedIdSQLite, SQLiteAggregateRecorder):
 
 
 class CachedIdSQLiteApplicationRecorder(_CachedIdSQLite, SQLiteApplicationRecorder):
-    """``SQLiteApplicationRecorder`` (the log) with cached stream id parsing."""
+    """``SQLiteApplicationRecorder`` (the log) with cached stream id parsing, and
+    ``select_notifications`` reading plain tuples."""
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> list[Notification]:
+        """Events in log order from position ``start`` (``inclusive_of_start``) up to ``stop``, of
+        the given ``topics`` (all if empty), at most ``limit``: eventsourcing's
+        ``select_notifications`` (the same conditions and order), its rows read as tuples
+        instead of ``sqlite3.Row`` objects looked up by column name, and made into
+        ``Notification`` objects as ``_notifications`` does. Reading the log was a fifth of a
+        SQLite rebuild (``bench.rebuild``), half of it per-row Python work."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        if start is not None:
+            conditions.append("rowid>=?" if inclusive_of_start else "rowid>?")
+            params.append(start)
+        if stop is not None:
+            conditions.append("rowid<=?")
+            params.append(stop)
+        if topics:
+            conditions.append(f"topic IN ({','.join('?' * len(topics))})")
+            params.extend(topics)
+        params.append(limit)
+        statement = (
+            "SELECT rowid, originator_id, originator_version, topic, state "
+            f"FROM {self.events_table_name}"
+            + (" WHERE " + " AND ".join(conditions) if conditions else "")
+            + " ORDER BY rowid LIMIT ?"
+        )
+        with self.datastore.transaction(commit=False) as entered:
+            cursor = cast(sqlite3.Cursor, entered)  # what the library's transaction yields
+            cursor.row_factory = None
+            cursor.execute(statement, params)
+            rows = cursor.fetchall()
+        if self.datastore.originator_id_type == "uuid":
+            return _notifications(
+                [
+                    (rowid, _uuid_of(oid), version, topic, state)
+                    for rowid, oid, version, topic, state in rows
+                ]
+            )
+        return _notifications(rows)
 
 
 class SQLiteFactory(_LibrarySQLiteFactory):

@@ -199,6 +199,20 @@ def test_the_sqlite_recorders_read_what_the_librarys_read_with_stream_ids_parsed
     assert len(notifications) >= 10
     assert all(type(n.originator_id) is UUID for n in notifications)
     assert codec._uuid_of.cache_info().currsize == 2  # two streams, each id parsed once
+    topics = sorted({n.topic for n in notifications})
+    assert len(topics) >= 2
+    for args, kwargs in [
+        ((None, 1000), {}),
+        ((3, 4), {}),
+        ((3, 100), {"inclusive_of_start": False}),
+        ((2, 100), {"stop": 7}),
+        ((None, 100), {"stop": 5}),
+        ((1, 100), {"topics": topics[:1]}),
+        ((2, 100), {"stop": 9, "topics": topics, "inclusive_of_start": False}),
+    ]:
+        expected = library.select_notifications(*args, **kwargs)
+        assert expected, (args, kwargs)
+        assert ours.select_notifications(*args, **kwargs) == expected, (args, kwargs)
     sid = stream_id("default", "session", "s1")
     assert ours.select_events(sid, gt=1) == library.select_events(sid, gt=1)
     assert snapshots.select_events(sid) == library_snapshots.select_events(sid)
