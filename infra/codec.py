@@ -30,7 +30,10 @@
   (``PERSISTENCE_MODULE=infra.codec:PostgresFactory``).
 - ``SQLiteFactory``: eventsourcing's SQLite factory whose recorders turn the stored text of a
   stream id into its ``UUID`` through a cache (a stream's events come many at a time; the
-  library parses the text for every row read: about a twentieth of a SQLite rebuild).
+  library parses the text for every row read: about a twentieth of a SQLite rebuild), and whose
+  log recorder's ``select_notifications`` reads plain tuples.
+- ``StoredEvent`` and ``Notification`` objects read are made without their frozen dataclass
+  ``__init__`` (see ``_stored_events``).
 """
 
 from __future__ import annotations

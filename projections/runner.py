@@ -366,7 +366,7 @@ def _write_rows(
 
 class _Write:
     """One batch's write transaction: its rows and tracking moves, run on the caller's thread
-    (``run``) or on a thread of its own (``start``, then ``wait``)."""
+    (``run``) or on a pool's thread (``start``, then ``wait``)."""
 
     def __init__(
         self,
@@ -670,9 +670,9 @@ class Projector:
 
         On PostgreSQL (``background``) a batch is written on one of the run's two threads while
         the next one is folded, and the next page is read on the other while one is folded (the
-        server works while this process folds; two threads for the run, not one per page); a batch's write starts only after the previous
-        one committed, and the run waits for the last one, and for a read it started (also when
-        a fold raises). On SQLite, whose calls hand the interpreter lock back and forth for each
+        server works while this process folds; two threads per run, not one per page); a batch's
+        write starts only after the previous one committed, and the run waits for the last one,
+        and for a read it started (also when a fold raises). On SQLite, whose calls hand the interpreter lock back and forth for each
         row, that would be slower: everything happens in turn.
         """
         limit = self.page_size
