@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from api import problems
 from api.deps import require_token
@@ -42,7 +43,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Event-sourced audit ledger for AI agent runs",
         version="0.1.0",
         lifespan=lifespan,
-        telemetry={key: settings.http_telemetry for key in ("tracing", "metrics", "logs")},  # type: ignore[misc]
+        telemetry=TelemetryConfig(
+            tracing=settings.http_telemetry,
+            metrics=settings.http_telemetry,
+            logs=settings.http_telemetry,
+        ),
     )
     problems.install(app)
     guarded = [Depends(require_token)]

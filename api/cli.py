@@ -127,7 +127,7 @@ def rebuild(
         raise typer.BadParameter("give a projection NAME or --all")
     runtime = build_runtime(Settings())
     try:
-        names = None if all_ else [name]
+        names = None if all_ or name is None else [name]
         columns = (TextColumn("rebuild"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("rebuild", total=None)

@@ -19,13 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
 import httpx
 
-SESSION_ID = "94692e6b"  # prefix; the full id is read from the captures
 CHAIN_ID = "demo-chain-issue-127"
 
 
@@ -104,7 +102,6 @@ def run_demo(
     *,
     project: str = "default",
     token: str | None = None,
-    echo: Callable[[str], None] = print,
     timeout_s: float = 30.0,
 ) -> dict[str, Any]:
     """Post the demo run and return ``{"session_id", "events_written", "chain", "criteria", "session"}``.

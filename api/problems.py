@@ -37,7 +37,7 @@ class UnauthorizedError(PermissionError):
 
 
 #: error class -> (HTTP status, problem type slug, title). First match in MRO order wins.
-PROBLEMS: dict[type[BaseException], tuple[int, str, str]] = {
+PROBLEMS: dict[type[Exception], tuple[int, str, str]] = {
     e.IdempotencyConflictError: (409, "idempotency-conflict", "Same event_id, different content"),
     e.ApprovalAlreadyDecidedError: (409, "approval-already-decided", "Approval already decided"),
     e.ApprovalAlreadyRequestedError: (

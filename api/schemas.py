@@ -47,9 +47,8 @@ BASELINE_LINE = re.compile(r"^[ MADRCU?!T]{2} ([0-9a-f]{64}|deleted|unreadable) 
 Id = Annotated[str, Field(min_length=1, max_length=512)]
 
 
-def one_of(values: Iterable[str]) -> Any:
-    """A ``str`` type limited to ``values`` (the domain's status machine keys): a 422 names them,
-    and OpenAPI shows them as an ``enum``."""
+def member_of(values: Iterable[str]) -> AfterValidator:
+    """A validator letting only ``values`` through (a 422 names them)."""
     allowed = list(values)
 
     def check(value: str) -> str:
@@ -57,12 +56,18 @@ def one_of(values: Iterable[str]) -> Any:
             raise ValueError(f"must be one of {allowed}")
         return value
 
-    return Annotated[str, AfterValidator(check), Field(json_schema_extra={"enum": allowed})]
+    return AfterValidator(check)
 
 
-StageStatus = one_of(STAGE_TRANSITIONS)
-ChainStatus = one_of(CHAIN_TRANSITIONS)
-SessionStatus = one_of(STATUSES)
+def enum_of(values: Iterable[str]) -> Any:
+    """A ``Field`` showing ``values`` as the OpenAPI ``enum`` of a ``str``."""
+    return Field(json_schema_extra={"enum": [value for value in values]})
+
+
+# ``str`` limited to the domain's status machine keys.
+StageStatus = Annotated[str, member_of(STAGE_TRANSITIONS), enum_of(STAGE_TRANSITIONS)]
+ChainStatus = Annotated[str, member_of(CHAIN_TRANSITIONS), enum_of(CHAIN_TRANSITIONS)]
+SessionStatus = Annotated[str, member_of(STATUSES), enum_of(STATUSES)]
 
 
 class EventBody(BaseModel):

@@ -39,7 +39,7 @@ class DirectRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         """The endpoint, called with the ``Request``."""
-        return self.endpoint  # type: ignore[return-value]
+        return self.endpoint
 
 
 # Auth and project are resolved by ``ingest_context`` inside each route (not dependencies).

@@ -41,4 +41,4 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
 @router.get("/v1/projections", summary="Projection positions and lag")
 async def projections_status(runtime: RuntimeDep) -> list[dict[str, Any]]:
     """``[{"name", "position", "head", "lag"}]``."""
-    return await run_in_threadpool(runtime.projector.status)  # type: ignore[no-any-return]
+    return await run_in_threadpool(runtime.projector.status)

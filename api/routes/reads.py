@@ -6,7 +6,8 @@ to get the next page. Read models are eventually consistent with the log (see ``
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
@@ -18,6 +19,9 @@ from projections.views import InvalidCursorError
 
 router = APIRouter(prefix="/v1", tags=["read"])
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
 Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
 
@@ -26,14 +30,16 @@ class ReadModelNotFoundError(NotFoundError):
     """Nothing in the read model under that id (yet: read models lag the log slightly)."""
 
 
-async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+async def _call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``fn(*args, **kwargs)`` on the thread pool; an invalid cursor is a 400."""
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
     except InvalidCursorError as error:
         raise BadRequestError(f"invalid cursor: {error}") from None
 
 
-def _found(value: Any, what: str, ident: str) -> Any:
+def _found(value: T | None, what: str, ident: str) -> T:
+    """``value``; a 404 problem when it is None."""
     if value is None:
         raise ReadModelNotFoundError(f"no {what} {ident!r}", id=ident)
     return value
@@ -50,7 +56,7 @@ async def list_sessions(
     """Sessions (status, agent, model, workspace, started/ended, counts, cost, tokens)."""
     return await _call(
         runtime.views.list_sessions, project, status=status, limit=limit, cursor=cursor
-    )  # type: ignore[no-any-return]
+    )
 
 
 @router.get("/sessions/{session_id}", summary="One session")
@@ -58,7 +64,7 @@ async def get_session(runtime: RuntimeDep, project: ProjectDep, session_id: str)
     """One session's row. 404 problem+json when unknown."""
     return _found(
         await _call(runtime.views.get_session, project, session_id), "session", session_id
-    )  # type: ignore[no-any-return]
+    )
 
 
 @router.get("/sessions/{session_id}/tool-calls", summary="A session's tool calls, in start order")
@@ -72,13 +78,13 @@ async def list_tool_calls(
     """Tool calls with ``tool_use_id``, timing (``duration_ms``), success and ``pairing``."""
     return await _call(
         runtime.views.list_tool_calls, project, session_id, limit=limit, cursor=cursor
-    )  # type: ignore[no-any-return]
+    )
 
 
 @router.get("/sessions/{session_id}/criteria", summary="scafld criterion states and phase blocks")
 async def get_criteria(runtime: RuntimeDep, project: ProjectDep, session_id: str) -> dict[str, Any]:
     """``{"criterion_states": {criterion_id: StateRecord}, "phase_blocks": {phase_id: StateRecord}}``."""
-    return await _call(runtime.views.get_criteria, project, session_id)  # type: ignore[no-any-return]
+    return await _call(runtime.views.get_criteria, project, session_id)
 
 
 @router.get("/approvals", summary="Approvals; ?status=pending is the queue")
@@ -91,7 +97,7 @@ async def list_approvals(
     cursor: Cursor = None,
 ) -> dict[str, Any]:
     """Approvals with decision, who decided, and latency."""
-    return await _call(  # type: ignore[no-any-return]
+    return await _call(
         runtime.views.list_approvals,
         project,
         status=status,
@@ -112,13 +118,13 @@ async def list_chains(
     """Chain summaries (status, current stage, totals, ``agent_flow``)."""
     return await _call(
         runtime.views.list_chains, project, status=status, limit=limit, cursor=cursor
-    )  # type: ignore[no-any-return]
+    )
 
 
 @router.get("/chains/{chain_id}", summary="One chain with its stages")
 async def get_chain(runtime: RuntimeDep, project: ProjectDep, chain_id: str) -> dict[str, Any]:
     """The chain summary plus ``stages`` in stage-number order."""
-    return _found(await _call(runtime.views.get_chain, project, chain_id), "chain", chain_id)  # type: ignore[no-any-return]
+    return _found(await _call(runtime.views.get_chain, project, chain_id), "chain", chain_id)
 
 
 @router.get("/traces", summary="Trace summaries")
@@ -132,7 +138,7 @@ async def list_traces(
     """Traces (root span, span count, error count, duration, service name)."""
     return await _call(
         runtime.views.list_traces, project, session_id=session_id, limit=limit, cursor=cursor
-    )  # type: ignore[no-any-return]
+    )
 
 
 @router.get("/traces/{trace_id}", summary="One trace as a span tree")
@@ -140,7 +146,7 @@ async def get_trace(runtime: RuntimeDep, project: ProjectDep, trace_id: str) -> 
     """The trace summary plus ``spans``: roots with nested ``children``, by start time."""
     return _found(
         await _call(runtime.views.get_trace, project, trace_id.lower()), "trace", trace_id
-    )  # type: ignore[no-any-return]
+    )
 
 
 @router.get("/spans", summary="Spans, filtered by trace or session")
@@ -153,7 +159,7 @@ async def list_spans(
     cursor: Cursor = None,
 ) -> dict[str, Any]:
     """Spans with OTel columns and session/chain/stage links, tokens, cost, model."""
-    return await _call(  # type: ignore[no-any-return]
+    return await _call(
         runtime.views.list_spans,
         project,
         trace_id=trace_id,

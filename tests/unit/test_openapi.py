@@ -41,3 +41,21 @@ def test_typed_event_bodies_are_documented_for_post_events() -> None:
         "/v1/log",
     ):
         assert path in document["paths"]
+
+
+def test_status_fields_list_the_domains_states_and_refuse_others() -> None:
+    from pydantic import ValidationError
+
+    from api.schemas import ChainStatusChangedBody, SessionStatusChangedBody, StageTransitionedBody
+    from domain.chain import CHAIN_TRANSITIONS, STAGE_TRANSITIONS
+    from domain.session import STATUSES
+
+    schemas = create_app(Settings()).openapi()["components"]["schemas"]
+    for model, field, states in (
+        (StageTransitionedBody, "to_status", STAGE_TRANSITIONS),
+        (ChainStatusChangedBody, "status", CHAIN_TRANSITIONS),
+        (SessionStatusChangedBody, "status", STATUSES),
+    ):
+        assert schemas[model.__name__]["properties"][field]["enum"] == list(states)
+        with pytest.raises(ValidationError, match="must be one of"):
+            model.model_validate({field: "no-such-state"})
