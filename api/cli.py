@@ -112,7 +112,9 @@ def project(
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         console.print("projector running; Ctrl-C to stop")
-        runtime.projector.run_forever(stop, poll_interval_s=settings.projector_poll_interval_s)
+        runtime.projector.run_forever(
+            stop, poll_interval_s=settings.projector_poll_interval_s, wake=runtime.wake
+        )
     finally:
         runtime.close()
 

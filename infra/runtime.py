@@ -16,6 +16,7 @@ from infra.blobs import BlobStore, LocalBlobStore, S3BlobStore, s3_client
 from infra.database import PostgresDatabase
 from infra.settings import Settings
 from infra.store import EventLog, build_ledger, migration_lock
+from infra.wake import CommitSignal, PostgresListener
 from infra.writer import GroupCommitWriter
 from projections.db import Database, SQLiteDatabase
 from projections.runner import Projector
@@ -36,6 +37,8 @@ class Runtime:
     projector: Projector
     blobs: BlobStore
     writer: GroupCommitWriter
+    #: Wakes the projector when the log grew (``infra.wake``).
+    wake: CommitSignal | PostgresListener
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -47,7 +50,7 @@ class Runtime:
         self._thread = threading.Thread(
             target=self.projector.run_forever,
             args=(self._stop,),
-            kwargs={"poll_interval_s": self.settings.projector_poll_interval_s},
+            kwargs={"poll_interval_s": self.settings.projector_poll_interval_s, "wake": self.wake},
             name="runledger-projector",
             daemon=True,
         )
@@ -58,6 +61,7 @@ class Runtime:
         if self._thread is None:
             return
         self._stop.set()
+        self.wake.interrupt()
         self._thread.join(timeout_s)
         self._thread = None
 
@@ -65,6 +69,7 @@ class Runtime:
         """Stop the writer (after what it holds is saved) and the projector; close connections."""
         self.writer.stop()
         self.stop_projector()
+        self.wake.close()
         self.ledger.close()
         closer: Any = getattr(self.db, "close", None)
         if callable(closer):
@@ -127,6 +132,13 @@ def build_runtime(settings: Settings, *, create_tables: bool | None = None) -> R
         projector = Projector(ledger, db, page_size=settings.projector_page_size)
         if create:
             projector.create_tables()
+    # PostgreSQL: every process's appends NOTIFY the log's channel. SQLite: only this process's
+    # writer can tell this process's projector.
+    wake: CommitSignal | PostgresListener
+    if settings.database_url is not None:
+        wake = PostgresListener(settings.database_url, ledger.recorder.channel_name)  # type: ignore[attr-defined]
+    else:
+        wake = CommitSignal()
     return Runtime(
         settings=settings,
         ledger=ledger,
@@ -135,5 +147,10 @@ def build_runtime(settings: Settings, *, create_tables: bool | None = None) -> R
         views=Views(db),
         projector=projector,
         blobs=blobs,
-        writer=GroupCommitWriter(ledger, max_batch_commands=settings.max_group_commit_commands),
+        writer=GroupCommitWriter(
+            ledger,
+            max_batch_commands=settings.max_group_commit_commands,
+            on_commit=wake.notify if isinstance(wake, CommitSignal) else None,
+        ),
+        wake=wake,
     )

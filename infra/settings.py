@@ -46,7 +46,10 @@ class Settings(BaseSettings):
         description="Run the projector inside the API process, or not (then run `runledger project`).",
     )
     projector_poll_interval_s: float = Field(
-        default=0.2, gt=0, description="Projector idle poll interval, seconds."
+        default=0.2,
+        gt=0,
+        description="Projector idle poll interval, seconds (a commit wakes it sooner: "
+        "LISTEN/NOTIFY on PostgreSQL, the in-process writer on SQLite).",
     )
     projector_page_size: int = Field(
         default=1000,

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +44,19 @@ class GroupCommitWriter:
     Args:
         ledger: the application whose ``handle`` saves each batch.
         max_batch_commands: most commands merged into one transaction.
+        on_commit: called after a transaction that appended events (``infra.wake``).
     """
 
-    def __init__(self, ledger: Ledger, *, max_batch_commands: int = 5000) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        max_batch_commands: int = 5000,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
         self.ledger = ledger
         self.max_batch_commands = max_batch_commands
+        self.on_commit = on_commit
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -148,6 +156,8 @@ class GroupCommitWriter:
             return
         self.batches += 1
         self.commands += len(commands)
+        if self.on_commit is not None and any(o.status == "created" for o in outcomes):
+            self.on_commit()  # before answering: a reader told "created" finds the projector awake
         offset = 0
         for request in batch:
             _finish(request, outcomes[offset : offset + len(request.commands)])

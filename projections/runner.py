@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from eventsourcing.application import Application
 from eventsourcing.persistence import Notification
@@ -77,6 +77,13 @@ _PREFETCH_CHUNK = 500
 _COPY_THRESHOLD = 64
 
 _MISSING: Any = object()
+
+
+class Wake(Protocol):
+    """What ``Projector.run_forever`` waits on between runs (``infra.wake``)."""
+
+    def wait(self, timeout_s: float) -> None:
+        """Return soon after the log grew (since the last return), or after ``timeout_s``."""
 
 
 _Targets = list[tuple[int, Projection]]
@@ -534,12 +541,15 @@ class Projector:
         processed = self._run_locked(self.projections, max_pages=max_pages)
         return processed or 0
 
-    def run_forever(self, stop: threading.Event, poll_interval_s: float = 0.5) -> None:
-        """Catch up, then poll every ``poll_interval_s`` seconds until ``stop`` is set.
+    def run_forever(
+        self, stop: threading.Event, poll_interval_s: float = 0.5, wake: Wake | None = None
+    ) -> None:
+        """Catch up, then wait for ``wake`` (the log grew) or ``poll_interval_s`` seconds, until
+        ``stop`` is set (seen within ``poll_interval_s``).
 
-        The lock is released every few pages so that a ``rebuild`` elsewhere can take it. An
-        error is logged (``last_error``) and the same page retried after a growing pause
-        (at most 30 s): a page is never skipped.
+        The lock is released every few pages so that a ``rebuild`` elsewhere can take it; while
+        another projector holds it, this one only polls. An error is logged (``last_error``) and
+        the same page retried after a growing pause (at most 30 s): a page is never skipped.
         """
         failures = 0
         while not stop.is_set():
@@ -554,8 +564,13 @@ class Projector:
                 continue
             failures = 0
             self.last_error = None
-            if not processed:
-                stop.wait(poll_interval_s)
+            if processed is None or wake is None:  # another projector works, or nothing wakes
+                if not processed:
+                    stop.wait(poll_interval_s)
+            elif processed:
+                wake.wait(0)  # consume the wake-ups of what this run folded
+            else:
+                wake.wait(poll_interval_s)
 
     def rebuild(self, names: list[str] | None = None, progress: Progress | None = None) -> int:
         """Rebuild projections from position 0; the others keep their rows and positions.

@@ -421,3 +421,68 @@ def test_a_batch_written_on_its_own_thread_that_another_projector_overtook_is_fo
         assert positions(pg_db) == dict.fromkeys(NAMES, events[-1][0])
     finally:
         other_db.close()
+
+
+def test_a_projector_on_postgresql_is_woken_by_another_processs_commit(
+    postgres_url: str, pg_schema: str
+) -> None:
+    from infra.runtime import build_runtime
+    from infra.settings import Settings
+    from tests.projection_lag import (
+        assert_closes_promptly,
+        assert_each_commit_reaches_the_read_model_at_once,
+    )
+
+    settings = Settings(
+        database_url=postgres_url, database_schema=pg_schema, projector_poll_interval_s=30
+    )
+    projecting = build_runtime(settings, create_tables=True)
+    writing = build_runtime(settings, create_tables=False)  # another process: its own writer
+    writing.writer.start()
+    projecting.start_projector()
+    try:
+        assert_each_commit_reaches_the_read_model_at_once(writing, projecting)
+    finally:
+        writing.close()
+        assert_closes_promptly(projecting)
+
+
+def test_the_listener_reconnects_after_losing_its_connection(postgres_url: str) -> None:
+    import threading
+    import time
+    import uuid
+
+    import psycopg
+    from psycopg.sql import SQL, Identifier
+
+    from infra.wake import PostgresListener
+
+    channel = f"rl_test_{uuid.uuid4().hex[:8]}"
+    listener = PostgresListener(postgres_url, channel)
+
+    def notify_later(delay_s: float) -> None:
+        def send() -> None:
+            with psycopg.connect(postgres_url, autocommit=True) as conn:
+                conn.execute(SQL("NOTIFY {}").format(Identifier(channel)))
+
+        threading.Timer(delay_s, send).start()
+
+    try:
+        listener.wait(0.05)  # connects and listens
+        notify_later(0.3)
+        started = time.monotonic()
+        listener.wait(10)
+        assert 0.2 < time.monotonic() - started < 3
+        pid = listener._conn.info.backend_pid  # type: ignore[union-attr]
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        started = time.monotonic()
+        listener.wait(0.5)  # fails, logs, waits out its timeout
+        assert time.monotonic() - started < 3
+        listener.wait(0.05)  # listens again on a new connection
+        notify_later(0.3)
+        started = time.monotonic()
+        listener.wait(10)
+        assert 0.2 < time.monotonic() - started < 3
+    finally:
+        listener.close()

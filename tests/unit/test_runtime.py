@@ -10,6 +10,10 @@ import pytest
 
 from infra.runtime import build_runtime
 from infra.settings import Settings
+from tests.projection_lag import (
+    assert_closes_promptly,
+    assert_each_commit_reaches_the_read_model_at_once,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -54,3 +58,15 @@ def test_the_local_blob_store_is_ready_while_its_directory_is_there(tmp_path: Pa
     shutil.rmtree(tmp_path / "blobs")
     with pytest.raises(BlobStoreUnavailableError, match="blobs"):
         store.check()
+
+
+def test_the_in_process_projector_folds_a_commit_at_once_not_at_its_next_poll(
+    tmp_path: Path,
+) -> None:
+    runtime = build_runtime(Settings(data_dir=tmp_path, projector_poll_interval_s=30))
+    runtime.writer.start()
+    runtime.start_projector()
+    try:
+        assert_each_commit_reaches_the_read_model_at_once(runtime, runtime)
+    finally:
+        assert_closes_promptly(runtime)
