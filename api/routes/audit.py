@@ -5,16 +5,23 @@
 - ``GET /v1/streams/{kind}/{external_id}/state?version=N`` or ``?as_of=<RFC 3339>``: the stream's
   state then (``as_of`` is the ledger's clock: what the ledger knew at that time).
 - ``GET /v1/log?after=<position>&limit=``: the application log in position order.
+- ``GET /v1/log/tail``: the same as a live tail (Server-Sent Events, resumable with
+  ``Last-Event-ID``).
 - ``GET /v1/blobs/{sha256}``: a large value an event references.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+import orjson
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime
 
 from api.deps import ProjectDep, RuntimeDep
@@ -122,15 +129,23 @@ async def get_stream_state(
     )
 
 
-def read_log(runtime: Runtime, after: int, limit: int, project: str | None) -> dict[str, Any]:
-    """Rendered events with position > ``after``; ``project`` filters (positions stay global)."""
+def log_page(
+    runtime: Runtime, after: int, limit: int, project: str | None
+) -> tuple[list[dict[str, Any]], int]:
+    """``(rendered events, last position read)``: up to ``limit`` positions after ``after``,
+    the events of ``project`` among them (``None``: all; positions stay global)."""
     notifications = runtime.ledger.recorder.select_notifications(start=after + 1, limit=limit)
     items = []
     for notification in notifications:
         event = runtime.ledger.mapper.to_domain_event(notification)
         if project is None or getattr(event, "project", None) == project:
             items.append(render_event(event, notification.id))  # type: ignore[arg-type]
-    last = notifications[-1].id if notifications else after
+    return items, notifications[-1].id if notifications else after
+
+
+def read_log(runtime: Runtime, after: int, limit: int, project: str | None) -> dict[str, Any]:
+    """``GET /v1/log``'s answer: ``log_page`` with the log's head."""
+    items, last = log_page(runtime, after, limit, project)
     return {"items": items, "next_after": last, "head": runtime.log.head()}
 
 
@@ -143,6 +158,90 @@ async def get_log(
 ) -> dict[str, Any]:
     """``{"items": [...], "next_after": position, "head": position}`` for the request's project."""
     return await run_in_threadpool(read_log, runtime, after, limit, project)
+
+
+#: An idle tail looks for new events this often (seconds); it sends a comment line when it has
+#: sent nothing for ``TAIL_KEEPALIVE_S`` (proxies close silent connections); positions per read.
+TAIL_POLL_S = 0.25
+TAIL_KEEPALIVE_S = 15.0
+TAIL_PAGE = 500
+
+
+@router.get(
+    "/log/tail",
+    summary="Live tail of the global log (Server-Sent Events, resumable with Last-Event-ID)",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "one message per event: `id` its position, `event` its type, "
+            "`data` the event as `GET /v1/log` renders it",
+        }
+    },
+)
+async def tail_log(
+    request: Request,
+    runtime: RuntimeDep,
+    project: ProjectDep,
+    after: Annotated[
+        int | None,
+        Query(ge=0, description="position to start after (default: the head: new events only)"),
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            description="position of the last event received; wins over `after` "
+            "(EventSource sends it when it reconnects)"
+        ),
+    ] = None,
+) -> StreamingResponse:
+    """The request's project's events as they are committed, as ``text/event-stream``
+    (HTML's Server-Sent Events): ``id: <position>``, ``event: <type>``, ``data: <event JSON>``.
+    New events show within ``TAIL_POLL_S`` of their commit. 400 problem+json when
+    ``Last-Event-ID`` is not a position."""
+    if last_event_id:
+        if not last_event_id.isdigit():
+            raise BadRequestError(
+                f"Last-Event-ID must be a log position (a non-negative integer), got {last_event_id!r}"
+            )
+        start = int(last_event_id)
+    elif after is not None:
+        start = after
+    else:
+        start = await run_in_threadpool(runtime.log.head)
+    return StreamingResponse(
+        _tail(request, runtime, project, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _tail(
+    request: Request, runtime: Runtime, project: str, position: int
+) -> AsyncIterator[bytes]:
+    """SSE messages of the events after ``position`` until the client goes away (Starlette
+    cancels the generator then; checked here too while idle, for servers that do not)."""
+    yield b"retry: 1000\n\n"  # EventSource reconnects after 1 s, sending Last-Event-ID
+    quiet_since = time.monotonic()
+    while True:
+        items, last = await run_in_threadpool(log_page, runtime, position, TAIL_PAGE, project)
+        for item in items:
+            yield b"id: %d\nevent: %s\ndata: %s\n\n" % (
+                item["position"],
+                item["type"].encode(),
+                orjson.dumps(item),
+            )
+        if items:
+            quiet_since = time.monotonic()
+        if last > position:
+            position = last
+            continue
+        if time.monotonic() - quiet_since >= TAIL_KEEPALIVE_S:
+            yield b": keep-alive\n\n"
+            quiet_since = time.monotonic()
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(TAIL_POLL_S)
 
 
 @router.get("/blobs/{sha256}", summary="A large value referenced by an event")

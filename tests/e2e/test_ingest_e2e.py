@@ -428,6 +428,7 @@ def test_a_token_guards_every_v1_route_and_projects_keep_tenants_apart(make_serv
                 == 401
             )
         assert client.get("/v1/chains").status_code == 401
+        assert client.get("/v1/log/tail").status_code == 401
         assert client.get("/healthz").status_code == 200
         auth = {"Authorization": "Bearer s3cret"}
         assert (
@@ -541,3 +542,73 @@ def test_when_s3_refuses_a_blob_the_request_is_503_and_appends_nothing(
         event["tool_input"] = {"content": "small"}
         assert client.post("/v1/events", json=event).status_code == 201
         assert len(client.get("/v1/streams/session/s3-down/events").json()["items"]) >= 1
+
+
+def read_sse(lines: Any, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` messages of a Server-Sent Events stream (``iter_lines()``), each as
+    ``{"id", "event", "data"}`` (``data`` parsed as JSON); comment and ``retry`` lines skipped."""
+    messages: list[dict[str, Any]] = []
+    fields: dict[str, Any] = {}
+    for line in lines:
+        if line == "":
+            if "data" in fields:
+                fields["data"] = json.loads(fields["data"])
+                messages.append(fields)
+                if len(messages) == count:
+                    return messages
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            if name != "retry":
+                fields[name] = value
+    raise AssertionError(f"the stream ended after {len(messages)} of {count} messages")
+
+
+def test_the_log_tail_streams_commits_as_server_sent_events_and_resumes(
+    sqlite_server: Server,
+) -> None:
+    def message(n: int) -> dict[str, Any]:
+        return {
+            "type": "session.message_recorded",
+            "session_id": "tailed",
+            "role": "user",
+            "content": f"m{n}",
+            "event_id": f"tail-{n}",
+        }
+
+    with (
+        httpx.Client(base_url=sqlite_server.url, timeout=10) as client,
+        httpx.Client(base_url=sqlite_server.url, timeout=10) as poster,
+    ):
+        before = poster.post("/v1/events", json=message(0)).json()["results"][0]["position"]
+        with client.stream("GET", "/v1/log/tail") as tail:  # from the head: new events only
+            assert tail.status_code == 200
+            assert tail.headers["content-type"].startswith("text/event-stream")
+            lines = tail.iter_lines()
+            posted = [
+                poster.post("/v1/events", json=message(n)).json()["results"][0] for n in (1, 2, 3)
+            ]
+            live = read_sse(lines, 3)
+        assert [int(m["id"]) for m in live] == [r["position"] for r in posted]
+        assert all(int(m["id"]) > before for m in live)
+        assert {m["event"] for m in live} == {"MessageRecorded"}
+        assert [m["data"]["event_id"] for m in live] == ["tail-1", "tail-2", "tail-3"]
+        assert [m["data"]["payload"]["content"] for m in live] == ["m1", "m2", "m3"]
+        log = client.get("/v1/log", params={"after": before}).json()["items"]
+        assert [m["data"] for m in live] == log  # the same rendering as GET /v1/log
+
+        # EventSource reconnecting after the first event sends its id back: the rest follows
+        resume = {"Last-Event-ID": live[0]["id"]}
+        with client.stream("GET", "/v1/log/tail", headers=resume, params={"after": 0}) as tail:
+            assert [m["id"] for m in read_sse(tail.iter_lines(), 2)] == [
+                live[1]["id"],
+                live[2]["id"],
+            ]
+        with client.stream("GET", "/v1/log/tail", params={"after": 0}) as tail:
+            replayed = read_sse(tail.iter_lines(), 5)  # the session's start, then m0 .. m3
+        assert [m["data"]["event_id"] for m in replayed[1:]] == [f"tail-{n}" for n in range(4)]
+
+        bad = client.get("/v1/log/tail", headers={"Last-Event-ID": "abc"})
+        assert bad.status_code == 400
+        assert bad.headers["content-type"] == "application/problem+json"
+        assert "Last-Event-ID" in bad.json()["detail"]

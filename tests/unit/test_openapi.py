@@ -39,6 +39,7 @@ def test_typed_event_bodies_are_documented_for_post_events() -> None:
         "/v1/hooks/claude-code",
         "/v1/streams/{kind}/{external_id}/state",
         "/v1/log",
+        "/v1/log/tail",
     ):
         assert path in document["paths"]
 
