@@ -612,3 +612,47 @@ def test_the_log_tail_streams_commits_as_server_sent_events_and_resumes(
         assert bad.status_code == 400
         assert bad.headers["content-type"] == "application/problem+json"
         assert "Last-Event-ID" in bad.json()["detail"]
+
+
+def test_a_closed_tail_stops_reading_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+    import threading
+
+    import uvicorn
+
+    from api.app import create_app
+    from api.routes import audit
+    from infra.settings import Settings
+    from tests.spies import Calls
+
+    reads = Calls(monkeypatch, audit, "log_page")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(Settings(data_dir=tmp_path)), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        with (
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+            client.stream("GET", "/v1/log/tail") as tail,
+        ):
+            lines = tail.iter_lines()  # kept: dropping the iterator closes the connection
+            assert next(lines) == "retry: 1000"
+            time.sleep(4 * audit.TAIL_POLL_S)
+            assert reads.count >= 2  # it polls while the client listens
+        time.sleep(4 * audit.TAIL_POLL_S)  # the server notices the disconnect
+        after_close = reads.count
+        time.sleep(8 * audit.TAIL_POLL_S)
+        assert reads.count == after_close
+    finally:
+        server.should_exit = True
+        thread.join(10)
