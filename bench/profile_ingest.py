@@ -5,7 +5,8 @@ Runs what ``POST /v1/events`` does for a batch, in-process, against a ``Ledger``
 validation of the body bytes with the route's ``EventBatch`` model (``validate_json``),
 ``to_command``, ``Ledger.handle`` (load streams, domain commands, ``save()``: mapper/transcoder
 and recorder; the API's group-commit writer hands a whole 1,000-event batch to one ``handle``
-call as well) and the answer (the route's own ``event_results``). Batches of 1,000 mixed typed events (``bench.workload``).
+call as well) and the answer (the route's own ``event_results``). Batches of 1,000 mixed typed
+events (``bench.workload``).
 
 First an unprofiled pass (events/s without profiler overhead), then the same amount of work
 under ``cProfile`` (``pyinstrument`` is used instead when installed and ``--pyinstrument`` is

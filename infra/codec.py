@@ -400,19 +400,13 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
             return []
         if self._insert_function_missing:
             return self._library_insert_events(stored_events, **kwargs)
-        params = (
-            [e.originator_id for e in stored_events],
-            [e.originator_version for e in stored_events],
-            [e.topic for e in stored_events],
-            [e.state for e in stored_events],
-        )
         try:
             with (
                 self.datastore.get_connection() as conn,
                 conn.cursor(row_factory=tuple_row) as curs,
             ):
-                curs.execute(self.insert_function_call, params, prepare=True)
-                ids = [row[0] for row in curs.fetchall()]
+                curs.execute(self.insert_function_call, _columns(stored_events), prepare=True)
+                return _notification_ids(curs, stored_events)
         except ProgrammingError as error:
             if not isinstance(error.__cause__, UndefinedFunction):
                 raise
@@ -423,12 +417,6 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
             )
             self._insert_function_missing = True
             return self._library_insert_events(stored_events, **kwargs)
-        if len(ids) != len(stored_events):
-            msg = (
-                f"Couldn't get all notification IDs (got {len(ids)}, expected {len(stored_events)})"
-            )
-            raise ProgrammingError(msg)
-        return ids
 
     def _library_insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -445,26 +433,12 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
         self._lock_table(curs)
         self._notify_channel(curs)
         curs.row_factory = tuple_row  # type: ignore[assignment]  # ids as tuples, not dicts
-        curs.execute(
-            self.insert_events_statement,
-            (
-                [e.originator_id for e in stored_events],
-                [e.originator_version for e in stored_events],
-                [e.topic for e in stored_events],
-                [e.state for e in stored_events],
-            ),
-        )
+        curs.execute(self.insert_events_statement, _columns(stored_events))
 
     def _fetch_ids_after_insert_events(
         self, curs: Cursor[Any], stored_events: Sequence[StoredEvent], **_: Any
     ) -> Sequence[int] | None:
-        ids = [row[0] for row in curs.fetchall()]
-        if len(ids) != len(stored_events):
-            msg = (
-                f"Couldn't get all notification IDs (got {len(ids)}, expected {len(stored_events)})"
-            )
-            raise ProgrammingError(msg)
-        return ids
+        return _notification_ids(curs, stored_events)
 
     def select_notifications(
         self,
@@ -526,6 +500,30 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
         return _stored_events(
             self._fetch_binary(self.select_events_many_statement, (list(originator_ids),))
         )
+
+
+def _columns(stored_events: Sequence[StoredEvent]) -> tuple[list[Any], ...]:
+    """The four insert parameters: ``(originator_ids, originator_versions, topics, states)``,
+    each a list in the events' order (sent as binary scalar arrays)."""
+    return (
+        [e.originator_id for e in stored_events],
+        [e.originator_version for e in stored_events],
+        [e.topic for e in stored_events],
+        [e.state for e in stored_events],
+    )
+
+
+def _notification_ids(curs: Cursor[Any], stored_events: Sequence[StoredEvent]) -> list[int]:
+    """The ``notification_id`` of each appended event (the insert's ``RETURNING`` rows, tuples).
+
+    Raises:
+        ProgrammingError: not one id per event (the library's check and message).
+    """
+    ids = [row[0] for row in curs.fetchall()]
+    if len(ids) != len(stored_events):
+        msg = f"Couldn't get all notification IDs (got {len(ids)}, expected {len(stored_events)})"
+        raise ProgrammingError(msg)
+    return ids
 
 
 # The library's ``StoredEvent`` and ``Notification`` are frozen dataclasses, whose ``__init__``
@@ -647,14 +645,11 @@ class CachedIdSQLiteApplicationRecorder(_CachedIdSQLite, SQLiteApplicationRecord
             cursor.row_factory = None
             cursor.execute(statement, params)
             rows = cursor.fetchall()
-        if self.datastore.originator_id_type == "uuid":
-            return _notifications(
-                [
-                    (rowid, _uuid_of(oid), version, topic, state)
-                    for rowid, oid, version, topic, state in rows
-                ]
-            )
-        return _notifications(rows)
+        convert = self.convert_originator_id
+        return _notifications(
+            (rowid, convert(oid), version, topic, state)
+            for rowid, oid, version, topic, state in rows
+        )
 
 
 class SQLiteFactory(_LibrarySQLiteFactory):

@@ -69,6 +69,7 @@ class Runtime:
         """Stop the writer (after what it holds is saved) and the projector; close connections."""
         self.writer.stop()
         self.stop_projector()
+        self.projector.close()
         self.wake.close()
         self.ledger.close()
         closer: Any = getattr(self.db, "close", None)

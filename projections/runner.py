@@ -504,8 +504,16 @@ class Projector:
         self.last_error: str | None = None
         self._tracking_ready = False
         self._busy = False
+        # A run's read-ahead and background write (PostgreSQL); threads start on first use.
+        self._background = ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="runledger-projector"
+        )
 
     # -- public API ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Let the pooled background threads end (after what they run); no run may follow."""
+        self._background.shutdown(wait=False)
 
     @property
     def names(self) -> list[str]:
@@ -564,13 +572,13 @@ class Projector:
                 continue
             failures = 0
             self.last_error = None
-            if processed is None or wake is None:  # another projector works, or nothing wakes
-                if not processed:
-                    stop.wait(poll_interval_s)
-            elif processed:
-                wake.wait(0)  # consume the wake-ups of what this run folded
-            else:
+            if processed:
+                if wake is not None:
+                    wake.wait(0)  # consume the wake-ups of what this run folded
+            elif processed == 0 and wake is not None:
                 wake.wait(poll_interval_s)
+            else:  # another projector holds the lock (None), or nothing wakes this one
+                stop.wait(poll_interval_s)
 
     def rebuild(self, names: list[str] | None = None, progress: Progress | None = None) -> int:
         """Rebuild projections from position 0; the others keep their rows and positions.
@@ -683,11 +691,11 @@ class Projector:
         when a page comes back short (the head is reached), after the last page and before
         returning. A batch's rows and its tracking positions commit together.
 
-        On PostgreSQL (``background``) a batch is written on one of the run's two threads while
+        On PostgreSQL (``background``) a batch is written on one of two pooled threads while
         the next one is folded, and the next page is read on the other while one is folded (the
-        server works while this process folds; two threads per run, not one per page); a batch's
-        write starts only after the previous one committed, and the run waits for the last one,
-        and for a read it started (also when a fold raises). On SQLite, whose calls hand the interpreter lock back and forth for each
+        server works while this process folds); a batch's write starts only after the previous
+        one committed, and the run waits for the last one, and for a read it started (also when
+        a fold raises). On SQLite, whose calls hand the interpreter lock back and forth for each
         row, that would be slower: everything happens in turn.
         """
         limit = self.page_size
@@ -696,93 +704,86 @@ class Projector:
         background = self.db.dialect == "postgresql"
         select = self.application.recorder.select_notifications
         processed = pages = committed_pages = 0
-        # threads start on the first submit: none on SQLite, nor for a run of one short page
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="runledger-projector") as pool:
-            while True:
-                # A run (and a retry after another projector moved a position) starts from one
-                # snapshot of the positions and of which tables are empty, with an empty cache.
-                positions, empty = self._snapshot(chosen)
-                cache = _RowCache(
-                    self.db, tables, complete=empty, retain=retain, max_rows=self.cache_rows
-                )
-                reached = min(positions[p.name] for p in chosen)
-                batch_events = batch_pages = 0
-                pending: _Write | None = None
-                ahead: Future[Sequence[Notification]] | None = None  # the next page, being read
-                try:
-                    done = False
-                    while not done:
-                        if max_pages is not None and pages >= max_pages:
-                            done = True
-                            notifications: Sequence[Notification] = ()
+        pool = self._background
+        while True:
+            # A run (and a retry after another projector moved a position) starts from one
+            # snapshot of the positions and of which tables are empty, with an empty cache.
+            positions, empty = self._snapshot(chosen)
+            cache = _RowCache(
+                self.db, tables, complete=empty, retain=retain, max_rows=self.cache_rows
+            )
+            reached = min(positions[p.name] for p in chosen)
+            batch_events = batch_pages = 0
+            pending: _Write | None = None
+            ahead: Future[Sequence[Notification]] | None = None  # the next page, being read
+            try:
+                done = False
+                while not done:
+                    if max_pages is not None and pages >= max_pages:
+                        done = True
+                        notifications: Sequence[Notification] = ()
+                    else:
+                        if ahead is not None:
+                            reading, ahead = ahead, None
+                            notifications = reading.result()
                         else:
-                            if ahead is not None:
-                                reading, ahead = ahead, None
-                                notifications = reading.result()
-                            else:
-                                notifications = select(start=reached + 1, limit=limit)
-                            done = len(notifications) < limit
-                            if (
-                                background
-                                and not done
-                                and (max_pages is None or pages + 1 < max_pages)
-                            ):
-                                ahead = pool.submit(
-                                    select, start=notifications[-1].id + 1, limit=limit
-                                )
-                        if notifications:
-                            count, reached = len(notifications), notifications[-1].id
-                            self._fold_page(chosen, positions, notifications, cache)
-                            batch_events += count
-                            batch_pages += 1
-                            pages += 1
-                        if not batch_events or not (done or batch_events >= self.batch_size):
-                            continue
-                        if pending is not None:
-                            previous, pending = pending, None
-                            processed += self._finished(previous, cache, progress, head)
-                            committed_pages += previous.pages
-                        # positions: where the tracking rows will be once this write commits
-                        advanced = [
-                            (positions[p.name], p) for p in chosen if positions[p.name] < reached
-                        ]
-                        write = _Write(
-                            self,
-                            cache.tables,
-                            cache.take(),
-                            advanced,
-                            reached,
-                            batch_events,
-                            batch_pages,
-                        )
-                        for _, projection in advanced:
-                            positions[projection.name] = reached
-                        batch_events = batch_pages = 0
-                        if background and not done:
-                            write.start(pool)
-                            pending = write
-                        else:
-                            write.run()
-                            processed += self._finished(write, cache, progress, head)
-                            committed_pages += write.pages
+                            notifications = select(start=reached + 1, limit=limit)
+                        done = len(notifications) < limit
+                        if background and not done and (max_pages is None or pages + 1 < max_pages):
+                            ahead = pool.submit(select, start=notifications[-1].id + 1, limit=limit)
+                    if notifications:
+                        count, reached = len(notifications), notifications[-1].id
+                        self._fold_page(chosen, positions, notifications, cache)
+                        batch_events += count
+                        batch_pages += 1
+                        pages += 1
+                    if not batch_events or not (done or batch_events >= self.batch_size):
+                        continue
                     if pending is not None:
                         previous, pending = pending, None
                         processed += self._finished(previous, cache, progress, head)
-                    return processed
-                except _TrackingMovedError as moved:
-                    log.info("%s; reading again from the last committed position", moved)
-                    pages = committed_pages
-                finally:
-                    if ahead is not None:  # not needed any more
-                        try:
-                            ahead.result()
-                        except Exception:
-                            log.debug("reading ahead failed", exc_info=True)
-                    if pending is not None:  # a fold raised while the previous batch was written
-                        try:
-                            pending.wait()
-                        except Exception:
-                            log.exception("writing the batch before the failed one failed too")
+                        committed_pages += previous.pages
+                    # positions: where the tracking rows will be once this write commits
+                    advanced = [
+                        (positions[p.name], p) for p in chosen if positions[p.name] < reached
+                    ]
+                    write = _Write(
+                        self,
+                        cache.tables,
+                        cache.take(),
+                        advanced,
+                        reached,
+                        batch_events,
+                        batch_pages,
+                    )
+                    for _, projection in advanced:
+                        positions[projection.name] = reached
+                    batch_events = batch_pages = 0
+                    if background and not done:
+                        write.start(pool)
+                        pending = write
+                    else:
+                        write.run()
+                        processed += self._finished(write, cache, progress, head)
+                        committed_pages += write.pages
+                if pending is not None:
+                    previous, pending = pending, None
+                    processed += self._finished(previous, cache, progress, head)
+                return processed
+            except _TrackingMovedError as moved:
+                log.info("%s; reading again from the last committed position", moved)
+                pages = committed_pages
+            finally:
+                if ahead is not None:  # not needed any more
+                    try:
+                        ahead.result()
+                    except Exception:
+                        log.debug("reading ahead failed", exc_info=True)
+                if pending is not None:  # a fold raised while the previous batch was written
+                    try:
+                        pending.wait()
+                    except Exception:
+                        log.exception("writing the batch before the failed one failed too")
 
     def _fold_page(
         self,

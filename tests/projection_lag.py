@@ -5,21 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-
-def message(n: int) -> Any:
-    """Message ``n`` of session ``woken`` (a ``Command``)."""
-    from datetime import UTC, datetime
-
-    from domain.base import EventMeta, content_sha256
-    from domain.ledger import Command
-
-    return Command(
-        "session",
-        "woken",
-        "record_message",
-        EventMeta(f"w{n}", content_sha256(n), datetime.now(UTC), "api"),
-        {"role": "user", "message_kind": "prompt", "content": f"m{n}"},
-    )
+from tests.commands import message
 
 
 def wait_for_messages(runtime: Any, count: int, within_s: float) -> float | None:
@@ -38,7 +24,7 @@ def assert_each_commit_reaches_the_read_model_at_once(writing: Any, projecting: 
     sessions read model within 2 s, while its projector polls only every 30 s."""
     time.sleep(0.5)  # the projector's first run found an empty log; it now waits up to 30 s
     for n in range(1, 4):
-        assert writing.writer.submit_sync([message(n)])[0].status == "created"
+        assert writing.writer.submit_sync([message(f"w{n}", "woken")])[0].status == "created"
         lag = wait_for_messages(projecting, n, within_s=5)
         assert lag is not None and lag < 2, lag
 

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.commands import message
 from tests.recorders import assert_same_notifications
 from tests.servers import Server
 from tests.spies import Calls
@@ -123,9 +124,6 @@ def test_a_race_on_one_stream_neither_loses_nor_duplicates_an_event(
 def test_a_fresh_writer_preloads_many_streams_in_one_query_and_sees_every_event(
     postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from datetime import UTC, datetime
-
-    from domain.base import EventMeta, content_sha256
     from domain.ledger import Command
     from infra.settings import Settings
     from infra.store import build_ledger
@@ -134,16 +132,7 @@ def test_a_fresh_writer_preloads_many_streams_in_one_query_and_sees_every_event(
     first, _ = build_ledger(settings, create_table=True)
 
     def batch(tag: str) -> list[Command]:
-        return [
-            Command(
-                "session",
-                f"s{i % 40}",
-                "record_message",
-                EventMeta(f"{tag}{i}", content_sha256(f"{tag}{i}"), datetime.now(UTC), "api"),
-                {"role": "assistant", "message_kind": "message", "content": i},
-            )
-            for i in range(400)
-        ]
+        return [message(f"{tag}{i}", f"s{i % 40}", i) for i in range(400)]
 
     created = first.handle(batch("a"))
     second, second_log = build_ledger(settings, create_table=False)
@@ -164,31 +153,16 @@ def test_a_fresh_writer_preloads_many_streams_in_one_query_and_sees_every_event(
 def test_state_as_of_a_time_on_postgresql_reads_16_events_per_round_trip(
     postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
-    from domain.base import EventMeta, content_sha256
     from domain.errors import VersionNotFoundError
-    from domain.ledger import Command
     from infra.settings import Settings
     from infra.store import build_ledger
 
     settings = Settings(database_url=postgres_url, database_schema=pg_schema)
     ledger, _ = build_ledger(settings, create_table=True)
     for batch in range(60):  # 1,200 events; 20 per batch share close recorded_at instants
-        outcomes = ledger.handle(
-            [
-                Command(
-                    "session",
-                    "long",
-                    "record_message",
-                    EventMeta(
-                        f"m{batch}-{i}", content_sha256([batch, i]), datetime.now(UTC), "api"
-                    ),
-                    {"role": "assistant", "message_kind": "message", "content": i},
-                )
-                for i in range(20)
-            ]
-        )
+        outcomes = ledger.handle([message(f"m{batch}-{i}", "long", i) for i in range(20)])
         assert all(o.status == "created" for o in outcomes)
     events = ledger.history("session", "long")
     assert len(events) == 1200
@@ -288,21 +262,6 @@ def test_runledgers_recorders_read_in_binary_exactly_what_the_librarys_read_as_t
         assert loaded.state() == folded.state()
 
 
-def _message(tag: str, session: str = "s") -> Any:
-    from datetime import UTC, datetime
-
-    from domain.base import EventMeta, content_sha256
-    from domain.ledger import Command
-
-    return Command(
-        "session",
-        session,
-        "record_message",
-        EventMeta(tag, content_sha256(tag), datetime.now(UTC), "api"),
-        {"role": "assistant", "message_kind": "message", "content": tag},
-    )
-
-
 def test_an_append_is_one_call_that_takes_the_librarys_table_lock_and_is_all_or_nothing(
     postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -322,7 +281,7 @@ def test_an_append_is_one_call_that_takes_the_librarys_table_lock_and_is_all_or_
     library_path = Calls(monkeypatch, recorder, "_library_insert_events")
     table = f'"{pg_schema}"."{recorder.events_table_name}"'
 
-    outcomes = ledger.handle([_message(f"m{i}", f"s{i % 3}") for i in range(30)])
+    outcomes = ledger.handle([message(f"m{i}", f"s{i % 3}") for i in range(30)])
     assert [o.status for o in outcomes] == ["created"] * 30
     positions = sorted(o.position for o in outcomes)
     assert positions == list(range(1, 31))  # one call, no gaps
@@ -336,7 +295,7 @@ def test_an_append_is_one_call_that_takes_the_librarys_table_lock_and_is_all_or_
     with psycopg.connect(postgres_url) as holder, psycopg.connect(postgres_url) as observer:
         holder.execute(f"LOCK TABLE {table} IN ROW EXCLUSIVE MODE")
         done: list[Any] = []
-        writer = threading.Thread(target=lambda: done.append(ledger.handle([_message("late")])))
+        writer = threading.Thread(target=lambda: done.append(ledger.handle([message("late", "s")])))
         writer.start()
         waiting = False
         for _ in range(100):  # up to 5 s
@@ -384,8 +343,8 @@ def test_a_database_without_the_append_function_appends_through_the_librarys_tra
         conn.execute(f"DROP FUNCTION {function}")
     older, _ = build_ledger(settings, create_table=False)
     with caplog.at_level("WARNING", logger="runledger.codec"):
-        created = older.handle([_message("a"), _message("b")])
-        more = older.handle([_message("c")])
+        created = older.handle([message("a", "s"), message("b", "s")])
+        more = older.handle([message("c", "s")])
     assert [o.status for o in created + more] == ["created"] * 3
     assert [o.version for o in created + more] == [1, 2, 3]
     assert [o.position for o in created + more] == [1, 2, 3]
@@ -393,7 +352,7 @@ def test_a_database_without_the_append_function_appends_through_the_librarys_tra
     assert len(warnings) == 1  # once, not per append
     migrated, _ = build_ledger(settings, create_table=True)  # `runledger migrate` installs it
     assert migrated.recorder._insert_function_missing is False  # type: ignore[attr-defined]
-    assert [o.position for o in migrated.handle([_message("d")])] == [4]
+    assert [o.position for o in migrated.handle([message("d", "s")])] == [4]
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute(
             "SELECT count(*) FROM pg_proc WHERE oid = %s::regprocedure",

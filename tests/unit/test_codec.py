@@ -52,7 +52,7 @@ def record_messages(ledger: Ledger, count: int, **message: str) -> None:
                 "session",
                 f"s{n % 2}",
                 "record_message",
-                EventMeta(f"e{n}", content_sha256(n), datetime(2026, 1, 1, tzinfo=UTC), "api"),
+                meta(n),
                 {
                     key: f"{value} {n}" if key == "content" else value
                     for key, value in message.items()
