@@ -82,12 +82,23 @@ class PostgresDatabase:
         """A pooled connection inside ``BEGIN`` ... ``COMMIT`` (``ROLLBACK`` when the block raises).
 
         Args:
-            readonly: run ``REPEATABLE READ, READ ONLY`` (several queries, one snapshot).
+            readonly: run ``REPEATABLE READ, READ ONLY`` (several queries, one snapshot), set
+                by the ``BEGIN`` itself rather than by a statement of its own.
         """
-        with self._pool.connection() as conn, conn.transaction():
-            if readonly:
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield conn
+        with self._pool.connection() as conn:
+            if not readonly:
+                with conn.transaction():
+                    yield conn
+                return
+            conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
+            try:
+                with conn.transaction():
+                    yield conn
+            finally:
+                if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                    conn.isolation_level, conn.read_only = None, None
+                else:  # broken: the pool discards it
+                    conn.close()
 
     @contextmanager
     def advisory_lock(self, name: str, *, wait_s: float | None = None) -> Iterator[bool]:

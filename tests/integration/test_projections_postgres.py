@@ -486,3 +486,65 @@ def test_the_listener_reconnects_after_losing_its_connection(postgres_url: str) 
         assert 0.2 < time.monotonic() - started < 3
     finally:
         listener.close()
+
+
+def test_a_rebuild_in_spawned_parts_equals_a_rebuild_in_this_process_on_postgres(
+    postgres_url: str, pg_schema: str, tmp_path: Any
+) -> None:
+    from infra.runtime import build_runtime, process_parts
+    from infra.settings import Settings
+
+    settings = Settings(database_url=postgres_url, database_schema=pg_schema, data_dir=tmp_path)
+    runtime = build_runtime(settings, create_tables=True)
+    try:
+        writer = Writer(runtime.ledger)
+        write_realistic(writer, lambda: None)
+        write_bulk(writer, sessions_count=3)
+        head = runtime.ledger.recorder.max_notification_id()
+        assert runtime.projector.rebuild() == head
+        serial = dump_tables(runtime.db)
+        assert all(serial.values()), "the scenario fills every table"
+
+        # the parts fold in spawned processes while this one holds the projector lock: a
+        # projector of another process finds it taken
+        rival = Projector(runtime.ledger, runtime.db)
+        run = process_parts(settings)
+        busy: list[int] = []
+
+        def parts_while_a_rival_tries(parts: list[list[str]], tick: Any) -> list[int]:
+            busy.append(rival.run_once())
+            return run(parts, tick)
+
+        assert runtime.projector.rebuild(jobs=2, run_parts=parts_while_a_rival_tries) == head
+        assert busy == [0]
+        assert dump_tables(runtime.db) == serial
+        assert positions(runtime.db) == dict.fromkeys(NAMES, head)
+    finally:
+        runtime.close()
+
+
+def test_a_read_only_transaction_is_one_repeatable_read_snapshot_and_leaves_its_connection_as_it_was(
+    postgres_url: str, pg_schema: str
+) -> None:
+    db = PostgresDatabase(postgres_url, schema=pg_schema, min_size=1, max_size=1)  # one connection
+    try:
+        with db.transaction() as conn:
+            conn.execute("CREATE TABLE ro_probe (n int)")
+            conn.execute("INSERT INTO ro_probe VALUES (1)")
+        with db.transaction(readonly=True) as conn:
+            assert conn.execute("SHOW transaction_isolation").fetchone() == ("repeatable read",)
+            assert conn.execute("SHOW transaction_read_only").fetchone() == ("on",)
+            first = conn.execute("SELECT count(*) FROM ro_probe").fetchone()
+            with psycopg.connect(postgres_url, autocommit=True) as other:
+                other.execute(
+                    sql.SQL("INSERT INTO {}.ro_probe VALUES (2)").format(sql.Identifier(pg_schema))
+                )
+            assert conn.execute("SELECT count(*) FROM ro_probe").fetchone() == first == (1,)
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute("INSERT INTO ro_probe VALUES (3)")
+        with db.transaction() as conn:  # the same pooled connection, read-write again
+            assert conn.execute("SHOW transaction_isolation").fetchone() == ("read committed",)
+            conn.execute("INSERT INTO ro_probe VALUES (4)")
+            assert conn.execute("SELECT count(*) FROM ro_probe").fetchone() == (3,)
+    finally:
+        db.close()
