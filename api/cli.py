@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from api.render import jsonable
-from infra.runtime import build_runtime
+from infra.runtime import build_runtime, process_parts
 from infra.settings import Settings
 
 app = typer.Typer(
@@ -123,11 +123,19 @@ def project(
 def rebuild(
     name: Annotated[str | None, typer.Argument(help="Projection to rebuild")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Rebuild every projection")] = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes folding parts of the projections at once (1: this process only)",
+        ),
+    ] = 1,
 ) -> None:
     """Rebuild a projection (or all) from position 0, with a progress bar."""
     if (name is None) == (not all_):
         raise typer.BadParameter("give a projection NAME or --all")
-    runtime = build_runtime(Settings())
+    settings = Settings()
+    runtime = build_runtime(settings)
     try:
         names = None if all_ or name is None else [name]
         columns = (TextColumn("rebuild"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -137,7 +145,9 @@ def rebuild(
             def report(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            count = runtime.projector.rebuild(names, progress=report)
+            count = runtime.projector.rebuild(
+                names, progress=report, jobs=jobs, run_parts=process_parts(settings)
+            )
         console.print(
             f"rebuilt {', '.join(names) if names else 'all projections'} over {count} events"
         )

@@ -7,7 +7,9 @@ API takes, validated by the API's own models and mapped with ``to_command``) unt
 1,000,000 events (``--quick``: 50,000); PostgreSQL in a fresh schema, SQLite in a temporary file.
 
 Measured: events/s of ``Projector.rebuild()`` (all projections of ``projections.catalog``, built
-by ``infra.runtime.build_runtime``; default page size) over the whole log.
+by ``infra.runtime.build_runtime``; default page size) over the whole log, once in the benchmark's
+process, once in ``--jobs`` parts (``infra.runtime.process_parts``: a spawned process per part,
+as ``runledger rebuild --jobs N`` runs; the processes' start is timed too).
 
 Reference: reading and decoding the whole log in pages of the same size with
 ``ledger.recorder.select_notifications`` + ``ledger.mapper.to_domain_event``: the upper bound of
@@ -15,7 +17,8 @@ any projection (it must at least do that). Rounds interleave reference and rebui
 
 Target: >= 50,000 events/s (a million events in under 20 s).
 
-Run: ``python -m bench.rebuild [--quick] [--rounds N] [--events N] [--backend both|postgres|sqlite]``.
+Run: ``python -m bench.rebuild [--quick] [--rounds N] [--events N] [--backend both|postgres|sqlite]
+[--jobs N]``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from bench.common import (
 )
 from bench.workload import mixed_batches, to_commands
 from domain.ledger import Ledger
-from infra.runtime import build_runtime
+from infra.runtime import build_runtime, process_parts
 from infra.settings import Settings
 from infra.store import build_ledger
 
@@ -125,13 +128,13 @@ def rate_by_tenth(samples: list[tuple[float, int]], started: float) -> str:
 
 
 def bench_backend(
-    name: str, settings: Settings, events: int, rounds: int
-) -> tuple[list[float], list[float], int, float]:
-    """Populate, then time ``rounds`` x (reference, rebuild).
+    name: str, settings: Settings, events: int, rounds: int, jobs: int
+) -> tuple[list[float], list[float], list[float], int, float]:
+    """Populate, then time ``rounds`` x (reference, rebuild, rebuild with ``jobs`` parts).
 
     Returns:
-        ``(rebuild events/s per round, reference events/s per round, log events,
-        population seconds)``.
+        ``(rebuild events/s per round, the same in parts, reference events/s per round, log
+        events, population seconds)``.
 
     Raises:
         RuntimeError: a rebuild folded a different number of events than the reference read.
@@ -143,6 +146,7 @@ def bench_backend(
     )
     runtime = build_runtime(settings, create_tables=True)
     rebuild_rates: list[float] = []
+    parts_rates: list[float] = []
     reference_rates: list[float] = []
     try:
         page_size = settings.projector_page_size
@@ -150,21 +154,30 @@ def bench_backend(
             started = time.perf_counter()
             read = read_and_decode(runtime.ledger, page_size)
             reference_rates.append(read / (time.perf_counter() - started))
-            samples: list[tuple[float, int]] = []
-            started = time.perf_counter()
-            folded = runtime.projector.rebuild(progress=_sampler(samples))
-            seconds = time.perf_counter() - started
-            if folded != read:
-                raise RuntimeError(f"rebuild folded {folded} events, the log holds {read}")
-            rebuild_rates.append(folded / seconds)
-            print(
-                f"   {name} round {number + 1}: rebuild {fmt(rebuild_rates[-1])} events/s "
-                f"({folded:,} in {seconds:.1f} s); read+decode {fmt(reference_rates[-1])} events/s"
-            )
-            print(f"      rebuild events/s by tenth of the log: {rate_by_tenth(samples, started)}")
+            for label, rates, options in (
+                ("rebuild", rebuild_rates, {}),
+                (
+                    f"rebuild --jobs {jobs}",
+                    parts_rates,
+                    {"jobs": jobs, "run_parts": process_parts(settings)},
+                ),
+            ):
+                samples: list[tuple[float, int]] = []
+                started = time.perf_counter()
+                folded = runtime.projector.rebuild(progress=_sampler(samples), **options)
+                seconds = time.perf_counter() - started
+                if folded != read:
+                    raise RuntimeError(f"{label} folded {folded} events, the log holds {read}")
+                rates.append(folded / seconds)
+                print(
+                    f"   {name} round {number + 1}: {label} {fmt(rates[-1])} events/s "
+                    f"({folded:,} in {seconds:.1f} s)"
+                )
+                print(f"      events/s by tenth of the log: {rate_by_tenth(samples, started)}")
+            print(f"   {name} round {number + 1}: read+decode {fmt(reference_rates[-1])} events/s")
     finally:
         runtime.close()
-    return rebuild_rates, reference_rates, total, populate_s
+    return rebuild_rates, parts_rates, reference_rates, total, populate_s
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
@@ -172,6 +185,9 @@ def _options(parser: argparse.ArgumentParser) -> None:
         "--events", type=int, default=None, help="log size (1,000,000; quick 50,000)"
     )
     parser.add_argument("--backend", choices=("both", "postgres", "sqlite"), default="both")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="parts of the second rebuild of a round (2)"
+    )
 
 
 def main() -> None:
@@ -197,27 +213,34 @@ def main() -> None:
                         database_schema=schema,
                         data_dir=Path(tmp) / "pg-var",
                     )
-                    result = bench_backend("PostgreSQL", settings, events, args.rounds)
+                    result = bench_backend("PostgreSQL", settings, events, args.rounds, args.jobs)
             else:
                 settings = Settings(data_dir=Path(tmp) / "sqlite-var")
-                result = bench_backend("SQLite", settings, events, args.rounds)
-            rates, references, total, populate_s = result
+                result = bench_backend("SQLite", settings, events, args.rounds, args.jobs)
+            rates, parts_rates, references, total, populate_s = result
             wall = time.perf_counter() - started
-            med = median(rates)
-            measurement = Measurement(
-                "rebuild",
-                f"events/s, {backend}",
-                med,
-                median(references),
-                "read+decode events/s",
-                ">= 50,000",
-                med >= TARGET_EVENTS_S,
-                rates,
-                f"{total:,} events (populated in {populate_s:.0f} s, "
-                f"{fmt(total / populate_s)} events/s via Ledger.handle); 1M at this rate: "
-                f"{1_000_000 / med:.0f} s; {backend} wall {wall:.0f} s",
-            )
-            report([measurement], quick=args.quick, record=not args.no_record)
+            measurements = []
+            for label, measured in (
+                (f"events/s, {backend}", rates),
+                (f"events/s, {backend}, --jobs {args.jobs}", parts_rates),
+            ):
+                med = median(measured)
+                measurements.append(
+                    Measurement(
+                        "rebuild",
+                        label,
+                        med,
+                        median(references),
+                        "read+decode events/s",
+                        ">= 50,000",
+                        med >= TARGET_EVENTS_S,
+                        measured,
+                        f"{total:,} events (populated in {populate_s:.0f} s, "
+                        f"{fmt(total / populate_s)} events/s via Ledger.handle); 1M at this "
+                        f"rate: {1_000_000 / med:.0f} s; {backend} wall {wall:.0f} s",
+                    )
+                )
+            report(measurements, quick=args.quick, record=not args.no_record)
 
 
 if __name__ == "__main__":

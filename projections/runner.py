@@ -47,7 +47,7 @@ from eventsourcing.utils import resolve_topic
 
 from domain.base import LedgerEvent
 from projections.base import Key, Projection, Row, no_reads
-from projections.catalog import PROJECTIONS, UnknownProjectionError
+from projections.catalog import PROJECTIONS, UnknownProjectionError, split
 from projections.db import Database, render
 from projections.schema import (
     BIGINT,
@@ -116,6 +116,26 @@ def _decode(
             )
         if targets:
             yield notification.id, to_domain_event(notification), targets
+
+
+class RunParts(Protocol):
+    """Folds the parts of a rebuild at once (``Projector.rebuild(jobs=...)``)."""
+
+    def __call__(self, parts: list[list[str]], tick: Callable[[], None]) -> list[int]:
+        """Run ``Projector.catch_up(part)`` for every part, each on a projector of its own,
+        calling ``tick`` every ``PART_POLL_S`` seconds or so until all have ended.
+
+        Returns:
+            Each part's count of notifications folded, in ``parts`` order.
+
+        Raises:
+            BaseException: what a part raised, once every part has ended.
+        """
+        ...
+
+
+#: How often a rebuild in parts reports progress, seconds.
+PART_POLL_S = 0.5
 
 
 class ProjectorBusyError(RuntimeError):
@@ -580,23 +600,41 @@ class Projector:
             else:  # another projector holds the lock (None), or nothing wakes this one
                 stop.wait(poll_interval_s)
 
-    def rebuild(self, names: list[str] | None = None, progress: Progress | None = None) -> int:
+    def rebuild(
+        self,
+        names: list[str] | None = None,
+        progress: Progress | None = None,
+        *,
+        jobs: int = 1,
+        run_parts: RunParts | None = None,
+    ) -> int:
         """Rebuild projections from position 0; the others keep their rows and positions.
 
         Deletes every row of the named projections' tables (all projects) and resets their
-        tracking to 0 in one transaction, then folds the whole log into them.
+        tracking to 0 in one transaction, then folds the whole log into them: here, or, with
+        ``jobs > 1`` and ``run_parts``, in up to ``jobs`` parts at once (``catalog.split``),
+        each part catching its projections up elsewhere (``infra.runtime.process_parts``: a
+        process each) while this projector holds the lock.
 
         Args:
             names: projection names (default: all of this projector's).
-            progress: called after each write with ``(position reached, head)``.
+            progress: called with ``(position reached, head)`` after each write (in parts: the
+                lowest position of the rebuilt projections, every ``PART_POLL_S`` seconds).
+            jobs: parts folded at once, at most (1: all here, in this thread).
+            run_parts: what folds the parts (required for ``jobs > 1``).
 
         Returns:
-            The number of notifications folded.
+            The number of notifications folded (in parts: by the part that folded most).
 
         Raises:
             UnknownProjectionError: a name is not a projection's.
             ProjectorBusyError: another projector kept the lock for ``lock_wait_s``.
+            ValueError: ``jobs < 1``, or ``jobs > 1`` without ``run_parts``.
+            BaseException: what a part raised (the other parts finish first; each projection
+                keeps the position it committed, and the next run goes on from there).
         """
+        if jobs < 1 or (jobs > 1 and run_parts is None):
+            raise ValueError(f"jobs must be >= 1, and > 1 only with run_parts; got {jobs}")
         chosen = self._select(names)
         self._ensure_tracking()
         with self.db.advisory_lock(self.lock_name, wait_s=self.lock_wait_s) as held:
@@ -623,7 +661,32 @@ class Projector:
             head = self._head()
             if progress is not None:
                 progress(0, head)
-            return self._catch_up(chosen, max_pages=None, progress=progress, head=head)
+            parts = split(chosen, jobs)
+            if len(parts) <= 1 or run_parts is None:
+                return self._catch_up(chosen, max_pages=None, progress=progress, head=head)
+
+            def tick() -> None:
+                if progress is not None:
+                    reached = self._read_tracking()
+                    progress(min(reached[p.name][0] for p in chosen), head)
+
+            counts = run_parts([[p.name for p in part] for part in parts], tick)
+            tick()
+            return max(counts)
+
+    def catch_up(self, names: list[str] | None = None) -> int:
+        """Fold the named projections up to the head of the log, without taking the lock: a
+        part of a rebuild (``RunParts``) whose caller holds it.
+
+        Returns:
+            The number of notifications folded.
+
+        Raises:
+            UnknownProjectionError: a name is not a projection's.
+        """
+        chosen = self._select(names)
+        self._ensure_tracking()
+        return self._catch_up(chosen, max_pages=None)
 
     def status(self) -> list[dict[str, Any]]:
         """Each projection's position against the head of the log.

@@ -144,6 +144,15 @@ def test_command_line_replays_rebuilds_and_reports_status(sqlite_server: Server)
     )
     assert rebuild.returncode == 0, rebuild.stderr
     assert "rebuilt all projections" in rebuild.stdout
+    in_parts = subprocess.run(
+        [RUNLEDGER, "rebuild", "--all", "--jobs", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert in_parts.returncode == 0, in_parts.stderr
+    assert "rebuilt all projections" in in_parts.stdout
     unknown = subprocess.run(
         [RUNLEDGER, "rebuild", "nonsense"], env=env, capture_output=True, text=True, timeout=60
     )
