@@ -7,8 +7,10 @@ options given here override them.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -20,6 +22,7 @@ from rich.table import Table
 from api.render import jsonable
 from infra.runtime import build_runtime, process_parts
 from infra.settings import Settings
+from infra.supervise import ChildProcess, projector_command
 
 app = typer.Typer(
     help="runledger: an event-sourced audit ledger for AI agent runs.", no_args_is_help=True
@@ -32,16 +35,14 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (RUNLEDGER_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="Bind port (RUNLEDGER_PORT)")] = None,
     projector: Annotated[
-        str | None, typer.Option(help="inprocess | off (RUNLEDGER_PROJECTOR)")
+        str | None, typer.Option(help="process | inprocess | off (RUNLEDGER_PROJECTOR)")
     ] = None,
     workers: Annotated[
         int | None, typer.Option(min=1, help="API worker processes (RUNLEDGER_WORKERS)")
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request (costs throughput)")] = False,
 ) -> None:
-    """Run the HTTP API (and, by default, the projector in-process)."""
-    import os
-
+    """Run the HTTP API (and, by default, the projector in a child process)."""
     import uvicorn
 
     from api.app import create_app
@@ -59,32 +60,49 @@ def serve(
     store = (settings.database_url and "PostgreSQL") or f"SQLite file {settings.sqlite_path}"
     console.print(
         f"runledger on http://{settings.host}:{settings.port} ({store}, {settings.workers} "
-        "worker(s)); OpenAPI at /docs"
+        f"worker(s), projector {settings.projector}); OpenAPI at /docs"
     )
-    if settings.workers == 1:
+    child: ChildProcess | None = None
+    if settings.projector == "process":
+        # The API itself runs no projector; the child builds its settings from the environment.
+        overrides["projector"] = "off"
+        settings = settings.model_copy(update={"projector": "off"})
+        child = ChildProcess(projector_command())
+        # uvicorn restores this handler and raises the signal again once it has shut down: exit
+        # through ``finally`` (which stops the child) instead of dying on the spot.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        if settings.workers == 1:
+            if child is not None:
+                child.start()
+            uvicorn.run(
+                create_app(settings),
+                host=settings.host,
+                port=settings.port,
+                log_level="info",
+                access_log=access_log,
+            )
+            return
+        # Worker processes build their settings from the environment: hand the overrides down.
+        for name, value in overrides.items():
+            os.environ[f"RUNLEDGER_{name.upper()}"] = str(value)
+        if settings.create_tables:
+            build_runtime(settings, create_tables=True).close()  # once, before the workers start
+            os.environ["RUNLEDGER_CREATE_TABLES"] = "false"
+        if child is not None:
+            child.start()
         uvicorn.run(
-            create_app(settings),
+            "api.app:app_factory",
+            factory=True,
+            workers=settings.workers,
             host=settings.host,
             port=settings.port,
             log_level="info",
             access_log=access_log,
         )
-        return
-    # Worker processes build their settings from the environment: hand the overrides down.
-    for name, value in overrides.items():
-        os.environ[f"RUNLEDGER_{name.upper()}"] = str(value)
-    if settings.create_tables:
-        build_runtime(settings, create_tables=True).close()  # once, before the workers start
-        os.environ["RUNLEDGER_CREATE_TABLES"] = "false"
-    uvicorn.run(
-        "api.app:app_factory",
-        factory=True,
-        workers=settings.workers,
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        access_log=access_log,
-    )
+    finally:
+        if child is not None:
+            child.stop()
 
 
 @app.command()
@@ -99,6 +117,10 @@ def migrate() -> None:
 @app.command()
 def project(
     once: Annotated[bool, typer.Option(help="Catch up to the head, then exit")] = False,
+    parent_pid: Annotated[
+        int | None,
+        typer.Option(help="Stop when this process is gone (serve's child projector)", hidden=True),
+    ] = None,
 ) -> None:
     """Run the projector on its own (use with ``RUNLEDGER_PROJECTOR=off`` on the API)."""
     settings = Settings()
@@ -109,14 +131,38 @@ def project(
             console.print(f"projected {count} events")
             return
         stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+        def stopping(*_: Any) -> None:
+            stop.set()
+            runtime.wake.interrupt()
+
+        signal.signal(signal.SIGTERM, stopping)
+        signal.signal(signal.SIGINT, stopping)
+        if parent_pid is not None:
+            threading.Thread(
+                target=_stop_without_parent, args=(parent_pid, stop, stopping), daemon=True
+            ).start()
         console.print("projector running; Ctrl-C to stop")
         runtime.projector.run_forever(
             stop, poll_interval_s=settings.projector_poll_interval_s, wake=runtime.wake
         )
     finally:
         runtime.close()
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop_without_parent(
+    parent_pid: int, stop: threading.Event, stopping: Callable[[], None]
+) -> None:
+    """Call ``stopping`` once ``parent_pid`` is no longer this process's parent (it exited)."""
+    while not stop.wait(0.5):
+        if os.getppid() != parent_pid:
+            console.print(f"parent process {parent_pid} is gone; stopping")
+            stopping()
+            return
 
 
 @app.command()

@@ -366,9 +366,10 @@ def runledger_server(
             as ``RUNLEDGER_<NAME>`` too (e.g. ``BENCH_RUNLEDGER_WORKERS=2``), to measure a
             configuration without editing the benchmark.
 
-    ``BENCH_PROJECTOR=process`` runs docker-compose's layout: the API with its projector off and
-    ``runledger project`` as a second process on the same database (started once the API is
-    ready, stopped with it). Unset (or ``inprocess``): the projector runs inside the API.
+    ``BENCH_PROJECTOR`` (``projector_layout``) chooses where the projector runs: unset, as
+    ``serve`` runs it by default (its child process); ``inprocess``, a thread of the API;
+    ``process``, docker-compose's layout (the API's projector off and ``runledger project`` as a
+    second process on the same database, started once the API is ready, stopped with it).
     """
     port = free_port()
     passed_on = {
@@ -385,9 +386,12 @@ def runledger_server(
         **{f"RUNLEDGER_{key.upper()}": value for key, value in settings.items()},
     }
     companion = None
-    if projector_layout() == "process" and chosen.get("RUNLEDGER_PROJECTOR") != "off":
+    layout = projector_layout()
+    if layout == "process" and chosen.get("RUNLEDGER_PROJECTOR") != "off":
         chosen["RUNLEDGER_PROJECTOR"] = "off"
         companion = [str(runledger_bin()), "project"]
+    elif layout == "inprocess" and "RUNLEDGER_PROJECTOR" not in chosen:
+        chosen["RUNLEDGER_PROJECTOR"] = "inprocess"
     env = _clean_env(**chosen)
     return ServerProcess(
         name=name,
@@ -400,15 +404,26 @@ def runledger_server(
     )
 
 
+#: ``BENCH_PROJECTOR`` values: how the notes of a row name the layout.
+LAYOUTS = {
+    "serve": "",
+    "inprocess": "projector in the API process",
+    "process": "projector in its own process",
+}
+
+
 def projector_layout() -> str:
-    """``inprocess`` (default) or ``process`` (``BENCH_PROJECTOR``).
+    """``serve`` (default: ``runledger serve`` as the quick start runs it, which starts its
+    projector as a child process), ``inprocess`` (``RUNLEDGER_PROJECTOR=inprocess``: a thread of
+    the API process) or ``process`` (docker-compose's: the API's projector off and
+    ``runledger project`` started beside it) (``BENCH_PROJECTOR``).
 
     Raises:
         SystemExit: any other value.
     """
-    layout = os.environ.get("BENCH_PROJECTOR", "inprocess")
-    if layout not in ("inprocess", "process"):
-        raise SystemExit(f"BENCH_PROJECTOR must be inprocess or process, not {layout!r}")
+    layout = os.environ.get("BENCH_PROJECTOR", "serve")
+    if layout not in LAYOUTS:
+        raise SystemExit(f"BENCH_PROJECTOR must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     return layout
 
 
@@ -655,8 +670,7 @@ def append_results(measurements: Sequence[Measurement], *, quick: bool) -> None:
             for k, v in sorted(os.environ.items())
             if k.startswith("BENCH_RUNLEDGER_")
         )
-        if projector_layout() == "process":
-            config = ", ".join(part for part in (config, "projector in its own process") if part)
+        config = ", ".join(part for part in (config, LAYOUTS[projector_layout()]) if part)
         notes = "; ".join(
             part for part in ("quick" if quick else "", m.notes, config, f"rev {revision}") if part
         )

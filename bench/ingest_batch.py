@@ -4,8 +4,9 @@ Measured: events/s committed by ``POST /v1/events`` with batches of 1,000 mixed 
 (``bench.workload``: sessions with messages, tool calls started/ended and scafld evidence;
 chains created, stages added and moved; approvals requested and decided; ~88 streams per
 batch, ~500 bytes per event) posted over 4 concurrent keep-alive connections to
-``runledger serve`` (PostgreSQL, fresh schema, projector in-process). A round counts from the
-first request to the last response; every response must be 200 with every result ``created``,
+``runledger serve`` (PostgreSQL, fresh schema, the projector where ``BENCH_PROJECTOR`` puts it:
+by default ``serve``'s child process). A round counts from the first request to the last
+response; every response must be 200 with every result ``created``,
 and the log (``count(*)`` of the events table) must have grown by exactly the events the round
 implies (typed events + implied chain status changes). The ``/readyz`` head is printed too.
 

@@ -1,7 +1,8 @@
 """Benchmark 3, ``otlp``: OTLP/HTTP protobuf spans committed per second, two ways.
 
-Measured against ``runledger serve`` (PostgreSQL, fresh schema, projector in-process), spans/s
-committed, the log (``count(*)`` of the events table) having grown by exactly the spans sent:
+Measured against ``runledger serve`` (PostgreSQL, fresh schema, the projector where
+``BENCH_PROJECTOR`` puts it: by default ``serve``'s child process), spans/s committed, the log
+(``count(*)`` of the events table) having grown by exactly the spans sent:
 
 (a) ``sdk``: the OpenTelemetry SDK's own ``OTLPSpanExporter`` (``http/protobuf``) behind a
     ``BatchSpanProcessor`` (``max_export_batch_size`` 1,024, queue large enough to drop nothing)

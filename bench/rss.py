@@ -2,9 +2,9 @@
 
 Measured: ``VmHWM`` (peak RSS) from ``/proc/<pid>/status`` of the ``runledger serve`` process
 (uvicorn runs in that process) at the end of an ``ingest_batch`` load (batches of 1,000 mixed
-typed events over 4 connections, PostgreSQL, projector in-process), with ``VmRSS`` sampled
-every 100 ms during the load. Each round starts a fresh server process (``VmHWM`` only grows
-within a process), on one fresh schema for the run.
+typed events over 4 connections, PostgreSQL, the projector where ``BENCH_PROJECTOR`` puts it),
+with ``VmRSS`` sampled every 100 ms during the load. Each round starts a fresh server process
+(``VmHWM`` only grows within a process), on one fresh schema for the run.
 
 Reference: the same process's ``VmRSS`` right after start-up (ready, before any request).
 

@@ -3,9 +3,9 @@
 Measured: requests/s, p50 and p99 latency of ``POST /v1/events`` with one
 ``session.message_recorded`` event per request (~150 bytes; a distinct ``event_id`` per request,
 spread over 10,000 session streams; each answered 201 and appending one event) against
-``runledger serve`` on PostgreSQL (fresh schema, projector in-process). After each round the
-log must have grown by at least the completed requests (and at most 64 more: requests still in
-flight when the load generator stopped).
+``runledger serve`` on PostgreSQL (fresh schema, the projector where ``BENCH_PROJECTOR`` puts
+it). After each round the log must have grown by at least the completed requests (and at most
+64 more: requests still in flight when the load generator stopped).
 
 Load generator: ``wrk`` (2 threads, 64 connections; a Lua script builds each request with
 ``wrk.format`` from a per-thread counter and reports exact percentiles in ``done()``), or, when

@@ -19,7 +19,7 @@ from infra.blobs import BlobStore, LocalBlobStore, S3BlobStore, s3_client
 from infra.database import PostgresDatabase
 from infra.settings import Settings
 from infra.store import EventLog, build_ledger, migration_lock
-from infra.wake import CommitSignal, PostgresListener
+from infra.wake import DatagramSignal, PostgresListener, socket_path_for
 from infra.writer import GroupCommitWriter
 from projections.db import Database, SQLiteDatabase
 from projections.runner import PART_POLL_S, Projector, RunParts
@@ -41,7 +41,7 @@ class Runtime:
     blobs: BlobStore
     writer: GroupCommitWriter
     #: Wakes the projector when the log grew (``infra.wake``).
-    wake: CommitSignal | PostgresListener
+    wake: DatagramSignal | PostgresListener
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -136,13 +136,13 @@ def build_runtime(settings: Settings, *, create_tables: bool | None = None) -> R
         projector = Projector(ledger, db, page_size=settings.projector_page_size)
         if create:
             projector.create_tables()
-    # PostgreSQL: every process's appends NOTIFY the log's channel. SQLite: only this process's
-    # writer can tell this process's projector.
-    wake: CommitSignal | PostgresListener
+    # PostgreSQL: every process's appends NOTIFY the log's channel. SQLite: every writer on the
+    # host sends the file's projector a datagram.
+    wake: DatagramSignal | PostgresListener
     if settings.database_url is not None:
         wake = PostgresListener(settings.database_url, ledger.recorder.channel_name)  # type: ignore[attr-defined]
     else:
-        wake = CommitSignal()
+        wake = DatagramSignal(socket_path_for(settings.sqlite_path))
     return Runtime(
         settings=settings,
         ledger=ledger,
@@ -154,7 +154,7 @@ def build_runtime(settings: Settings, *, create_tables: bool | None = None) -> R
         writer=GroupCommitWriter(
             ledger,
             max_batch_commands=settings.max_group_commit_commands,
-            on_commit=wake.notify if isinstance(wake, CommitSignal) else None,
+            on_commit=wake.notify if isinstance(wake, DatagramSignal) else None,
         ),
         wake=wake,
     )

@@ -41,9 +41,11 @@ class Settings(BaseSettings):
         description="API worker processes of `runledger serve` (each has its own group-commit writer; "
         "one projector works at a time, under an advisory lock on PostgreSQL).",
     )
-    projector: Literal["inprocess", "off"] = Field(
-        default="inprocess",
-        description="Run the projector inside the API process, or not (then run `runledger project`).",
+    projector: Literal["process", "inprocess", "off"] = Field(
+        default="process",
+        description="Where `runledger serve` runs the projector: `process`, a child process it "
+        "starts, restarts and stops (an interpreter of its own); `inprocess`, a thread of the "
+        "API process; `off`, nowhere (then run `runledger project`).",
     )
     projector_poll_interval_s: float = Field(
         default=0.2,

@@ -1,21 +1,31 @@
 """What wakes the projector when the log grew, so that read models follow a commit in
 milliseconds instead of a poll interval (``projections.runner.Wake``).
 
-- ``CommitSignal``: in-process; the ``GroupCommitWriter`` of the same process calls ``notify``
-  after each commit that appended events (SQLite: the projector in ``serve``).
+- ``DatagramSignal`` (SQLite, which has no ``NOTIFY``): the projector binds a Unix datagram
+  socket named after the database file; every writer on the host (``serve``'s group-commit
+  writer, in any process) sends it an empty datagram after each commit that appended events.
+  So the projector of ``serve`` (in its thread, or in the child process ``serve`` starts) and
+  ``runledger project`` are woken alike.
 - ``PostgresListener``: a connection of its own ``LISTEN``ing on the log's channel, on which every
   append sends ``NOTIFY`` (eventsourcing's recorder and runledger's append function both do), so
   commits of every process wake it (PostgreSQL: ``serve`` and ``runledger project``).
 
 Either way the projector still polls every ``projector_poll_interval_s``: a lost wake-up (a broken
-connection, another projector's lock) costs at most that long.
+connection, a socket another projector took over) costs at most that long.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
+import select
+import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 from psycopg.sql import SQL, Identifier
@@ -23,28 +33,92 @@ from psycopg.sql import SQL, Identifier
 log = logging.getLogger("runledger.wake")
 
 
-class CommitSignal:
-    """Set by this process's writer after a commit, waited on by its projector."""
+def socket_path_for(database: Path) -> Path:
+    """Where ``DatagramSignal`` binds for an SQLite file: ``<tmp>/runledger-<sha256 of the
+    file's absolute path, 16 hex>.wake`` (short: a Unix socket's path is limited to 107 bytes).
+    """
+    digest = hashlib.sha256(str(database.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"runledger-{digest}.wake"
 
-    def __init__(self) -> None:
-        self._event = threading.Event()
+
+class DatagramSignal:
+    """A wake-up shared by the processes of one host: ``notify`` from any of them, ``wait`` in
+    the projector's.
+
+    The first ``wait`` binds the socket at ``path`` (replacing a stale one: the last projector
+    to start is the one woken; another one falls back to its poll interval). A failed bind is
+    logged once, and ``wait`` then only sleeps.
+
+    Args:
+        path: the socket's path (``socket_path_for(settings.sqlite_path)``).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sender.setblocking(False)
+        self._receiver: socket.socket | None = None
+        self._inode: int | None = None
+        self._bind_failed = False
+        self._interrupted = threading.Event()
+        self._lock = threading.Lock()
 
     def notify(self) -> None:
-        """The log grew (called after the commit)."""
-        self._event.set()
+        """The log grew: wake the projector bound to ``path``, if any (never blocks, never
+        raises: with none listening, or its queue full, there is nobody to wake or it will run
+        anyway)."""
+        with contextlib.suppress(OSError):
+            self._sender.sendto(b"", str(self.path))
 
     def wait(self, timeout_s: float) -> None:
-        """Return when ``notify`` (or ``interrupt``) was called since the last return, or after
-        ``timeout_s``."""
-        self._event.wait(timeout_s)
-        self._event.clear()
+        """Return after a ``notify`` (all pending ones are consumed), after ``interrupt``, or
+        after ``timeout_s``."""
+        receiver = self._bound()
+        if receiver is not None and not self._interrupted.is_set():
+            readable, _, _ = select.select([receiver], [], [], timeout_s)
+            if readable:
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    while True:  # the rest of a burst: one run covers them
+                        receiver.recv(64)
+        elif receiver is None:
+            self._interrupted.wait(timeout_s)
+        self._interrupted.clear()
 
     def interrupt(self) -> None:
         """End the current (or next) ``wait`` now (the projector is being stopped)."""
-        self._event.set()
+        self._interrupted.set()
+        self.notify()
+
+    def _bound(self) -> socket.socket | None:
+        with self._lock:
+            if self._receiver is None and not self._bind_failed:
+                receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                receiver.setblocking(False)
+                try:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path.unlink()
+                    receiver.bind(str(self.path))
+                except OSError as error:
+                    receiver.close()
+                    self._bind_failed = True
+                    log.warning(
+                        "cannot bind %s (%s): the projector polls instead", self.path, error
+                    )
+                    return None
+                self._receiver, self._inode = receiver, os.stat(self.path).st_ino
+            return self._receiver
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Close the sockets; remove the bound one's path unless another projector took it."""
+        self._sender.close()
+        with self._lock:
+            receiver, self._receiver = self._receiver, None
+        if receiver is None:
+            return
+        receiver.close()
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self._inode:
+                self.path.unlink()
 
 
 class PostgresListener:

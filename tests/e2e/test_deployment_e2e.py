@@ -15,6 +15,8 @@ import httpx
 import pytest
 import yaml
 
+from infra.settings import Settings
+from infra.wake import socket_path_for
 from tests.servers import ROOT, Server, base_env
 
 pytestmark = pytest.mark.e2e
@@ -168,3 +170,87 @@ def test_command_line_replays_rebuilds_and_reports_status(sqlite_server: Server)
             == "pass"
         )
     assert os.environ.get("RUNLEDGER_DATA_DIR") is None  # the test did not leak settings
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of ``pid`` (any of its threads'), from /proc."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.extend(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def until(condition: Any, timeout_s: float, what: str) -> float:
+    """Seconds until ``condition()`` held (polled every 10 ms)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.01)
+    raise AssertionError(f"{what} within {timeout_s} s")
+
+
+def test_serve_runs_its_projector_as_a_child_woken_by_each_commit_and_restarted(
+    make_server: Any,
+) -> None:
+    # A 30 s poll: only the writer's wake-up can bring a commit to the read model quickly.
+    server = make_server(RUNLEDGER_PROJECTOR_POLL_INTERVAL_S="30")
+    assert server.process is not None
+    serve_pid = server.process.pid
+    until(lambda: child_pids(serve_pid), 10, "serve started no child")
+    (child,) = child_pids(serve_pid)
+    assert "project" in cmdline(child) and f"--parent-pid {serve_pid}" in cmdline(child)
+
+    def visible(session: str) -> bool:
+        return httpx.get(f"{server.url}/v1/sessions/{session}", timeout=5).status_code == 200
+
+    # the socket each child binds once it caught up (a new file per child)
+    wake = socket_path_for(Settings(data_dir=Path(server.env["RUNLEDGER_DATA_DIR"])).sqlite_path)
+
+    def bound_socket() -> tuple[int, int] | None:
+        try:
+            stat = wake.stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_ctime_ns  # inode numbers are reused
+
+    until(lambda: bound_socket() is not None, 10, "the child bound no wake-up socket")
+
+    def projected_in(session: str) -> float:
+        httpx.post(
+            f"{server.url}/v1/events",
+            json={"type": "session.started", "session_id": session, "agent": "claude-code"},
+            timeout=10,
+        ).raise_for_status()
+        return until(lambda: visible(session), 5, f"{session} not projected")
+
+    assert projected_in("child-1") < 2.0
+    # the child dies: serve starts another, which goes on where it stopped
+    before = bound_socket()
+    os.kill(child, 9)
+    until(lambda: child_pids(serve_pid) not in ([], [child]), 10, "no new child")
+    (child,) = child_pids(serve_pid)
+    until(lambda: bound_socket() not in (None, before), 15, "not bound again")
+    assert projected_in("child-2") < 2.0
+
+    # serve stopped: its child stops with it; serve killed: the child notices and stops
+    server.stop()
+    until(lambda: gone(child), 10, "the child outlived serve")
+    second = make_server()
+    assert second.process is not None
+    until(lambda: child_pids(second.process.pid), 10, "serve started no child")
+    (orphan,) = child_pids(second.process.pid)
+    second.process.kill()
+    second.process.wait()
+    until(lambda: gone(orphan), 10, "the child outlived a killed serve")

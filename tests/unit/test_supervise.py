@@ -1,0 +1,142 @@
+"""The pieces of ``serve``'s child projector: ``infra.supervise.ChildProcess`` (real child
+processes) and ``infra.wake.DatagramSignal`` (real Unix datagram sockets)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from infra.supervise import ChildProcess
+from infra.wake import DatagramSignal, socket_path_for
+
+pytestmark = pytest.mark.unit
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+def wait_for(condition: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone too
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_child_that_dies_is_started_again_and_stop_ends_it_for_good() -> None:
+    child = ChildProcess(SLEEPER, name="sleeper")
+    child.start()
+    try:
+        wait_for(lambda: child.pid is not None)
+        first = child.pid
+        assert first is not None
+        os.kill(first, 9)
+        wait_for(lambda: child.pid not in (None, first))  # restarted after ~1 s
+        assert child.starts == 2
+        second = child.pid
+        assert second is not None
+    finally:
+        code = child.stop(timeout_s=10)
+    assert code == -15  # SIGTERM
+    assert not alive(second)
+    time.sleep(1.5)  # longer than the first restart pause: nothing comes back
+    assert child.starts == 2 and child.pid is None
+
+
+def test_a_child_ignoring_sigterm_is_killed_after_the_timeout() -> None:
+    stubborn = [
+        sys.executable,
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(120)",
+    ]
+    child = ChildProcess(stubborn, name="stubborn")
+    child.start()
+    wait_for(lambda: child.pid is not None)
+    time.sleep(0.5)  # let it install its handler
+    started = time.monotonic()
+    assert child.stop(timeout_s=1.0) == -9
+    assert 0.9 <= time.monotonic() - started < 8
+
+
+def test_a_notify_from_another_process_wakes_the_wait_at_once(tmp_path: Path) -> None:
+    path = socket_path_for(tmp_path / "runledger.sqlite3")
+    signal = DatagramSignal(path)
+    try:
+        started = time.monotonic()
+        signal.wait(0.2)  # binds; nobody notifies: the whole timeout
+        assert time.monotonic() - started >= 0.19
+        sender = (
+            "import sys, time; from pathlib import Path; from infra.wake import DatagramSignal; "
+            "time.sleep(0.5); DatagramSignal(Path(sys.argv[1])).notify()"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", sender, str(path)])
+        started = time.monotonic()
+        signal.wait(30)
+        waited = time.monotonic() - started
+        proc.wait(10)
+        assert 0.3 <= waited < 5  # woken by the other process, not by the timeout
+        # a burst is consumed by one wait
+        for _ in range(5):
+            signal.notify()
+        signal.wait(1)
+        started = time.monotonic()
+        signal.wait(0.2)
+        assert time.monotonic() - started >= 0.19
+    finally:
+        signal.close()
+    assert not path.exists()
+
+
+def test_interrupt_ends_a_wait_and_a_second_projector_takes_the_socket_over(
+    tmp_path: Path,
+) -> None:
+    path = socket_path_for(tmp_path / "x.sqlite3")
+    first, second = DatagramSignal(path), DatagramSignal(path)
+    try:
+        first.wait(0)
+        timer = threading.Timer(0.3, first.interrupt)
+        timer.start()
+        started = time.monotonic()
+        first.wait(30)
+        assert time.monotonic() - started < 5
+        second.wait(0)  # binds last: the path is its socket now
+        first.close()  # leaves the other's socket alone
+        assert path.exists()
+        notifier = DatagramSignal(path)
+        notifier.notify()
+        started = time.monotonic()
+        second.wait(30)
+        assert time.monotonic() - started < 5
+        notifier.close()
+    finally:
+        first.close()
+        second.close()
+    assert not path.exists()
+
+
+def test_a_socket_that_cannot_be_bound_leaves_a_plain_poll(tmp_path: Path) -> None:
+    signal = DatagramSignal(tmp_path / "missing-dir" / "x.wake")
+    try:
+        started = time.monotonic()
+        signal.wait(0.2)
+        assert 0.19 <= time.monotonic() - started < 5
+        signal.notify()  # nobody there: no error
+    finally:
+        signal.close()
