@@ -170,14 +170,17 @@ def rebuild(
     name: Annotated[str | None, typer.Argument(help="Projection to rebuild")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Rebuild every projection")] = False,
     jobs: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
-            help="Processes folding parts of the projections at once (1: this process only)",
+            help="Processes folding parts of the projections at once (1: this process only; "
+            "default: 2 on a machine with 2 cores or more)",
         ),
-    ] = 1,
+    ] = None,
 ) -> None:
     """Rebuild a projection (or all) from position 0, with a progress bar."""
+    if jobs is None:
+        jobs = min(2, os.cpu_count() or 1)
     if (name is None) == (not all_):
         raise typer.BadParameter("give a projection NAME or --all")
     settings = Settings()
