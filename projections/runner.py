@@ -300,17 +300,22 @@ class _RowCache:
         dialect = self._dialect
         decode = decoders(table, dialect)
         names = table.column_names
-        row_marker = "(" + ", ".join("?" * len(table.key)) + ")"
+        select = f"SELECT {', '.join(names)} FROM {table.name} WHERE ({', '.join(table.key)}) IN "
         with self._db.transaction(readonly=True) as conn:
             cursor = conn.cursor()
             for start in range(0, len(keys), _PREFETCH_CHUNK):
                 chunk = keys[start : start + _PREFETCH_CHUNK]
-                sql = (
-                    f"SELECT {', '.join(names)} FROM {table.name} "
-                    f"WHERE ({', '.join(table.key)}) IN "
-                    f"(VALUES {', '.join([row_marker] * len(chunk))})"
-                )
-                cursor.execute(render(sql, dialect), [v for key in chunk for v in key])
+                if dialect == "postgresql":
+                    # One statement per table whatever the count (a text array per key column):
+                    # parsed once by psycopg, prepared by the server.
+                    arrays = ", ".join(["%s::text[]"] * len(table.key))
+                    sql = f"{select}(SELECT * FROM unnest({arrays}))"
+                    columns = [list(column) for column in zip(*chunk, strict=True)]
+                    cursor.execute(sql, columns, prepare=True)
+                else:
+                    row_marker = "(" + ", ".join("?" * len(table.key)) + ")"
+                    sql = f"{select}(VALUES {', '.join([row_marker] * len(chunk))})"
+                    cursor.execute(sql, [v for key in chunk for v in key])
                 for record in cursor.fetchall():
                     row = {
                         name: fn(value)
