@@ -141,24 +141,17 @@ def test_command_line_replays_rebuilds_and_reports_status(sqlite_server: Server)
         timeout=60,
     )
     assert missing.returncode == 1 and "no session stream" in missing.stdout
-    rebuild = subprocess.run(
-        [RUNLEDGER, "rebuild", "--all", "--jobs", "1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert rebuild.returncode == 0, rebuild.stderr
-    assert "rebuilt all projections" in rebuild.stdout
-    in_parts = subprocess.run(  # in parts: by default on 2 cores or more
-        [RUNLEDGER, "rebuild", "--all"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert in_parts.returncode == 0, in_parts.stderr
-    assert "rebuilt all projections" in in_parts.stdout
+    # here, then in parts (by default on 2 cores or more)
+    for jobs in (["--jobs", "1"], []):
+        rebuild = subprocess.run(
+            [RUNLEDGER, "rebuild", "--all", *jobs],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert rebuild.returncode == 0, rebuild.stderr
+        assert "rebuilt all projections" in rebuild.stdout
     unknown = subprocess.run(
         [RUNLEDGER, "rebuild", "nonsense"], env=env, capture_output=True, text=True, timeout=60
     )
