@@ -77,6 +77,8 @@ from psycopg.errors import UndefinedFunction
 from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Composable, Composed, Identifier
 
+from domain.base import may_hold_big_int
+
 log = logging.getLogger("runledger.codec")
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
 _TAG = b'"_type_"'
@@ -99,7 +101,11 @@ class OrjsonTranscoder(JSONTranscoder):
             return super().encode(obj)
 
     def decode(self, data: bytes) -> Any:
-        """Decode bytes written by this transcoder or by ``JSONTranscoder``."""
+        """Decode bytes written by this transcoder or by ``JSONTranscoder``. A state that may hold
+        an integer beyond 64 bits (written by the library's encoder: orjson cannot write one) is
+        decoded by the library's transcoder, which keeps it exact (``may_hold_big_int``)."""
+        if may_hold_big_int(data):
+            return super().decode(data)
         obj = orjson.loads(data)
         tags = data.count(_TAG)
         if not tags:

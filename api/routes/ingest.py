@@ -7,6 +7,7 @@ and answers only after the commit.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -25,7 +26,7 @@ from api.offload import make_offload
 from api.otlp import decode_export_request, encode_export_response
 from api.problems import BadRequestError, BodyTooLargeError, problem_body, problem_response
 from api.schemas import EventBatch, EventResults, TypedEvent
-from domain.base import EventMeta, content_sha256
+from domain.base import EventMeta, content_sha256, may_hold_big_int
 from domain.ledger import Command, Outcome
 from infra.runtime import Runtime
 
@@ -69,10 +70,21 @@ async def read_body(request: Request, runtime: Runtime) -> bytes:
 
 
 def _parse_json(body: bytes) -> Any:
+    """The JSON body (RFC 8259; no ``NaN``/``Infinity``), integers of any size kept exact.
+
+    Raises:
+        BadRequestError: not valid JSON.
+    """
     try:
+        if may_hold_big_int(body):  # orjson would round it into a float
+            return json.loads(body, parse_constant=_refuse_constant)
         return orjson.loads(body)
-    except orjson.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as error:
         raise BadRequestError(f"body is not valid JSON: {error}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 #: ``str(uuid)`` of recently answered streams (a batch names each of its ~100 streams ~10 times).

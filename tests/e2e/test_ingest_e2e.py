@@ -656,3 +656,36 @@ def test_a_closed_tail_stops_reading_the_log(
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_integers_beyond_64_bits_are_kept_exact_from_hook_to_history(sqlite_server: Server) -> None:
+    # orjson reads such integers as floats (rounded); the ledger must give back what was sent
+    session_id, pre, _ = one_real_session()
+    payload = dict(pre[0], tool_use_id="toolu_big_numbers")
+    big = {
+        "factorial_25": 15511210043330985984000000,
+        "below_int64": -(2**63) - 1,
+        "u64": 2**64 - 1,
+    }
+    payload["tool_input"] = {"command": "python -c 'print(25!)'", **big}
+    typed = {
+        "type": "session.tool_call_started",
+        "session_id": session_id,
+        "tool_use_id": "toolu_typed_big",
+        "tool_name": "Bash",
+        "tool_input": big,
+    }
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        assert client.post("/v1/hooks/claude-code", json=payload).status_code == 200
+        assert client.post("/v1/events", json=typed).status_code == 201
+        response = client.get(f"/v1/streams/session/{session_id}/events")
+        assert response.status_code == 200, response.text
+        events = json.loads(response.content)["items"]  # the stdlib keeps big integers exact
+    inputs = {
+        e["payload"]["tool_use_id"]: e["payload"]["tool_input"]
+        for e in events
+        if e["payload"].get("tool_use_id") in ("toolu_big_numbers", "toolu_typed_big")
+    }
+    assert inputs["toolu_big_numbers"] == payload["tool_input"]
+    assert inputs["toolu_typed_big"] == big
+    assert all(type(v) is int for v in inputs["toolu_typed_big"].values())

@@ -205,3 +205,48 @@ def test_the_sqlite_recorders_read_what_the_librarys_read_with_stream_ids_parsed
     assert ours.select_events(sid, gt=1) == library.select_events(sid, gt=1)
     assert snapshots.select_events(sid) == library_snapshots.select_events(sid)
     assert snapshots.select_events(sid)  # taken every 3 events
+
+
+@pytest.mark.parametrize(
+    "number",
+    [2**64, 2**70 + 1, -(2**63) - 1, -(2**80) + 3, 15511210043330985984000000],
+)
+def test_integers_beyond_orjsons_range_come_back_exact_not_rounded(number: int) -> None:
+    from domain.base import may_hold_big_int
+
+    stdlib, fast = transcoders()
+    written = stdlib.encode({"n": number, "nested": [{"n": number}], "s": "x"})
+    assert may_hold_big_int(written)
+    decoded = fast.decode(written)
+    assert decoded == {"n": number, "nested": [{"n": number}], "s": "x"}
+    assert type(decoded["n"]) is int and type(decoded["nested"][0]["n"]) is int
+    # through the ledger: appended, read back from the log and loaded, still exact
+    ledger = orjson_ledger()
+    outcome = ledger.handle(
+        [
+            Command(
+                "session",
+                "big",
+                "start_tool_call",
+                meta(1),
+                {"tool_name": "Bash", "tool_input": {"n": number}, "tool_input_sha256": "0" * 64},
+            )
+        ]
+    )[0]
+    assert outcome.status == "created", outcome
+    events = [ledger.mapper.to_domain_event(n) for n in ledger.recorder.select_notifications(1, 10)]
+    assert [e.tool_input for e in events if hasattr(e, "tool_input")] == [{"n": number}]
+
+
+def test_ordinary_event_states_take_the_fast_path() -> None:
+    from domain.base import may_hold_big_int
+
+    # ISO timestamps, uuids, sha256 hex, 19-digit nanoseconds, int64's largest value
+    state = (
+        b'{"timestamp":{"_type_":"datetime_iso","_data_":"2026-11-21T12:00:00.123456+00:00"},'
+        b'"id":"6f1c6b52-5a1e-4f0e-9c84-3b1d2a7e9d10","sha":"' + b"0123456789abcdef" * 4 + b'",'
+        b'"start_time_unix_nano":1763726400123456789,"max":9223372036854775807,"n":-12345}'
+    )
+    assert not may_hold_big_int(state)
+    # int64's smallest value is read the slow, exact way (conservative), like anything longer
+    assert may_hold_big_int(b'{"min":-9223372036854775808}')
