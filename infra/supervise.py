@@ -84,19 +84,23 @@ class ChildProcess:
                 if self._stopping.is_set():
                     return
                 started = time.monotonic()
-                self._process = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
-                self.starts += 1
-                process = self._process
-            code = process.wait()
+                try:
+                    self._process = subprocess.Popen(
+                        self.argv, env=self.env, start_new_session=True
+                    )
+                except OSError as error:
+                    self._process = None
+                    outcome = f"could not start ({error})"
+                else:
+                    self.starts += 1
+            if self._process is not None:
+                outcome = f"exited (code {self._process.wait()})"
             if self._stopping.is_set():
                 return
             if time.monotonic() - started >= STABLE_RUN_S:
                 backoff = 1.0
             log.warning(
-                "the %s process exited (code %s); starting it again in %.0f s",
-                self.name,
-                code,
-                backoff,
+                "the %s process %s; starting it again in %.0f s", self.name, outcome, backoff
             )
             self._stopping.wait(backoff)
             backoff = min(backoff * 2, self.max_backoff_s)

@@ -58,6 +58,7 @@ class DatagramSignal:
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.setblocking(False)
         self._receiver: socket.socket | None = None
+        self._poller: select.poll | None = None  # poll(2): no FD_SETSIZE limit, unlike select(2)
         self._inode: int | None = None
         self._bind_failed = False
         self._interrupted = threading.Event()
@@ -75,8 +76,8 @@ class DatagramSignal:
         after ``timeout_s``."""
         receiver = self._bound()
         if receiver is not None and not self._interrupted.is_set():
-            readable, _, _ = select.select([receiver], [], [], timeout_s)
-            if readable:
+            assert self._poller is not None
+            if self._poller.poll(max(0, int(timeout_s * 1000))):
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     while True:  # the rest of a burst: one run covers them
                         receiver.recv(64)
@@ -105,6 +106,8 @@ class DatagramSignal:
                         "cannot bind %s (%s): the projector polls instead", self.path, error
                     )
                     return None
+                self._poller = select.poll()
+                self._poller.register(receiver, select.POLLIN)
                 self._receiver, self._inode = receiver, os.stat(self.path).st_ino
             return self._receiver
 

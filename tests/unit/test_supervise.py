@@ -75,6 +75,18 @@ def test_a_child_ignoring_sigterm_is_killed_after_the_timeout() -> None:
     assert 0.9 <= time.monotonic() - started < 8
 
 
+def test_a_command_that_cannot_start_is_tried_again_and_logged(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    child = ChildProcess([str(tmp_path / "no-such-program")], name="missing")
+    with caplog.at_level("WARNING", logger="runledger.supervise"):
+        child.start()
+        wait_for(lambda: sum("could not start" in r.message for r in caplog.records) >= 2, 10)
+        started = time.monotonic()
+        assert child.stop(timeout_s=5) is None
+    assert time.monotonic() - started < 5 and child.starts == 0 and child.pid is None
+
+
 def test_a_notify_from_another_process_wakes_the_wait_at_once(tmp_path: Path) -> None:
     path = socket_path_for(tmp_path / "runledger.sqlite3")
     signal = DatagramSignal(path)
