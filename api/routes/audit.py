@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
@@ -27,7 +26,7 @@ from pydantic import AwareDatetime
 from api.deps import ProjectDep, RuntimeDep
 from api.problems import BadRequestError
 from api.render import jsonable, render_event
-from domain.base import stream_id
+from domain.base import canonical_json, stream_id
 from infra.runtime import Runtime
 
 router = APIRouter(prefix="/v1", tags=["audit"])
@@ -229,7 +228,7 @@ async def _tail(
             yield b"id: %d\nevent: %s\ndata: %s\n\n" % (
                 item["position"],
                 item["type"].encode(),
-                orjson.dumps(item),
+                canonical_json(item),  # orjson, or the stdlib for what it cannot write
             )
         if items:
             quiet_since = time.monotonic()

@@ -681,6 +681,11 @@ def test_integers_beyond_64_bits_are_kept_exact_from_hook_to_history(sqlite_serv
         response = client.get(f"/v1/streams/session/{session_id}/events")
         assert response.status_code == 200, response.text
         events = json.loads(response.content)["items"]  # the stdlib keeps big integers exact
+        # the log and its live tail render them too (the log holds only this session's events)
+        log = json.loads(client.get("/v1/log").content)["items"]
+        with client.stream("GET", "/v1/log/tail", params={"after": 0}) as tail:
+            tailed = [m["data"] for m in read_sse(tail.iter_lines(), len(log))]
+    assert log == tailed == events
     inputs = {
         e["payload"]["tool_use_id"]: e["payload"]["tool_input"]
         for e in events
