@@ -57,7 +57,7 @@ STAGES: list[tuple[str, tuple[str, ...], str]] = [
     ("      mapper.to_stored_event (encode)", ("infra/codec.py",), "to_stored_event"),
     (
         "      recorder.insert_events (SQL)",
-        ("eventsourcing/postgres.py", "eventsourcing/sqlite.py"),
+        ("infra/codec.py", "eventsourcing/postgres.py", "eventsourcing/sqlite.py"),
         "insert_events",
     ),
     ("      take snapshots", ("eventsourcing/application.py",), "_take_snapshots"),

@@ -86,19 +86,17 @@ class PostgresDatabase:
                 by the ``BEGIN`` itself rather than by a statement of its own.
         """
         with self._pool.connection() as conn:
-            if not readonly:
-                with conn.transaction():
-                    yield conn
-                return
-            conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
+            if readonly:
+                conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
             try:
                 with conn.transaction():
                     yield conn
             finally:
-                if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                    conn.isolation_level, conn.read_only = None, None
-                else:  # broken: the pool discards it
-                    conn.close()
+                if readonly:  # handed back as it was; a broken one is closed (the pool drops it)
+                    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                        conn.isolation_level, conn.read_only = None, None
+                    else:
+                        conn.close()
 
     @contextmanager
     def advisory_lock(self, name: str, *, wait_s: float | None = None) -> Iterator[bool]:

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
         default=0.2,
         gt=0,
         description="Projector idle poll interval, seconds (a commit wakes it sooner: "
-        "LISTEN/NOTIFY on PostgreSQL, the in-process writer on SQLite).",
+        "LISTEN/NOTIFY on PostgreSQL, a datagram from the host's writers on SQLite).",
     )
     projector_page_size: int = Field(
         default=1000,

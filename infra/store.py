@@ -136,16 +136,15 @@ class EventLog:
         if self._kind == "sqlite":
             by_hex = {sid.hex: sid for sid, _ in keys}
             found_rows: list[Any] = []
-            for start in range(0, len(keys), _SQLITE_KEYS_PER_QUERY):
-                chunk = keys[start : start + _SQLITE_KEYS_PER_QUERY]
-                sql = (
-                    f"SELECT originator_id, originator_version, rowid FROM {table} "
-                    "WHERE (originator_id, originator_version) IN "
-                    f"(VALUES {', '.join(['(?, ?)'] * len(chunk))})"
-                )
-                params = [p for sid, version in chunk for p in (sid.hex, version)]
-                with self._recorder.datastore.transaction(commit=False) as cursor:
-                    cursor.execute(sql, params)
+            with self._recorder.datastore.transaction(commit=False) as cursor:
+                for start in range(0, len(keys), _SQLITE_KEYS_PER_QUERY):
+                    chunk = keys[start : start + _SQLITE_KEYS_PER_QUERY]
+                    sql = (
+                        f"SELECT originator_id, originator_version, rowid FROM {table} "
+                        "WHERE (originator_id, originator_version) IN "
+                        f"(VALUES {', '.join(['(?, ?)'] * len(chunk))})"
+                    )
+                    cursor.execute(sql, [p for sid, version in chunk for p in (sid.hex, version)])
                     found_rows.extend(cursor.fetchall())
             return {(by_hex[r[0]], int(r[1])): int(r[2]) for r in found_rows}
         schema = self._recorder.datastore.schema

@@ -84,17 +84,15 @@ class ChildProcess:
                 if self._stopping.is_set():
                     return
                 started = time.monotonic()
+                process: subprocess.Popen[bytes] | None = None
                 try:
-                    self._process = subprocess.Popen(
-                        self.argv, env=self.env, start_new_session=True
-                    )
-                except OSError as error:
-                    self._process = None
-                    outcome = f"could not start ({error})"
-                else:
+                    process = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
                     self.starts += 1
-            if self._process is not None:
-                outcome = f"exited (code {self._process.wait()})"
+                except OSError as error:
+                    outcome = f"could not start ({error})"
+                self._process = process
+            if process is not None:
+                outcome = f"exited (code {process.wait()})"
             if self._stopping.is_set():
                 return
             if time.monotonic() - started >= STABLE_RUN_S:

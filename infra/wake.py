@@ -57,8 +57,8 @@ class DatagramSignal:
         self.path = path
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.setblocking(False)
-        self._receiver: socket.socket | None = None
-        self._poller: select.poll | None = None  # poll(2): no FD_SETSIZE limit, unlike select(2)
+        # the bound socket and its poll(2) (no FD_SETSIZE limit, unlike select(2))
+        self._receiver: tuple[socket.socket, select.poll] | None = None
         self._inode: int | None = None
         self._bind_failed = False
         self._interrupted = threading.Event()
@@ -74,15 +74,15 @@ class DatagramSignal:
     def wait(self, timeout_s: float) -> None:
         """Return after a ``notify`` (all pending ones are consumed), after ``interrupt``, or
         after ``timeout_s``."""
-        receiver = self._bound()
-        if receiver is not None and not self._interrupted.is_set():
-            assert self._poller is not None
-            if self._poller.poll(max(0, int(timeout_s * 1000))):
+        bound = self._bound()
+        if bound is None:
+            self._interrupted.wait(timeout_s)
+        elif not self._interrupted.is_set():
+            receiver, poller = bound
+            if poller.poll(max(0, int(timeout_s * 1000))):
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     while True:  # the rest of a burst: one run covers them
                         receiver.recv(64)
-        elif receiver is None:
-            self._interrupted.wait(timeout_s)
         self._interrupted.clear()
 
     def interrupt(self) -> None:
@@ -90,7 +90,7 @@ class DatagramSignal:
         self._interrupted.set()
         self.notify()
 
-    def _bound(self) -> socket.socket | None:
+    def _bound(self) -> tuple[socket.socket, select.poll] | None:
         with self._lock:
             if self._receiver is None and not self._bind_failed:
                 receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -106,19 +106,19 @@ class DatagramSignal:
                         "cannot bind %s (%s): the projector polls instead", self.path, error
                     )
                     return None
-                self._poller = select.poll()
-                self._poller.register(receiver, select.POLLIN)
-                self._receiver, self._inode = receiver, os.stat(self.path).st_ino
+                poller = select.poll()
+                poller.register(receiver, select.POLLIN)
+                self._receiver, self._inode = (receiver, poller), os.stat(self.path).st_ino
             return self._receiver
 
     def close(self) -> None:
         """Close the sockets; remove the bound one's path unless another projector took it."""
         self._sender.close()
         with self._lock:
-            receiver, self._receiver = self._receiver, None
-        if receiver is None:
+            bound, self._receiver = self._receiver, None
+        if bound is None:
             return
-        receiver.close()
+        bound[0].close()
         with contextlib.suppress(OSError):
             if os.stat(self.path).st_ino == self._inode:
                 self.path.unlink()

@@ -301,17 +301,17 @@ class _RowCache:
         decode = decoders(table, dialect)
         names = table.column_names
         select = f"SELECT {', '.join(names)} FROM {table.name} WHERE ({', '.join(table.key)}) IN "
+        # PostgreSQL: one statement per table whatever the count (a text array per key column),
+        # parsed once by psycopg and prepared by the server.
+        arrays = ", ".join(["%s::text[]"] * len(table.key))
+        postgres_sql = f"{select}(SELECT * FROM unnest({arrays}))"
         with self._db.transaction(readonly=True) as conn:
             cursor = conn.cursor()
             for start in range(0, len(keys), _PREFETCH_CHUNK):
                 chunk = keys[start : start + _PREFETCH_CHUNK]
                 if dialect == "postgresql":
-                    # One statement per table whatever the count (a text array per key column):
-                    # parsed once by psycopg, prepared by the server.
-                    arrays = ", ".join(["%s::text[]"] * len(table.key))
-                    sql = f"{select}(SELECT * FROM unnest({arrays}))"
                     columns = [list(column) for column in zip(*chunk, strict=True)]
-                    cursor.execute(sql, columns, prepare=True)
+                    cursor.execute(postgres_sql, columns, prepare=True)
                 else:
                     row_marker = "(" + ", ".join("?" * len(table.key)) + ")"
                     sql = f"{select}(VALUES {', '.join([row_marker] * len(chunk))})"

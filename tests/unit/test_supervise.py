@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,10 @@ pytestmark = pytest.mark.unit
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
 
-def wait_for(condition: object, timeout_s: float = 10.0) -> None:
+def wait_for(condition: Callable[[], object], timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if callable(condition) and condition():
+        if condition():
             return
         time.sleep(0.02)
     raise AssertionError("condition not met in time")
