@@ -144,7 +144,10 @@ def project(
             ).start()
         console.print("projector running; Ctrl-C to stop")
         runtime.projector.run_forever(
-            stop, poll_interval_s=settings.projector_poll_interval_s, wake=runtime.wake
+            stop,
+            poll_interval_s=settings.projector_poll_interval_s,
+            wake=runtime.wake,
+            min_interval_s=settings.projector_min_interval_s,
         )
     finally:
         runtime.close()

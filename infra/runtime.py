@@ -53,7 +53,11 @@ class Runtime:
         self._thread = threading.Thread(
             target=self.projector.run_forever,
             args=(self._stop,),
-            kwargs={"poll_interval_s": self.settings.projector_poll_interval_s, "wake": self.wake},
+            kwargs={
+                "poll_interval_s": self.settings.projector_poll_interval_s,
+                "wake": self.wake,
+                "min_interval_s": self.settings.projector_min_interval_s,
+            },
             name="runledger-projector",
             daemon=True,
         )

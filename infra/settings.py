@@ -53,6 +53,15 @@ class Settings(BaseSettings):
         description="Projector idle poll interval, seconds (a commit wakes it sooner: "
         "LISTEN/NOTIFY on PostgreSQL, a datagram from the host's writers on SQLite).",
     )
+    projector_min_interval_s: float = Field(
+        default=0.05,
+        ge=0,
+        le=10,
+        description="Under load, the projector starts a run at most this often, seconds: each run "
+        "then folds what several commits appended (fewer, larger read-model transactions; the "
+        "read models trail by up to this much more). An event after an idle spell is folded at "
+        "once. 0: a run per commit.",
+    )
     projector_page_size: int = Field(
         default=1000,
         ge=1,

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import itertools
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -928,8 +931,6 @@ def test_a_page_another_projector_committed_first_is_not_folded_twice(
 def test_run_forever_catches_up_and_stops_when_told(
     sqlite_ledger: Ledger, sqlite_db: SQLiteDatabase
 ) -> None:
-    import threading
-
     projector = Projector(sqlite_ledger, sqlite_db, page_size=2)
     projector.create_tables()
     stop = threading.Event()
@@ -947,6 +948,89 @@ def test_run_forever_catches_up_and_stops_when_told(
     assert not thread.is_alive()
     assert [s["position"] for s in projector.status()] == [head] * len(NAMES)
     assert projector.last_error is None
+
+
+class _HandWake:
+    """A ``Wake`` the test signals itself (what a writer's commit does in a deployment)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def signal(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout_s: float) -> None:
+        self._event.wait(timeout_s)
+        self._event.clear()
+
+
+def test_run_forever_under_load_folds_at_most_every_min_interval_and_at_once_after_idle(
+    sqlite_ledger: Ledger, sqlite_db: SQLiteDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    min_interval_s = 0.6
+    projector = Projector(sqlite_ledger, sqlite_db)
+    projector.create_tables()
+    runs: list[tuple[float, int]] = []  # (started, events folded)
+    run_locked = projector._run_locked
+
+    def recorded(chosen: Any, *, max_pages: int | None) -> int | None:
+        started = time.monotonic()
+        processed = run_locked(chosen, max_pages=max_pages)
+        runs.append((started, processed or 0))
+        return processed
+
+    monkeypatch.setattr(projector, "_run_locked", recorded)
+    wake, stop, writer = _HandWake(), threading.Event(), Writer(sqlite_ledger)
+
+    def commit(number: int) -> None:
+        writer.add("session", "s-load", "record_message", role="user", message_kind="prompt",
+                   content=f"m{number}")  # fmt: skip
+        writer.flush()
+        wake.signal()
+
+    def projected() -> bool:
+        return not any(s["lag"] for s in projector.status())
+
+    thread = threading.Thread(
+        target=projector.run_forever,
+        args=(stop, 30.0, wake),
+        kwargs={"min_interval_s": min_interval_s},
+    )
+    thread.start()
+    try:
+        writer.add("session", "s-load", "start", agent="claude-code")
+        writer.flush()
+        wake.signal()
+        time.sleep(min_interval_s + 0.3)  # folded, and idle since
+        assert projected()
+        # after an idle spell, a commit is folded at once, not a min_interval later
+        committed = time.monotonic()
+        commit(0)
+        while not projected() and time.monotonic() - committed < 5:
+            time.sleep(0.005)
+        assert time.monotonic() - committed < min_interval_s * 2 / 3
+        # a commit every 20 ms for 2 s: runs start at most every min_interval
+        loaded = time.monotonic()
+        for number in range(1, 101):
+            commit(number)
+            time.sleep(0.02)
+        load_runs = [(t, n) for t, n in runs if t >= loaded]
+        deadline = time.monotonic() + 10
+        while not projected() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        wake.signal()
+        thread.join(10)
+    assert not thread.is_alive() and projector.last_error is None
+    assert projected()
+    busy = [(t, n) for t, n in load_runs if n]
+    assert len(busy) >= 2, load_runs
+    for (started, folded), (after, _) in itertools.pairwise(runs):
+        if folded and started >= loaded:
+            assert after - started >= min_interval_s - 0.01, (started, after)
+    # 101 commits folded by few runs (a run per commit would be ~100)
+    assert len(busy) <= 2 / min_interval_s + 2, busy
 
 
 # -- batches, the row cache and the write path ---------------------------------------------------
