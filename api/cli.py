@@ -143,12 +143,7 @@ def project(
                 target=_stop_without_parent, args=(parent_pid, stop, stopping), daemon=True
             ).start()
         console.print("projector running; Ctrl-C to stop")
-        runtime.projector.run_forever(
-            stop,
-            poll_interval_s=settings.projector_poll_interval_s,
-            wake=runtime.wake,
-            min_interval_s=settings.projector_min_interval_s,
-        )
+        runtime.run_projector(stop)
     finally:
         runtime.close()
 

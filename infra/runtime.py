@@ -45,21 +45,24 @@ class Runtime:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
+    def run_projector(self, stop: threading.Event) -> None:
+        """Run the projector until ``stop`` is set (``Projector.run_forever`` with this
+        runtime's wake-up and the ``projector_*`` settings): on this thread for
+        ``runledger project``, on a thread of its own for ``start_projector``."""
+        self.projector.run_forever(
+            stop,
+            poll_interval_s=self.settings.projector_poll_interval_s,
+            wake=self.wake,
+            min_interval_s=self.settings.projector_min_interval_s,
+        )
+
     def start_projector(self) -> None:
         """Run the projector in a background thread of this process (``projector=inprocess``)."""
         if self._thread is not None:
             return
         self._stop.clear()
         self._thread = threading.Thread(
-            target=self.projector.run_forever,
-            args=(self._stop,),
-            kwargs={
-                "poll_interval_s": self.settings.projector_poll_interval_s,
-                "wake": self.wake,
-                "min_interval_s": self.settings.projector_min_interval_s,
-            },
-            name="runledger-projector",
-            daemon=True,
+            target=self.run_projector, args=(self._stop,), name="runledger-projector", daemon=True
         )
         self._thread.start()
 

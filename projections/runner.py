@@ -309,6 +309,7 @@ class _RowCache:
         # parsed once by psycopg and prepared by the server.
         arrays = ", ".join(["%s::text[]"] * len(table.key))
         postgres_sql = f"{select}(SELECT * FROM unnest({arrays}))"
+        row_marker = "(" + ", ".join("?" * len(table.key)) + ")"  # SQLite: a VALUES row
         with self._db.transaction(readonly=True) as conn:
             cursor = conn.cursor()
             for start in range(0, len(keys), _PREFETCH_CHUNK):
@@ -317,7 +318,6 @@ class _RowCache:
                     columns = [list(column) for column in zip(*chunk, strict=True)]
                     cursor.execute(postgres_sql, columns, prepare=True)
                 else:
-                    row_marker = "(" + ", ".join("?" * len(table.key)) + ")"
                     sql = f"{select}(VALUES {', '.join([row_marker] * len(chunk))})"
                     cursor.execute(sql, [v for key in chunk for v in key])
                 for record in cursor.fetchall():
