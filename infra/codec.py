@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from operator import attrgetter
@@ -296,7 +296,9 @@ class FastPostgresAggregateRecorder(PostgresAggregateRecorder):
         params.extend(p for p in (gt, lte, limit) if p is not None)
         return _stored_events(self._fetch_binary(statement, params))
 
-    def _fetch_binary(self, statement: Composed, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    def _fetch_binary(
+        self, statement: Composed, params: Sequence[Any] | Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
         """The rows of ``statement`` (prepared), results in binary format, as tuples."""
         with (
             self.datastore.get_connection() as conn,
@@ -325,8 +327,10 @@ class FastPostgresAggregateRecorder(PostgresAggregateRecorder):
 
 class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApplicationRecorder):
     """``PostgresApplicationRecorder`` inserting binary scalar arrays and reading binary results
-    (see the module docstring), and reading the events of many streams (``select_events_many``)
-    or of one stream at chosen versions (``select_event_versions``) in one query."""
+    (see the module docstring), and reading in one round trip the events of many streams
+    (``select_events_many``), a stream's snapshot with the events after it
+    (``select_events_after_snapshot``) and the version a stream had at a time
+    (``select_version_recorded_by``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -334,10 +338,22 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
             "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
             "WHERE originator_id = ANY(%b::uuid[]) ORDER BY originator_id, originator_version"
         )
-        self.select_event_versions_statement = self._table_sql(
-            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
-            "WHERE originator_id = %s AND originator_version = ANY(%s::int8[]) "
-            "ORDER BY originator_version"
+        # A binary search over a stream's versions by ``recorded_at`` (the ``timestamp`` of an
+        # event's JSON state), run by the database: one index probe per step (see
+        # ``select_version_recorded_by``).
+        self.select_version_recorded_by_statement = self._table_sql(
+            "WITH RECURSIVE search(low, high, last) AS ("
+            " SELECT 0::int8, v, v FROM (SELECT max(originator_version) AS v FROM {schema}.{table}"
+            " WHERE originator_id = %(id)s) AS newest"
+            " UNION ALL"
+            " SELECT CASE WHEN probe.at <= %(as_of)s THEN probe.version ELSE s.low END,"
+            " CASE WHEN probe.at <= %(as_of)s THEN s.high ELSE probe.version - 1 END, s.last"
+            " FROM search AS s CROSS JOIN LATERAL ("
+            " SELECT e.originator_version AS version, (convert_from(e.state, 'UTF8')::json"
+            " -> 'timestamp' ->> '_data_')::timestamptz AS at FROM {schema}.{table} AS e"
+            " WHERE e.originator_id = %(id)s AND e.originator_version = (s.low + s.high + 1) / 2"
+            " ) AS probe WHERE s.low < s.high)"
+            " SELECT coalesce(last, 0), low FROM search WHERE last IS NULL OR low >= high"
         )
         self.insert_events_statement = self._table_sql(
             "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
@@ -491,13 +507,67 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
             "FROM {schema}.{table}" + where + " ORDER BY notification_id LIMIT %s"
         )
 
-    def select_event_versions(
-        self, originator_id: UUID, versions: Sequence[int]
-    ) -> list[StoredEvent]:
-        """The events of one stream at the given versions, in version order (one round trip)."""
-        return _stored_events(
-            self._fetch_binary(
-                self.select_event_versions_statement, (originator_id, list(versions))
+    def select_version_recorded_by(self, originator_id: UUID, as_of: datetime) -> tuple[int, int]:
+        """``(last, found)``: the stream's last version (0: it has no event) and the last version
+        whose event was recorded at or before ``as_of`` (0: none), in one round trip.
+
+        The database runs the binary search: ``1 + ceil(log2(last))`` index probes (15 for a
+        10,000-event stream), each reading the ``timestamp`` of one event's state. Valid only
+        for states written as plain JSON by eventsourcing's ``JSONTranscoder`` format (this
+        module's ``OrjsonTranscoder``; no compressor, no cipher), where ``timestamp`` is
+        ``{"_type_": "datetime_iso", "_data_": <ISO 8601 with offset>}``; ``Ledger`` checks
+        that before it calls this. ``timestamp`` never decreases within a stream
+        (``LedgerAggregate.trigger``), so the answer is exact.
+        """
+        rows = self._fetch_binary(
+            self.select_version_recorded_by_statement, {"id": originator_id, "as_of": as_of}
+        )
+        last, found = rows[0]
+        return int(last), int(found)
+
+    def select_events_after_snapshot(
+        self,
+        originator_id: UUID,
+        snapshots: PostgresAggregateRecorder,
+        lte: int | None = None,
+    ) -> tuple[StoredEvent | None, list[StoredEvent]]:
+        """The stream's newest snapshot at or before version ``lte`` (None: none) and the
+        stream's events after it up to ``lte`` (``None``: all), in version order: what
+        eventsourcing's ``Repository.get`` reads in two queries, in one round trip.
+
+        Args:
+            snapshots: the application's snapshot recorder (a table in the same database).
+        """
+        statement = self._statement(
+            ("after_snapshot", snapshots.datastore.schema, snapshots.events_table_name),
+            self._after_snapshot_sql,
+        )
+        rows = self._fetch_binary(
+            statement, {"id": originator_id, "lte": _MAX_VERSION if lte is None else lte}
+        )
+        if rows and rows[0][0]:
+            snapshot, events = rows[0][1:], rows[1:]
+            return _stored_events([(originator_id, *snapshot)])[0], _stored_events(
+                (originator_id, *row[1:]) for row in events
+            )
+        return None, _stored_events((originator_id, *row[1:]) for row in rows)
+
+    def _after_snapshot_sql(self, snapshots_schema: str, snapshots_table: str) -> Composed:
+        """``select_events_after_snapshot``'s statement for one snapshot table, rendered once."""
+        return _rendered(
+            SQL(
+                "WITH snapshot AS (SELECT originator_version, topic, state FROM {snapshots}"
+                " WHERE originator_id = %(id)s AND originator_version <= %(lte)s"
+                " ORDER BY originator_version DESC LIMIT 1)"
+                " SELECT true, originator_version, topic, state FROM snapshot"
+                " UNION ALL"
+                " SELECT false, originator_version, topic, state FROM {events}"
+                " WHERE originator_id = %(id)s AND originator_version <= %(lte)s"
+                " AND originator_version > coalesce((SELECT originator_version FROM snapshot), 0)"
+                " ORDER BY 1 DESC, 2"
+            ).format(
+                snapshots=Identifier(snapshots_schema, snapshots_table),
+                events=Identifier(self.datastore.schema, self.events_table_name),
             )
         )
 
@@ -588,6 +658,9 @@ class PostgresFactory(_LibraryPostgresFactory):
     aggregate_recorder_class = FastPostgresAggregateRecorder
     application_recorder_class = FastPostgresApplicationRecorder
 
+
+#: Above every stream version (PostgreSQL ``int8``): ``lte`` of a read with no upper bound.
+_MAX_VERSION = 2**63 - 1
 
 #: ``UUID(text)`` of recently read stream ids.
 _uuid_of: Callable[[str], UUID] = lru_cache(maxsize=65536)(UUID)

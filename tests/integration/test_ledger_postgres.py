@@ -150,12 +150,13 @@ def test_a_fresh_writer_preloads_many_streams_in_one_query_and_sees_every_event(
         assert len(versions) == 20  # 10 messages of each batch per stream
 
 
-def test_state_as_of_a_time_on_postgresql_reads_16_events_per_round_trip(
+def test_state_as_of_a_time_on_postgresql_is_one_round_trip_and_agrees_with_the_event_reads(
     postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from datetime import timedelta
 
-    from domain.errors import VersionNotFoundError
+    from domain.base import stream_id
+    from domain.errors import StreamNotFoundError, VersionNotFoundError
     from infra.settings import Settings
     from infra.store import build_ledger
 
@@ -168,18 +169,65 @@ def test_state_as_of_a_time_on_postgresql_reads_16_events_per_round_trip(
     assert len(events) == 1200
     stamps = [e.timestamp for e in events]
     assert stamps == sorted(stamps)
-    rounds = Calls(monkeypatch, ledger.recorder, "select_event_versions")
+    sid = stream_id("default", "session", "long")
+    searches = Calls(monkeypatch, ledger.recorder, "select_version_recorded_by")
+    reads = Calls(monkeypatch, ledger.recorder, "select_events")
     decoded = Calls(monkeypatch, ledger.mapper, "to_domain_event")
     for version in [1, 2, 19, 20, 21, 599, 600, 601, 1199, 1200, *range(3, 1200, 97)]:
-        for as_of in (stamps[version - 1], stamps[version - 1] + timedelta(microseconds=1)):
-            rounds.count = decoded.count = 0
-            expected = max(e.originator_version for e in events if e.timestamp <= as_of)
-            assert ledger.version_as_of("session", "long", as_of) == expected
-            # ceil(log17(1,200)) = 3 round trips of 16 events, plus one read of the last event
-            assert (1 <= rounds.count <= 3) if expected < 1200 else rounds.count == 0
-            assert decoded.count <= 1 + 16 * rounds.count
-    with pytest.raises(VersionNotFoundError):
-        ledger.version_as_of("session", "long", stamps[0] - timedelta(microseconds=1))
+        for as_of in (
+            stamps[version - 1] - timedelta(microseconds=1),
+            stamps[version - 1],
+            stamps[version - 1] + timedelta(microseconds=1),
+        ):
+            expected = max(
+                (e.originator_version for e in events if e.timestamp <= as_of), default=0
+            )
+            searches.count = reads.count = decoded.count = 0
+            if expected == 0:
+                with pytest.raises(VersionNotFoundError):
+                    ledger.version_as_of("session", "long", as_of)
+            else:
+                assert ledger.version_as_of("session", "long", as_of) == expected
+            # the database searched: one round trip, no event read or decoded here
+            assert (searches.count, reads.count, decoded.count) == (1, 0, 0)
+            # the search over decoded events (SQLite's, and any store's with a compressor)
+            assert ledger._search_recorded_at(sid, as_of) == (1200, expected)
+    with pytest.raises(StreamNotFoundError):
+        ledger.version_as_of("session", "nope", stamps[-1])
+    assert ledger._search_recorded_at(stream_id("default", "session", "nope"), stamps[-1]) == (0, 0)
+
+
+def test_a_stream_at_any_version_loads_in_one_round_trip_as_the_librarys_repository_loads_it(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from domain.errors import StreamNotFoundError
+    from domain.ledger import _replay
+    from infra.settings import Settings
+    from infra.store import build_ledger
+
+    settings = Settings(database_url=postgres_url, database_schema=pg_schema, snapshot_interval=7)
+    ledger, _ = build_ledger(settings, create_table=True)
+    for batch in range(5):  # 50 events: snapshots at 7, 14, ..., 49
+        ledger.handle([message(f"m{batch}-{i}", "s", {"n": i}) for i in range(10)])
+    sid = ledger.load("session", "s").id
+    assert [s.originator_version for s in ledger.snapshots.get(sid)] == list(range(7, 50, 7))
+    selects = Calls(monkeypatch, ledger.recorder, "select_events_after_snapshot")
+    event_reads = Calls(monkeypatch, ledger.recorder, "select_events")
+    snapshot_reads = Calls(monkeypatch, ledger.snapshots.recorder, "select_events")
+    for version in [*range(1, 51), 51, 1000, None]:
+        selects.count = event_reads.count = snapshot_reads.count = 0
+        loaded = ledger.load("session", "s", version=version)
+        assert selects.count == 1
+        assert (event_reads.count, snapshot_reads.count) == (0, 0)
+        # the library's repository: the snapshot, then the events after it, two queries
+        expected = ledger.repository.get(sid, version=version, projector_func=_replay)
+        assert loaded.version == expected.version == min(version or 50, 50)
+        assert vars(loaded) == vars(expected)
+    event_reads.count = snapshot_reads.count = 0
+    with pytest.raises(StreamNotFoundError):
+        ledger.load("session", "nope")
+    with pytest.raises(StreamNotFoundError):
+        ledger.load("session", "nope", version=3)
 
 
 def test_runledgers_recorders_read_in_binary_exactly_what_the_librarys_read_as_text(
