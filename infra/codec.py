@@ -86,6 +86,8 @@ _TAG = b'"_type_"'
 _EVENT_TAGGED = ("timestamp", "occurred_at")
 #: Event and snapshot classes, and their ``class_version``, by topic (``OrjsonMapper.to_domain_event``).
 _CLASSES: dict[str, tuple[type, int]] = {}
+#: Above every stream version (PostgreSQL ``int8``): ``lte`` of a read with no upper bound.
+_MAX_VERSION = 2**63 - 1
 
 
 class OrjsonTranscoder(JSONTranscoder):
@@ -545,12 +547,11 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
         rows = self._fetch_binary(
             statement, {"id": originator_id, "lte": _MAX_VERSION if lte is None else lte}
         )
-        if rows and rows[0][0]:
-            snapshot, events = rows[0][1:], rows[1:]
-            return _stored_events([(originator_id, *snapshot)])[0], _stored_events(
-                (originator_id, *row[1:]) for row in events
-            )
-        return None, _stored_events((originator_id, *row[1:]) for row in rows)
+        snapshot = None
+        if rows and rows[0][0]:  # the snapshot's row comes first
+            snapshot = _stored_events([(originator_id, *rows[0][1:])])[0]
+            rows = rows[1:]
+        return snapshot, _stored_events((originator_id, *row[1:]) for row in rows)
 
     def _after_snapshot_sql(self, snapshots_schema: str, snapshots_table: str) -> Composed:
         """``select_events_after_snapshot``'s statement for one snapshot table, rendered once."""
@@ -658,9 +659,6 @@ class PostgresFactory(_LibraryPostgresFactory):
     aggregate_recorder_class = FastPostgresAggregateRecorder
     application_recorder_class = FastPostgresApplicationRecorder
 
-
-#: Above every stream version (PostgreSQL ``int8``): ``lte`` of a read with no upper bound.
-_MAX_VERSION = 2**63 - 1
 
 #: ``UUID(text)`` of recently read stream ids.
 _uuid_of: Callable[[str], UUID] = lru_cache(maxsize=65536)(UUID)
