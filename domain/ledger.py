@@ -129,7 +129,8 @@ class Ledger(Application[UUID]):
         *,
         position_lookup: PositionLookup | None = None,
         snapshot_interval: int | None = None,
-        cache_size: int = 1000,
+        cache_size: int = 10_000,
+        cache_events: int = 250_000,
     ) -> None:
         """Wire the application.
 
@@ -140,6 +141,9 @@ class Ledger(Application[UUID]):
                 notification_id}`` for events committed earlier (duplicates), called once per batch.
             snapshot_interval: take a snapshot every N events of a stream (None: never).
             cache_size: streams kept in memory between batches (0: load every stream every time).
+            cache_events: most events the cached streams hold together (each costs memory,
+                ~150-600 bytes in the benchmarks' mixes); least recently written streams go
+                first, and a stream longer than this is not kept.
         """
         env = dict(env or {})
         self._snapshot_interval = snapshot_interval or 0
@@ -152,8 +156,11 @@ class Ledger(Application[UUID]):
         super().__init__(env)
         self._position_lookup = position_lookup
         self._write_lock = threading.Lock()
-        self._cache: OrderedDict[UUID, LedgerAggregate] = OrderedDict()
+        #: ``{stream_id: (aggregate, its version when remembered)}``, least recently written first.
+        self._cache: OrderedDict[UUID, tuple[LedgerAggregate, int]] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_events = cache_events
+        self._cached_events = 0  # the sum of the remembered versions
 
     # -- write side ------------------------------------------------------------------------
 
@@ -170,7 +177,7 @@ class Ledger(Application[UUID]):
         fresh: set[UUID] = set()  # streams to load from the store, not the cache, this call
         for attempt in range(MAX_ATTEMPTS):
             with self._write_lock:
-                outcomes, aggregates, pending, stale = self._execute(commands, fresh)
+                outcomes, aggregates, pending, stale, blank = self._execute(commands, fresh)
                 if stale:
                     # A refusal decided on cached state: verify it on fresh state before reporting.
                     self._evict(aggregates)
@@ -188,7 +195,7 @@ class Ledger(Application[UUID]):
                     self._evict(aggregates)
                     raise
                 else:
-                    self._remember(aggregates)
+                    self._remember(aggregates, blank)
             if positions is None:
                 time.sleep(random.uniform(0, min(MAX_BACKOFF_S, 0.005 * 2**attempt)))
                 continue
@@ -238,10 +245,17 @@ class Ledger(Application[UUID]):
 
     def _execute(
         self, commands: Sequence[Command], fresh: set[UUID]
-    ) -> tuple[list[Outcome], dict[UUID, LedgerAggregate], bool, set[UUID]]:
+    ) -> tuple[list[Outcome], dict[UUID, LedgerAggregate], bool, set[UUID], set[UUID]]:
+        """Run the commands on their streams (in memory; nothing is saved).
+
+        Returns:
+            The outcomes, the streams by id, whether any event is pending, the streams whose
+            refusals were decided on cached state, and the streams that had no event before.
+        """
         aggregates: dict[UUID, LedgerAggregate] = {}
         cached: set[UUID] = set()
         stale: set[UUID] = set()
+        blank: set[UUID] = set()
         outcomes: list[Outcome] = []
         pending = False
         loaded = self._load_streams(commands, fresh)
@@ -252,13 +266,17 @@ class Ledger(Application[UUID]):
             try:
                 aggregate = aggregates.get(sid)
                 if aggregate is None:
-                    aggregate = self._cache.get(sid) if sid not in fresh else None
-                    if aggregate is not None:
+                    entry = self._cache.get(sid) if sid not in fresh else None
+                    if entry is not None:
+                        aggregate = entry[0]
                         cached.add(sid)
                     else:
-                        aggregate = loaded.get(sid) or _aggregate_class(command.kind).blank(
-                            command.project, command.external_id
-                        )
+                        aggregate = loaded.get(sid)
+                        if aggregate is None:
+                            aggregate = _aggregate_class(command.kind).blank(
+                                command.project, command.external_id
+                            )
+                            blank.add(sid)
                     aggregates[sid] = aggregate
                 prior = aggregate.seen(command.meta)
                 if prior is not None:
@@ -281,7 +299,7 @@ class Ledger(Application[UUID]):
             outcome.version = int(aggregate.event_ids[command.meta.event_id][0])
             outcome.appended = aggregate.version - before
             pending = True
-        return outcomes, aggregates, pending, stale
+        return outcomes, aggregates, pending, stale, blank
 
     def _load_streams(
         self, commands: Sequence[Command], fresh: set[UUID]
@@ -319,25 +337,33 @@ class Ledger(Application[UUID]):
         return loaded
 
     # -- write cache ---------------------------------------------------------------------------
-    # Streams written by this process stay in memory (LRU), so a batch does not replay them from
-    # the store. Safe across processes by optimistic concurrency: an append based on a stale
+    # Streams written by this process stay in memory (LRU, from their second written batch on,
+    # within a streams and an events budget), so a batch does not replay them from the store. Safe across processes by optimistic concurrency: an append based on a stale
     # stream collides on (originator_id, originator_version) and is retried on fresh state; a
     # refusal decided on a cached stream is re-checked on fresh state before it is reported.
 
-    def _remember(self, aggregates: dict[UUID, LedgerAggregate]) -> None:
+    def _remember(self, aggregates: dict[UUID, LedgerAggregate], blank: set[UUID]) -> None:
+        """Keep the written streams, except those this batch started: a stream is kept from its
+        second written batch on, so one-shot streams (a bulk import, a trace sent in one request)
+        do not push the streams that keep being written out of the cache."""
         if self._cache_size <= 0:
             return
+        cache = self._cache
         for sid, aggregate in aggregates.items():
-            if aggregate.version == 0:
+            version = aggregate.version
+            if version == 0 or sid in blank:
                 continue
-            self._cache[sid] = aggregate
-            self._cache.move_to_end(sid)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+            previous = cache.pop(sid, None)
+            self._cached_events += version - (previous[1] if previous is not None else 0)
+            cache[sid] = (aggregate, version)  # (re)inserted last: the most recently written
+        while cache and (len(cache) > self._cache_size or self._cached_events > self._cache_events):
+            self._cached_events -= cache.popitem(last=False)[1][1]
 
     def _evict(self, sids: Iterable[UUID]) -> None:
         for sid in list(sids):
-            self._cache.pop(sid, None)
+            entry = self._cache.pop(sid, None)
+            if entry is not None:
+                self._cached_events -= entry[1]
 
     # -- read side ---------------------------------------------------------------------------
 

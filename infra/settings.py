@@ -109,7 +109,17 @@ class Settings(BaseSettings):
         default=5000, ge=1, description="Most commands the writer merges into one transaction."
     )
     write_cache_streams: int = Field(
-        default=1000, ge=0, description="Streams the writer keeps in memory between transactions."
+        default=10_000,
+        ge=0,
+        description="Streams the writer keeps in memory between transactions, from their second "
+        "written batch on (0: none); a write to a stream it does not hold replays the whole stream "
+        "first.",
+    )
+    write_cache_events: int = Field(
+        default=250_000,
+        ge=0,
+        description="Most events the writer's cached streams hold together (each costs ~150-600 "
+        "bytes of memory); the least recently written streams go first.",
     )
     default_project: str = Field(
         default="default", description="Project (tenant) of requests that name none."

@@ -183,6 +183,7 @@ def build_ledger(settings: Settings, *, create_table: bool) -> tuple[Ledger, Eve
         position_lookup=lambda keys: holder["log"].positions_of(keys),
         snapshot_interval=settings.snapshot_interval or None,
         cache_size=settings.write_cache_streams,
+        cache_events=settings.write_cache_events,
     )
     holder["log"] = EventLog(ledger)
     return ledger, holder["log"]

@@ -369,6 +369,83 @@ def test_an_append_on_a_stale_cached_stream_is_retried_and_stays_idempotent(tmp_
     assert [e.event_id for e in b.history("session", "s1")].count("m1") == 1
 
 
+def test_the_write_cache_keeps_streams_from_their_second_batch_within_both_budgets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write to a cached stream reads nothing from the store; one to an uncached stream replays
+    it. Kept: streams written in an earlier batch; least recently written evicted first."""
+    app = Ledger({"PERSISTENCE_MODULE": "eventsourcing.popo"}, cache_size=3, cache_events=10)
+    reads = Calls(monkeypatch, app.recorder, "select_events")
+    tags = iter(range(1000))
+
+    def write(session: str, count: int = 1, *, start: bool = False) -> int:
+        """Append ``count`` events to ``session`` (a start, then messages); the stream reads."""
+        reads.count = 0
+        commands = [
+            session_cmd(
+                "record_message",
+                f"{session}-{next(tags)}",
+                session=session,
+                role="user",
+                message_kind="prompt",
+                content="hi",
+            )
+            for _ in range(count - start)
+        ]
+        if start:
+            commands.insert(0, session_cmd("start", f"{session}-start", session=session))
+        outcomes = app.handle(commands)
+        assert [(o.status, o.appended) for o in outcomes] == [("created", 1)] * count, outcomes
+        return reads.count
+
+    assert write("a", 4, start=True) == 1  # new: one read that finds nothing; not kept
+    assert write("b", 4, start=True) == 1
+    assert write("a") == 1  # replayed, then kept: a 5
+    assert write("b") == 1  # a 5 + b 5 = 10
+    assert write("a") == 0  # a 6 + b 5 = 11 > 10: b goes
+    assert write("b") == 1  # b 6 + a 6 = 12: a goes
+    assert write("c", 2, start=True) == 1  # new: not kept
+    assert write("c") == 1  # b 6 + c 3
+    assert write("b") == 0  # b 7 + c 3 = 10
+    assert write("c") == 0  # c 4 + b 7 = 11: b goes
+    assert write("b") == 1
+    assert len(app.history("session", "b")) == 8
+
+
+def test_a_stream_longer_than_the_events_budget_is_not_cached_and_the_streams_budget_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = Ledger({"PERSISTENCE_MODULE": "eventsourcing.popo"}, cache_size=2, cache_events=5)
+    reads = Calls(monkeypatch, app.recorder, "select_events")
+
+    def message(session: str, event_id: str) -> Command:
+        return session_cmd(
+            "record_message",
+            event_id,
+            session=session,
+            role="user",
+            message_kind="prompt",
+            content="hi",
+        )
+
+    app.handle(
+        [session_cmd("start", "s", session="long")] + [message("long", f"m{i}") for i in range(4)]
+    )
+    app.handle([message("long", "m5")])  # replayed; 6 events > 5: not kept
+    reads.count = 0
+    app.handle([message("long", "m6")])
+    assert reads.count == 1
+    for name in ("p", "q", "r"):
+        app.handle([session_cmd("start", f"{name}1", session=name)])
+    for name in ("p", "q", "r"):
+        app.handle([message(name, f"{name}2")])  # kept from now on: p, q, r; 3 > 2: p goes
+    reads.count = 0
+    app.handle([message("q", "q3"), message("r", "r3")])
+    assert reads.count == 0
+    app.handle([message("p", "p3")])
+    assert reads.count == 1
+
+
 def test_state_at_every_version_is_the_same_with_and_without_snapshots(tmp_path: Any) -> None:
     history = [
         session_cmd("start", "a"),
