@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from operator import attrgetter
 from typing import Any, cast
@@ -219,8 +219,9 @@ class OrjsonMapper(Mapper[UUID]):
         state: dict[str, Any] = vars(domain_event).copy()
         del state["originator_id"], state["originator_version"]
         for key in [key for key, value in state.items() if type(value) in encoders]:
-            name, encode = encoders[type(state[key])]
-            state[key] = {"_type_": name, "_data_": encode(state[key])}
+            value = state[key]
+            name, encode = encoders[type(value)]
+            state[key] = {"_type_": name, "_data_": encode(value)}
         class_version = getattr(type(domain_event), "class_version", 1)
         if class_version > 1:
             state["class_version"] = class_version
@@ -236,14 +237,30 @@ class OrjsonMapper(Mapper[UUID]):
         )
 
 
+_MINUTE = timedelta(minutes=1)
+
+
+def _isoformat(value: datetime) -> str | orjson.Fragment:
+    """``value.isoformat()`` (the library's ``DatetimeAsISO``), as the JSON string orjson writes
+    for it when the two are the same text: no offset, or a whole-minute one (orjson drops an
+    offset's seconds). 0.28 instead of 0.94 us per datetime (timeit); an event has two.
+    """
+    zone = value.tzinfo
+    if zone is not UTC and zone is not None:
+        offset = value.utcoffset()
+        if offset is not None and offset % _MINUTE:
+            return value.isoformat()
+    return orjson.Fragment(orjson.dumps(value))
+
+
 def _encoders(transcoder: JSONTranscoder) -> dict[type, tuple[str, Callable[[Any], Any]]]:
     """``{type: (transcoding name, encode)}``; the library's own datetime and UUID transcodings
-    replaced by the C-level calls they make (``datetime.isoformat``, ``UUID.hex``)."""
+    replaced by faster calls giving the same JSON (``_isoformat``, ``UUID.hex``)."""
     encoders: dict[type, tuple[str, Callable[[Any], Any]]] = {}
     for cls, transcoding in transcoder.types.items():
         encode: Callable[[Any], Any] = transcoding.encode
         if type(transcoding) is DatetimeAsISO:
-            encode = datetime.isoformat
+            encode = _isoformat
         elif type(transcoding) is UUIDAsHex:
             encode = attrgetter("hex")
         encoders[cls] = (transcoding.name, encode)

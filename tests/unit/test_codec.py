@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -130,6 +130,37 @@ def test_the_one_pass_mapper_writes_the_library_mappers_bytes() -> None:
         theirs = library.to_stored_event(item)
         assert ours == theirs
         assert reader.to_domain_event(ours) == item
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        datetime(2026, 1, 1, 12, 30, 5, 123456, tzinfo=UTC),
+        datetime(2026, 1, 1, tzinfo=UTC),  # no fraction: isoformat writes none
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(2026, 1, 1, 12, 0, 0, 500, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=-8))),
+        datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=5, minutes=30, seconds=15))),
+        datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(minutes=1, microseconds=7))),
+        datetime(2026, 1, 1, 12, 0, 0, 1),  # naive
+    ],
+    ids=str,
+)
+def test_an_events_datetimes_are_written_as_the_library_mapper_writes_them(
+    occurred_at: datetime,
+) -> None:
+    from eventsourcing.persistence import Mapper
+
+    ledger = orjson_ledger()
+    event_meta = EventMeta("e1", content_sha256(1), occurred_at, "api")
+    [outcome] = ledger.handle([Command("session", "s1", "start", event_meta, {"agent": "a"})])
+    assert outcome.status == "created", outcome
+    [stored] = ledger.recorder.select_notifications(start=1, limit=1)
+    event = ledger.mapper.to_domain_event(stored)
+    assert event.occurred_at == occurred_at
+    _, fast = transcoders()
+    assert ledger.mapper.to_stored_event(event) == Mapper(transcoder=fast).to_stored_event(event)
+    assert occurred_at.isoformat().encode() in stored.state
 
 
 def test_the_lean_decoder_gives_the_library_mappers_objects_and_errors() -> None:
