@@ -140,7 +140,8 @@ class Ledger(Application[UUID]):
             position_lookup: ``[(stream_id, version), ...] -> {(stream_id, version):
                 notification_id}`` for events committed earlier (duplicates), called once per batch.
             snapshot_interval: take a snapshot every N events of a stream (None: never).
-            cache_size: streams kept in memory between batches (0: load every stream every time).
+            cache_size: streams kept in memory between batches, each from its second written
+                batch on (0: load every stream every time).
             cache_events: most events the cached streams hold together (each costs memory,
                 ~150-600 bytes in the benchmarks' mixes); least recently written streams go
                 first, and a stream longer than this is not kept.
@@ -338,9 +339,10 @@ class Ledger(Application[UUID]):
 
     # -- write cache ---------------------------------------------------------------------------
     # Streams written by this process stay in memory (LRU, from their second written batch on,
-    # within a streams and an events budget), so a batch does not replay them from the store. Safe across processes by optimistic concurrency: an append based on a stale
-    # stream collides on (originator_id, originator_version) and is retried on fresh state; a
-    # refusal decided on a cached stream is re-checked on fresh state before it is reported.
+    # within a streams and an events budget), so a batch does not replay them from the store.
+    # Safe across processes by optimistic concurrency: an append based on a stale stream collides
+    # on (originator_id, originator_version) and is retried on fresh state; a refusal decided on
+    # a cached stream is re-checked on fresh state before it is reported.
 
     def _remember(self, aggregates: dict[UUID, LedgerAggregate], blank: set[UUID]) -> None:
         """Keep the written streams, except those this batch started: a stream is kept from its
@@ -456,11 +458,12 @@ class Ledger(Application[UUID]):
         _aggregate_class(kind)
         sid = stream_id(project, kind, external_id)
         search = getattr(self.recorder, "select_version_recorded_by", None)
+        last: int
+        low: int
         if search is not None and self.mapper.compressor is None and self.mapper.cipher is None:
-            found: tuple[int, int] = search(sid, as_of)
+            last, low = search(sid, as_of)
         else:
-            found = self._search_recorded_at(sid, as_of)
-        last, low = found
+            last, low = self._search_recorded_at(sid, as_of)
         if last == 0:
             raise StreamNotFoundError(kind=kind, external_id=external_id, project=project)
         if low == 0:

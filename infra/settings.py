@@ -119,7 +119,8 @@ class Settings(BaseSettings):
         default=250_000,
         ge=0,
         description="Most events the writer's cached streams hold together (each costs ~150-600 "
-        "bytes of memory); the least recently written streams go first.",
+        "bytes of memory); the least recently written streams go first, and a longer stream is "
+        "not kept.",
     )
     default_project: str = Field(
         default="default", description="Project (tenant) of requests that name none."
