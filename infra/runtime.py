@@ -140,7 +140,12 @@ def build_runtime(settings: Settings, *, create_tables: bool | None = None) -> R
     with migration_lock(settings) if create else nullcontext():
         ledger, event_log = build_ledger(settings, create_table=create)
         db = build_database(settings)
-        projector = Projector(ledger, db, page_size=settings.projector_page_size)
+        projector = Projector(
+            ledger,
+            db,
+            page_size=settings.projector_page_size,
+            keep_rows=settings.projector_keep_rows,
+        )
         if create:
             projector.create_tables()
     # PostgreSQL: every process's appends NOTIFY the log's channel. SQLite: every writer on the

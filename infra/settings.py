@@ -69,6 +69,15 @@ class Settings(BaseSettings):
         description="Notifications per read of the log (and per transaction near the head; "
         "catching up, the projector writes up to 20,000 events per transaction).",
     )
+    projector_keep_rows: int = Field(
+        default=50_000,
+        ge=0,
+        le=10_000_000,
+        description="Read-model rows the projector keeps in memory from one run to the next "
+        "(~700 bytes each for session rows), so that the rows a steady load keeps touching are "
+        "not read back from the database every run; used only while no other projector wrote "
+        "in between. 0: none.",
+    )
     gc_young_threshold: int = Field(
         default=10_000,
         ge=0,

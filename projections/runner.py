@@ -151,11 +151,12 @@ class _TrackingMovedError(Exception):
 
 
 class _RowCache:
-    """The ``Rows`` the folds of one run see: rows held in memory across pages and batches.
+    """The ``Rows`` the folds of a run see: rows held in memory across pages and batches, and
+    into the projector's next run while nothing else wrote its tables (``Projector.keep_rows``).
 
     Tables whose folds read rows (``Projection.reads``: sessions, tool calls, summaries, ...)
-    are *retained*: a row is read from the database once per run (in bulk before a page's
-    folds, or on demand for a key a projection did not announce) and then kept, least recently
+    are *retained*: a row is read from the database once (in bulk before a page's folds, or on
+    demand for a key a projection did not announce) and then kept, least recently
     used first out beyond ``max_rows``; the folds' ``put`` replaces it and marks it dirty until
     its batch is taken for writing (``take``). What the cache holds is what the database holds
     at the positions the run last committed, plus the dirty rows: the run's projector is the
@@ -181,7 +182,8 @@ class _RowCache:
     rebuild by a third (SQLite, ``bench.rebuild``'s log: 38,000-44,000 events/s, now 45,000-52,000).
 
     Args:
-        db: the database (on-demand and bulk reads, each in a read-only transaction).
+        db: the database (on-demand reads, and a page's bulk reads, each in one read-only
+            transaction).
         tables: the tables of the run's projections, by name.
         complete: tables that were empty when the run started.
         retain: the tables whose folds read rows.
@@ -238,7 +240,7 @@ class _RowCache:
                 if evicted is None or hash(key) not in evicted:
                     return None
                 self._wanted_dropped[table] += 1
-            self._read(table, [key], rows)
+            self._read([(table, [key], rows)])
             return rows.get(key)
         fresh = self._fresh[table].get(key)
         if fresh is not None:
@@ -249,7 +251,7 @@ class _RowCache:
         if table in self.complete:
             return None
         found: dict[Key, Row | None] = {}
-        self._read(table, [key], found)
+        self._read([(table, [key], found)])
         return found.get(key)
 
     def put(self, table: str, key: Key, row: Row) -> None:
@@ -286,7 +288,9 @@ class _RowCache:
 
     def fetch(self, wanted: dict[str, Iterable[Key]]) -> None:
         """Read, in bulk, every wanted row of a retained table that may be in the database only
-        (not cached; in a complete table, only the keys of rows dropped from the cache)."""
+        (not cached; in a complete table, only the keys of rows dropped from the cache), all
+        tables in one read-only transaction."""
+        reads: list[tuple[str, list[Key], dict[Key, Row | None]]] = []
         for table, keys in wanted.items():
             rows = self._rows.get(table)
             if rows is None:
@@ -297,9 +301,21 @@ class _RowCache:
                 missing = [k for k in missing if evicted is not None and hash(k) in evicted]
                 self._wanted_dropped[table] += len(missing)
             if missing:
-                self._read(table, missing, rows)
+                reads.append((table, missing, rows))
+        if reads:
+            self._read(reads)
 
-    def _read(self, table_name: str, keys: list[Key], into: dict[Key, Row | None]) -> None:
+    def _read(self, reads: list[tuple[str, list[Key], dict[Key, Row | None]]]) -> None:
+        """Read the rows of ``(table name, keys, into)`` triples in one read-only transaction:
+        each key's row (None when it has none) goes into its ``into``."""
+        with self._db.transaction(readonly=True) as conn:
+            cursor = conn.cursor()
+            for table_name, keys, into in reads:
+                self._read_table(cursor, table_name, keys, into)
+
+    def _read_table(
+        self, cursor: Any, table_name: str, keys: list[Key], into: dict[Key, Row | None]
+    ) -> None:
         table = self.tables[table_name]
         dialect = self._dialect
         decode = decoders(table, dialect)
@@ -310,24 +326,21 @@ class _RowCache:
         arrays = ", ".join(["%s::text[]"] * len(table.key))
         postgres_sql = f"{select}(SELECT * FROM unnest({arrays}))"
         row_marker = "(" + ", ".join("?" * len(table.key)) + ")"  # SQLite: a VALUES row
-        with self._db.transaction(readonly=True) as conn:
-            cursor = conn.cursor()
-            for start in range(0, len(keys), _PREFETCH_CHUNK):
-                chunk = keys[start : start + _PREFETCH_CHUNK]
-                if dialect == "postgresql":
-                    columns = [list(column) for column in zip(*chunk, strict=True)]
-                    cursor.execute(postgres_sql, columns, prepare=True)
-                else:
-                    sql = f"{select}(VALUES {', '.join([row_marker] * len(chunk))})"
-                    cursor.execute(sql, [v for key in chunk for v in key])
-                for record in cursor.fetchall():
-                    row = {
-                        name: fn(value)
-                        for name, fn, value in zip(names, decode, record, strict=True)
-                    }
-                    into[table.key_of(row)] = row
-                for key in chunk:
-                    into.setdefault(key, None)
+        for start in range(0, len(keys), _PREFETCH_CHUNK):
+            chunk = keys[start : start + _PREFETCH_CHUNK]
+            if dialect == "postgresql":
+                columns = [list(column) for column in zip(*chunk, strict=True)]
+                cursor.execute(postgres_sql, columns, prepare=True)
+            else:
+                sql = f"{select}(VALUES {', '.join([row_marker] * len(chunk))})"
+                cursor.execute(sql, [v for key in chunk for v in key])
+            for record in cursor.fetchall():
+                row = {
+                    name: fn(value) for name, fn, value in zip(names, decode, record, strict=True)
+                }
+                into[table.key_of(row)] = row
+            for key in chunk:
+                into.setdefault(key, None)
 
     def take(self) -> dict[str, list[tuple[Any, ...]]]:
         """The rows to write, encoded and sorted by key (so that writers take row locks in one
@@ -353,10 +366,13 @@ class _RowCache:
         dropping a dirty one)."""
         for name in self._inflight:
             self._inflight[name] = {}
+        if sum(map(len, self._rows.values())) > self._max_rows:
+            self.trim(self._max_rows * 3 // 4)
+
+    def trim(self, target: int) -> None:
+        """Drop the least recently used retained rows of the largest tables (never a dirty one)
+        until at most ``target`` rows are left."""
         total = sum(map(len, self._rows.values()))
-        if total <= self._max_rows:
-            return
-        target = self._max_rows * 3 // 4
         for name in sorted(self._rows, key=lambda n: len(self._rows[n]), reverse=True):
             if total <= target:
                 break
@@ -496,6 +512,10 @@ class Projector:
             written together, one transaction per this many notifications (at least one page;
             ``batch_size <= page_size``: one transaction per page).
         cache_rows: rows a run keeps in memory between batches, at most (see ``_RowCache``).
+        keep_rows: rows kept in memory from one run to the next, at most (0: none). The next
+            run uses them only when every tracking position is still where this projector's
+            last run committed it (so nothing else wrote the tables since: folds are
+            deterministic); any other run starts with an empty cache.
         lock_name: name of the advisory lock two projectors of the same database share.
         lock_wait_s: how long ``rebuild`` waits for that lock, seconds.
     """
@@ -509,14 +529,16 @@ class Projector:
         page_size: int = 1000,
         batch_size: int = 20_000,
         cache_rows: int = 200_000,
+        keep_rows: int = 50_000,
         lock_name: str = "runledger-projector",
         lock_wait_s: float = 60.0,
     ) -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {page_size}")
-        if batch_size < 1 or cache_rows < 0:
+        if batch_size < 1 or cache_rows < 0 or keep_rows < 0:
             raise ValueError(
-                f"need batch_size >= 1 and cache_rows >= 0, got {batch_size}, {cache_rows}"
+                "need batch_size >= 1, cache_rows >= 0 and keep_rows >= 0, got "
+                f"{batch_size}, {cache_rows}, {keep_rows}"
             )
         self.application = application
         self.db = db
@@ -527,12 +549,15 @@ class Projector:
         self.page_size = page_size
         self.batch_size = batch_size
         self.cache_rows = cache_rows
+        self.keep_rows = keep_rows
         self.lock_name = lock_name
         self.lock_wait_s = lock_wait_s
         #: The last error ``run_forever`` met (None after a successful run).
         self.last_error: str | None = None
         self._tracking_ready = False
         self._busy = False
+        #: The last run's row cache: its tables, the positions it committed, the cache.
+        self._kept: tuple[frozenset[str], dict[str, int], _RowCache] | None = None
         # A run's read-ahead and background write (PostgreSQL); threads start on first use.
         self._background = ThreadPoolExecutor(
             max_workers=2, thread_name_prefix="runledger-projector"
@@ -806,7 +831,7 @@ class Projector:
             # A run (and a retry after another projector moved a position) starts from one
             # snapshot of the positions and of which tables are empty, with an empty cache.
             positions, empty = self._snapshot(chosen)
-            cache = _RowCache(
+            cache = self._kept_cache(tables, positions) or _RowCache(
                 self.db, tables, complete=empty, retain=retain, max_rows=self.cache_rows
             )
             reached = min(positions[p.name] for p in chosen)
@@ -866,6 +891,7 @@ class Projector:
                 if pending is not None:
                     previous, pending = pending, None
                     processed += self._finished(previous, cache, progress, head)
+                self._keep(tables, positions, cache)
                 return processed
             except _TrackingMovedError as moved:
                 log.info("%s; reading again from the last committed position", moved)
@@ -881,6 +907,24 @@ class Projector:
                         pending.wait()
                     except Exception:
                         log.exception("writing the batch before the failed one failed too")
+
+    def _kept_cache(self, tables: dict[str, Table], positions: dict[str, int]) -> _RowCache | None:
+        """The last run's cache, if it was of these tables and every position is still the one
+        it committed; it is given out once (a run that fails keeps nothing)."""
+        kept, self._kept = self._kept, None
+        if kept is None:
+            return None
+        names, committed, cache = kept
+        if names != frozenset(tables) or committed != positions:
+            log.debug("the row cache of the last run is dropped: the tracking positions moved")
+            return None
+        return cache
+
+    def _keep(self, tables: dict[str, Table], positions: dict[str, int], cache: _RowCache) -> None:
+        """Keep a finished run's cache (at most ``keep_rows`` rows) for the next run."""
+        if self.keep_rows > 0:
+            cache.trim(self.keep_rows)
+            self._kept = (frozenset(tables), dict(positions), cache)
 
     def _fold_page(
         self,

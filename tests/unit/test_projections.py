@@ -1099,9 +1099,7 @@ def test_the_row_cache_reads_dropped_rows_one_by_one_until_a_page_wants_many(
     monkeypatch.setattr(
         runner._RowCache,
         "_read",
-        lambda self, table, wanted, into: (
-            reads.append(len(wanted)) or read(self, table, wanted, into)
-        ),
+        lambda self, wanted: reads.extend(len(keys) for _, keys, _ in wanted) or read(self, wanted),
     )
     never_written = ("default", "never")
     assert cache.get(name, never_written) is None and reads == []  # complete: no read
@@ -1215,6 +1213,120 @@ def test_a_batch_another_projector_moved_past_is_folded_again_from_the_database(
     assert dump_tables(first_db) == fold_events(PROJECTIONS, log_events(sqlite_ledger))
     first_db.close()
     second_db.close()
+
+
+def test_a_run_reads_no_row_the_last_run_kept_unless_another_projector_wrote_since(
+    sqlite_ledger: Ledger, sqlite_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from projections import runner
+    from projections.schema import SESSIONS
+
+    reads: list[str] = []  # the tables of the rows read from the database, one entry per read
+    read = runner._RowCache._read
+    monkeypatch.setattr(
+        runner._RowCache,
+        "_read",
+        lambda self, wanted: reads.extend(t for t, _, _ in wanted) or read(self, wanted),
+    )
+    first_db, second_db = SQLiteDatabase(sqlite_path), SQLiteDatabase(sqlite_path)
+    first, second = Projector(sqlite_ledger, first_db), Projector(sqlite_ledger, second_db)
+    first.create_tables()
+    writer = Writer(sqlite_ledger)
+
+    def message_each(sessions: tuple[str, ...]) -> None:
+        for sid in sessions:
+            writer.add("session", sid, "record_message", role="user", message_kind="text",
+                       content=f"to {sid}")  # fmt: skip
+        writer.flush()
+
+    def session_reads(projector: Projector) -> int:
+        reads.clear()
+        assert projector.run_once() > 0
+        return reads.count(SESSIONS.name)
+
+    message_each(("k1", "k2"))
+    assert session_reads(second) == 0  # the tables were empty: nothing to read
+    message_each(("k1", "k2"))
+    assert session_reads(first) == 1  # its first run: the rows are in the database only
+    message_each(("k1", "k2"))
+    assert session_reads(first) == 0  # kept from its last run, nobody wrote since
+    message_each(("k1", "k3"))
+    assert session_reads(first) == 1  # k3 is not kept (and k1 is not read again)
+    message_each(("k1", "k2"))
+    assert session_reads(second) == 1  # the other projector folds this one
+    message_each(("k1", "k2"))
+    assert session_reads(first) == 1  # positions moved: what it kept is dropped, read again
+    assert dump_tables(first_db) == fold_events(PROJECTIONS, log_events(sqlite_ledger))
+    k1 = next(r for r in dump_tables(first_db)["sessions"] if r["session_id"] == "k1")
+    assert k1["event_count"] == len(sqlite_ledger.history("session", "k1"))
+    first_db.close()
+    second_db.close()
+
+
+def test_a_run_that_fails_leaves_nothing_kept_for_the_next_run(
+    sqlite_ledger: Ledger, sqlite_db: SQLiteDatabase
+) -> None:
+    explode_at: list[int] = []
+
+    def exploding(event: LedgerEvent, position: int, rows: Rows) -> None:
+        sessions.fold(event, position, rows)  # folded into the cache first, then the failure
+        if position in explode_at:
+            raise RuntimeError("fold bug")
+
+    projector = Projector(sqlite_ledger, sqlite_db, projections=with_sessions_fold(exploding))
+    projector.create_tables()
+    writer = Writer(sqlite_ledger)
+
+    def message_each() -> None:
+        for sid in ("f1", "f2", "f1"):
+            writer.add("session", sid, "record_message", role="user", message_kind="text",
+                       content=sid)  # fmt: skip
+        writer.flush()
+
+    message_each()
+    projector.run_once()
+    message_each()
+    explode_at.append(sqlite_ledger.recorder.max_notification_id())  # the page's last event
+    with pytest.raises(RuntimeError, match="fold bug"):
+        projector.run_once()
+    explode_at.clear()
+    projector.run_once()  # from the last committed position, on rows read again
+    assert dump_tables(sqlite_db) == fold_events(PROJECTIONS, log_events(sqlite_ledger))
+
+
+def test_a_run_keeps_at_most_keep_rows_rows_for_the_next_and_reads_the_others(
+    sqlite_ledger: Ledger, sqlite_db: SQLiteDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from projections import runner
+    from projections.schema import SESSIONS
+
+    read_keys: list[tuple[str, ...]] = []
+    read = runner._RowCache._read
+    monkeypatch.setattr(
+        runner._RowCache,
+        "_read",
+        lambda self, wanted: (
+            read_keys.extend(k for t, keys, _ in wanted if t == SESSIONS.name for k in keys)
+            or read(self, wanted)
+        ),
+    )
+    projector = Projector(sqlite_ledger, sqlite_db, keep_rows=3)
+    projector.create_tables()
+    writer = Writer(sqlite_ledger)
+    sessions_ = [f"n{i}" for i in range(6)]
+    for round_ in range(3):
+        for sid in sessions_:  # n0 first: the least recently used once a round is folded
+            writer.add("session", sid, "record_message", role="user", message_kind="text",
+                       content=f"round {round_}")  # fmt: skip
+        writer.flush()
+        read_keys.clear()
+        projector.run_once()
+        assert projector._kept is not None
+        kept = projector._kept[2]._rows[SESSIONS.name]
+        assert len(kept) <= 3
+        if round_ == 2:  # only the rows not kept (the 3 least recently used) were read again
+            assert sorted(key[1] for key in read_keys) == sessions_[:3]
+    assert dump_tables(sqlite_db) == fold_events(PROJECTIONS, log_events(sqlite_ledger))
 
 
 def _encoder_cases() -> list[tuple[str, list[Any]]]:
