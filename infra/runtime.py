@@ -95,6 +95,16 @@ def build_database(settings: Settings) -> Database:
     return PostgresDatabase(settings.database_url, schema=settings.database_schema)
 
 
+def build_projector(settings: Settings, ledger: Ledger, db: Database) -> Projector:
+    """The projector of ``ledger``'s log into ``db``, sized by the ``projector_*`` settings."""
+    return Projector(
+        ledger,
+        db,
+        page_size=settings.projector_page_size,
+        keep_rows=settings.projector_keep_rows,
+    )
+
+
 def build_blob_store(settings: Settings, *, create: bool) -> BlobStore:
     """S3 when ``settings.s3_bucket`` is set (the bucket created when missing and ``create``),
     else the local blob directory.
@@ -140,12 +150,7 @@ def build_runtime(settings: Settings, *, create_tables: bool | None = None) -> R
     with migration_lock(settings) if create else nullcontext():
         ledger, event_log = build_ledger(settings, create_table=create)
         db = build_database(settings)
-        projector = Projector(
-            ledger,
-            db,
-            page_size=settings.projector_page_size,
-            keep_rows=settings.projector_keep_rows,
-        )
+        projector = build_projector(settings, ledger, db)
         if create:
             projector.create_tables()
     # PostgreSQL: every process's appends NOTIFY the log's channel. SQLite: every writer on the
@@ -204,7 +209,7 @@ def fold_part(settings: Settings, names: list[str]) -> int:
     tune_gc(settings.gc_young_threshold)
     ledger, _ = build_ledger(settings, create_table=False)
     db = build_database(settings)
-    projector = Projector(ledger, db, page_size=settings.projector_page_size)
+    projector = build_projector(settings, ledger, db)
     try:
         return projector.catch_up(names)
     finally:

@@ -170,8 +170,8 @@ class _RowCache:
     collector's full collections rare. ``get`` still finds them (decoded as the database would
     give them back) until their write committed, then in the database.
 
-    A table is *complete* when the cache knows every one of its rows: it was empty when the run
-    started (a rebuild truncates its tables). A key missing from a complete table has no row, so
+    A table is *complete* when the cache knows every one of its rows: it was empty when the
+    cache's first run started (a rebuild truncates its tables). A key missing from a complete table has no row, so
     the database is not asked, unless its row was dropped from the cache (the hashes of dropped
     keys are kept: up to ``4 * max_rows`` of them, beyond which the table is no longer complete).
     Rows of an incomplete table that the folds will read are read in bulk before a page's folds
@@ -556,8 +556,8 @@ class Projector:
         self.last_error: str | None = None
         self._tracking_ready = False
         self._busy = False
-        #: The last run's row cache: its tables, the positions it committed, the cache.
-        self._kept: tuple[frozenset[str], dict[str, int], _RowCache] | None = None
+        #: The last run's row cache and the tracking positions that run committed.
+        self._kept: tuple[dict[str, int], _RowCache] | None = None
         # A run's read-ahead and background write (PostgreSQL); threads start on first use.
         self._background = ThreadPoolExecutor(
             max_workers=2, thread_name_prefix="runledger-projector"
@@ -829,7 +829,8 @@ class Projector:
         pool = self._background
         while True:
             # A run (and a retry after another projector moved a position) starts from one
-            # snapshot of the positions and of which tables are empty, with an empty cache.
+            # snapshot of the positions and of which tables are empty, with the last run's cache
+            # when nothing moved since, else an empty one.
             positions, empty = self._snapshot(chosen)
             cache = self._kept_cache(tables, positions) or _RowCache(
                 self.db, tables, complete=empty, retain=retain, max_rows=self.cache_rows
@@ -891,7 +892,7 @@ class Projector:
                 if pending is not None:
                     previous, pending = pending, None
                     processed += self._finished(previous, cache, progress, head)
-                self._keep(tables, positions, cache)
+                self._keep(positions, cache)
                 return processed
             except _TrackingMovedError as moved:
                 log.info("%s; reading again from the last committed position", moved)
@@ -914,17 +915,18 @@ class Projector:
         kept, self._kept = self._kept, None
         if kept is None:
             return None
-        names, committed, cache = kept
-        if names != frozenset(tables) or committed != positions:
-            log.debug("the row cache of the last run is dropped: the tracking positions moved")
+        committed, cache = kept
+        if cache.tables.keys() != tables.keys() or committed != positions:
+            log.debug("the last run's row cache is dropped: other tables, or positions moved")
             return None
         return cache
 
-    def _keep(self, tables: dict[str, Table], positions: dict[str, int], cache: _RowCache) -> None:
-        """Keep a finished run's cache (at most ``keep_rows`` rows) for the next run."""
+    def _keep(self, positions: dict[str, int], cache: _RowCache) -> None:
+        """Keep a finished run's cache (at most ``keep_rows`` rows) with the positions it
+        committed, for the next run."""
         if self.keep_rows > 0:
             cache.trim(self.keep_rows)
-            self._kept = (frozenset(tables), dict(positions), cache)
+            self._kept = (positions, cache)
 
     def _fold_page(
         self,

@@ -47,6 +47,13 @@ def session_cmd(
     return Command("session", session, action, meta(event_id, body), args)
 
 
+def message_cmd(event_id: str, session: str = "s1") -> Command:
+    """A user prompt recorded on ``session`` (one event)."""
+    return session_cmd(
+        "record_message", event_id, session, role="user", message_kind="prompt", content="hi"
+    )
+
+
 def chain_cmd(action: str, event_id: str, **args: Any) -> Command:
     return Command("chain", "c1", action, meta(event_id), args)
 
@@ -381,17 +388,7 @@ def test_the_write_cache_keeps_streams_from_their_second_batch_within_both_budge
     def write(session: str, count: int = 1, *, start: bool = False) -> int:
         """Append ``count`` events to ``session`` (a start, then messages); the stream reads."""
         reads.count = 0
-        commands = [
-            session_cmd(
-                "record_message",
-                f"{session}-{next(tags)}",
-                session=session,
-                role="user",
-                message_kind="prompt",
-                content="hi",
-            )
-            for _ in range(count - start)
-        ]
+        commands = [message_cmd(f"{session}-{next(tags)}", session) for _ in range(count - start)]
         if start:
             commands.insert(0, session_cmd("start", f"{session}-start", session=session))
         outcomes = app.handle(commands)
@@ -418,31 +415,22 @@ def test_a_stream_longer_than_the_events_budget_is_not_cached_and_the_streams_bu
     app = Ledger({"PERSISTENCE_MODULE": "eventsourcing.popo"}, cache_size=2, cache_events=5)
     reads = Calls(monkeypatch, app.recorder, "select_events")
 
-    def message(session: str, event_id: str) -> Command:
-        return session_cmd(
-            "record_message",
-            event_id,
-            session=session,
-            role="user",
-            message_kind="prompt",
-            content="hi",
-        )
-
     app.handle(
-        [session_cmd("start", "s", session="long")] + [message("long", f"m{i}") for i in range(4)]
+        [session_cmd("start", "s", session="long")]
+        + [message_cmd(f"m{i}", "long") for i in range(4)]
     )
-    app.handle([message("long", "m5")])  # replayed; 6 events > 5: not kept
+    app.handle([message_cmd("m5", "long")])  # replayed; 6 events > 5: not kept
     reads.count = 0
-    app.handle([message("long", "m6")])
+    app.handle([message_cmd("m6", "long")])
     assert reads.count == 1
     for name in ("p", "q", "r"):
         app.handle([session_cmd("start", f"{name}1", session=name)])
     for name in ("p", "q", "r"):
-        app.handle([message(name, f"{name}2")])  # kept from now on: p, q, r; 3 > 2: p goes
+        app.handle([message_cmd(f"{name}2", name)])  # kept from now on: p, q, r; 3 > 2: p goes
     reads.count = 0
-    app.handle([message("q", "q3"), message("r", "r3")])
+    app.handle([message_cmd("q3", "q"), message_cmd("r3", "r")])
     assert reads.count == 0
-    app.handle([message("p", "p3")])
+    app.handle([message_cmd("p3", "p")])
     assert reads.count == 1
 
 

@@ -1322,7 +1322,7 @@ def test_a_run_keeps_at_most_keep_rows_rows_for_the_next_and_reads_the_others(
         read_keys.clear()
         projector.run_once()
         assert projector._kept is not None
-        kept = projector._kept[2]._rows[SESSIONS.name]
+        kept = projector._kept[1]._rows[SESSIONS.name]
         assert len(kept) <= 3
         if round_ == 2:  # only the rows not kept (the 3 least recently used) were read again
             assert sorted(key[1] for key in read_keys) == sessions_[:3]
