@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, lru_cache
@@ -180,8 +180,16 @@ class LedgerAggregate:
         self.project = ""
         self.external_id = ""
         #: event_id -> [version, content_sha256]; the idempotency index of this stream. None in
-        #: a stream restored from a snapshot (snapshots leave it out; such a stream is read-only).
+        #: a stream restored from a snapshot for reading (snapshots leave it out). A writer's
+        #: stream restored from a snapshot holds only the events after it, plus what it fetched
+        #: from the store's key index (``keys_stored_through``).
         self.event_ids: dict[str, list[Any]] | None = {}
+        #: Versions up to this one have their write-side keys (``unstored_keys``) in the store's
+        #: key index (0: none stored yet).
+        self.keys_stored_through = 0
+        #: Restored from a snapshot for writing: keys up to ``keys_stored_through`` are in the
+        #: key index only, and a command's keys not in memory must be asked for there.
+        self.keys_partial = False
 
     @property
     def id(self) -> UUID:
@@ -228,6 +236,51 @@ class LedgerAggregate:
             )
         return int(prior[0])
 
+    # -- write-side keys ---------------------------------------------------------------------
+    # What a writer must know of a stream's whole history grows with it: the idempotency index,
+    # and for sessions the tool calls that ended. Snapshots leave these out, so a writer that
+    # restores a stream from a snapshot fetches the keys a batch asks about from the store's key
+    # index (``Ledger``'s ``key_index``), which holds them up to ``keys_stored_through``.
+
+    def restored_for_writing(self) -> bool:
+        """Make a stream restored from a snapshot writable, if that snapshot was taken after its
+        keys were stored (``LedgerSnapshot.take``'s ``keys_stored_through`` is its version).
+
+        Returns:
+            False for a snapshot without that mark (taken before the key index existed): the
+            writer then replays the stream from its first event.
+        """
+        if self.event_ids is not None or getattr(self, "keys_stored_through", 0) != self.version:
+            return False
+        self.event_ids = {}
+        self.keys_partial = True
+        return True
+
+    def missing_keys(self, action: str, meta: EventMeta, args: Mapping[str, Any]) -> list[str]:
+        """The key-index keys that command would read and memory does not hold (none unless
+        ``keys_partial``: a stream replayed whole holds all its keys). Keys are
+        ``"event:<event_id>"`` and, for sessions, ``"tool_call:<tool_use_id>"``."""
+        if not self.keys_partial or self.event_ids is None:
+            return []
+        key = meta.event_id
+        return [] if key in self.event_ids else [f"event:{key}"]
+
+    def absorb_key(self, key: str, value: Any) -> None:
+        """Put a key fetched from the key index (``missing_keys``) back in memory."""
+        kind, _, name = key.partition(":")
+        if kind == "event" and self.event_ids is not None:
+            self.event_ids.setdefault(name, value)
+
+    def unstored_keys(self) -> list[tuple[str, Any]]:
+        """The keys of versions after ``keys_stored_through``, as ``(key, JSON value)``: what
+        the key index must receive before a snapshot at this version can be marked."""
+        floor = self.keys_stored_through
+        return [
+            (f"event:{event_id}", entry)
+            for event_id, entry in (self.event_ids or {}).items()
+            if entry[0] > floor
+        ]
+
     def trigger(self, event_class: type[LedgerEvent], meta: EventMeta, **payload: Any) -> None:
         """Construct the next event of this stream, apply it and queue it for saving."""
         now = utcnow()
@@ -261,7 +314,7 @@ class LedgerAggregate:
         the state at any version) small. Writers replay streams from their events instead.
         """
         state = dict(vars(self))
-        for name in ("_id", "_version", "_pending_events"):
+        for name in ("_id", "_version", "_pending_events", "keys_partial"):
             state.pop(name, None)
         state["event_ids"] = None
         return state
@@ -324,12 +377,20 @@ class LedgerSnapshot(Snapshot):
     """A snapshot of ``LedgerAggregate.snapshot_state()`` (eventsourcing ``Snapshot``)."""
 
     @classmethod
-    def take(cls, aggregate: Any) -> LedgerSnapshot:
-        """Snapshot ``aggregate`` at its current version."""
+    def take(cls, aggregate: Any, *, keys_stored: bool = False) -> LedgerSnapshot:
+        """Snapshot ``aggregate`` at its current version.
+
+        Args:
+            keys_stored: the store's key index holds the stream's keys up to this version;
+                the snapshot is then marked (``keys_stored_through``) and writers may restore
+                from it (``LedgerAggregate.restored_for_writing``).
+        """
+        state = aggregate.snapshot_state()
+        state["keys_stored_through"] = aggregate.version if keys_stored else 0
         return cls(
             originator_id=aggregate.id,
             originator_version=aggregate.version,
             timestamp=cls.create_timestamp(),
             topic=get_topic(type(aggregate)),
-            state=aggregate.snapshot_state(),
+            state=state,
         )

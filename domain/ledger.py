@@ -4,7 +4,9 @@ A ``Command`` names a stream (``kind``, ``project``, ``external_id``), one publi
 that stream's aggregate (``action``), the event metadata (``EventMeta``) and the method's keyword
 arguments. ``Ledger.handle`` executes a batch of commands:
 
-1. loads each stream once (a stream with no event yet starts blank),
+1. loads each stream once (a stream with no event yet starts blank): from the write cache, or
+   from its newest snapshot and the events after it, asking the store's key index about the
+   event ids and tool calls the batch names (``KeyIndex``), or replayed whole (short streams),
 2. per command: an ``event_id`` already in the stream with the same content is a ``duplicate``
    (nothing appended); with other content, or when the aggregate refuses the command, the command
    is ``rejected`` with its ``LedgerError``; otherwise it is ``created``;
@@ -22,6 +24,7 @@ given by the composition root (the domain does no SQL).
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -29,10 +32,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError
 
 from domain.approval import Approval
@@ -56,10 +59,25 @@ AGGREGATES: dict[str, type[LedgerAggregate]] = {
 #: ``[(stream_id, version), ...] -> {(stream_id, version): notification_id}`` (stored ones only).
 PositionLookup = Callable[[Sequence[tuple[UUID, int]]], Mapping[tuple[UUID, int], int]]
 
+
+class KeyIndex(Protocol):
+    """The store's index of write-side keys (``LedgerAggregate.unstored_keys``), given by the
+    composition root (the domain does no SQL). Keys are write-once facts about committed events;
+    putting a key again replaces its value."""
+
+    def put_keys(self, rows: Sequence[tuple[UUID, str, Any]]) -> None:
+        """Store ``(stream_id, key, JSON value)`` rows in one transaction."""
+
+    def get_keys(self, keys: Sequence[tuple[UUID, str]]) -> Mapping[tuple[UUID, str], Any]:
+        """``{(stream_id, key): value}`` of the stored ones among ``keys``."""
+
+
 #: How often a batch is tried before the race is reported (``IntegrityError``; the API answers 503).
 MAX_ATTEMPTS = 50
 #: Upper bound of the randomised pause between attempts, seconds.
 MAX_BACKOFF_S = 0.25
+
+log = logging.getLogger("runledger.ledger")
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,8 @@ class Ledger(Application[UUID]):
         snapshot_interval: int | None = None,
         cache_size: int = 10_000,
         cache_events: int = 250_000,
+        key_index: KeyIndex | None = None,
+        replay_events: int = 1_000,
     ) -> None:
         """Wire the application.
 
@@ -145,6 +165,14 @@ class Ledger(Application[UUID]):
             cache_events: most events the cached streams hold together (each costs memory,
                 ~150-600 bytes in the benchmarks' mixes); least recently written streams go
                 first, and a stream longer than this is not kept.
+            key_index: the store's index of write-side keys. With it and snapshots, a writer
+                loads a stream from its newest snapshot (and the events after it) and asks the
+                index about the event ids and tool calls a batch names, instead of replaying the
+                stream from its first event; without it, writers replay whole streams.
+            replay_events: streams whose newest snapshot is at most this version are replayed
+                whole even so, and then hold all their keys in memory: a stream restored from a
+                snapshot asks the key index once per batch, which costs more over a cached
+                stream's life than replaying a short one once.
         """
         env = dict(env or {})
         self._snapshot_interval = snapshot_interval or 0
@@ -156,6 +184,8 @@ class Ledger(Application[UUID]):
             }
         super().__init__(env)
         self._position_lookup = position_lookup
+        self._key_index = key_index if snapshot_interval else None
+        self._replay_events = replay_events
         self._write_lock = threading.Lock()
         #: ``{stream_id: (aggregate, its version when remembered)}``, least recently written first.
         self._cache: OrderedDict[UUID, tuple[LedgerAggregate, int]] = OrderedDict()
@@ -236,13 +266,42 @@ class Ledger(Application[UUID]):
         if self.snapshots is not None and self.snapshotting_intervals:
             due = [e for e in events if e.originator_version % self._snapshot_interval == 0]
             if due:
-                processing = ProcessingEvent[UUID]()
-                processing.events.extend(due)
-                processing.aggregates.update((a.id, a) for a in aggregates)
-                self._take_snapshots(processing)
+                self._snapshot(due, {a.id: a for a in aggregates})
         return {
             (e.originator_id, e.originator_version): n for e, n in zip(events, ids, strict=True)
         }
+
+    def _snapshot(self, due: list[LedgerEvent], aggregates: dict[UUID, LedgerAggregate]) -> None:
+        """Snapshot the streams at the due versions (after their events committed).
+
+        With a key index, the streams' keys not stored yet go to it first; the snapshots are then
+        marked, so that writers may restore from them. If storing the keys fails (a database not
+        migrated since the key index exists), the snapshots are left unmarked: writers replay
+        those streams whole, as they did before, and nothing acknowledged is affected.
+        """
+        stored: set[UUID] = set()
+        if self._key_index is not None:
+            streams = [aggregates[sid] for sid in dict.fromkeys(e.originator_id for e in due)]
+            rows = [(a.id, key, value) for a in streams for key, value in a.unstored_keys()]
+            try:
+                self._key_index.put_keys(rows)
+            except Exception:
+                log.warning(
+                    "storing %d write-side keys failed; snapshots left unmarked",
+                    len(rows),
+                    exc_info=True,
+                )
+            else:
+                for aggregate in streams:
+                    aggregate.keys_stored_through = aggregate.version
+                stored.update(a.id for a in streams)
+        assert self.snapshots is not None
+        for event in due:
+            aggregate = self.repository.get(
+                event.originator_id, version=event.originator_version, projector_func=_replay
+            )
+            snapshot = LedgerSnapshot.take(aggregate, keys_stored=event.originator_id in stored)
+            self.snapshots.put([snapshot])
 
     def _execute(
         self, commands: Sequence[Command], fresh: set[UUID]
@@ -260,25 +319,42 @@ class Ledger(Application[UUID]):
         outcomes: list[Outcome] = []
         pending = False
         loaded = self._load_streams(commands, fresh)
-        for command in commands:
-            sid = stream_id(command.project, command.kind, command.external_id)
+
+        def stream(command: Command, sid: UUID) -> LedgerAggregate:
+            aggregate = aggregates.get(sid)
+            if aggregate is None:
+                entry = self._cache.get(sid) if sid not in fresh else None
+                if entry is not None:
+                    aggregate = entry[0]
+                    cached.add(sid)
+                else:
+                    aggregate = loaded.get(sid)
+                    if aggregate is None:
+                        aggregate = _aggregate_class(command.kind).blank(
+                            command.project, command.external_id
+                        )
+                        blank.add(sid)
+                aggregates[sid] = aggregate
+            return aggregate
+
+        sids = [stream_id(c.project, c.kind, c.external_id) for c in commands]
+        if self._key_index is not None:
+            partial = set()
+            for sid in set(sids):
+                entry = self._cache.get(sid) if sid not in fresh else None
+                aggregate = entry[0] if entry is not None else loaded.get(sid)
+                if aggregate is not None and aggregate.keys_partial:
+                    partial.add(sid)
+            if partial:
+                self._fetch_keys(
+                    [(c, sid) for c, sid in zip(commands, sids, strict=True) if sid in partial],
+                    stream,
+                )
+        for command, sid in zip(commands, sids, strict=True):
             outcome = Outcome(command=command, stream_id=sid, status="rejected")
             outcomes.append(outcome)
             try:
-                aggregate = aggregates.get(sid)
-                if aggregate is None:
-                    entry = self._cache.get(sid) if sid not in fresh else None
-                    if entry is not None:
-                        aggregate = entry[0]
-                        cached.add(sid)
-                    else:
-                        aggregate = loaded.get(sid)
-                        if aggregate is None:
-                            aggregate = _aggregate_class(command.kind).blank(
-                                command.project, command.external_id
-                            )
-                            blank.add(sid)
-                    aggregates[sid] = aggregate
+                aggregate = stream(command, sid)
                 prior = aggregate.seen(command.meta)
                 if prior is not None:
                     outcome.status, outcome.version = "duplicate", prior
@@ -302,14 +378,34 @@ class Ledger(Application[UUID]):
             pending = True
         return outcomes, aggregates, pending, stale, blank
 
+    def _fetch_keys(
+        self,
+        commands: list[tuple[Command, UUID]],
+        stream: Callable[[Command, UUID], LedgerAggregate],
+    ) -> None:
+        """Ask the key index, in one call, about the keys the commands read that their streams
+        (restored from snapshots: ``keys_partial``) do not hold in memory, and put the found
+        ones back."""
+        assert self._key_index is not None
+        wanted: dict[tuple[UUID, str], LedgerAggregate] = {}
+        for command, sid in commands:
+            aggregate = stream(command, sid)
+            for key in aggregate.missing_keys(command.action, command.meta, command.args):
+                wanted[(sid, key)] = aggregate
+        if wanted:
+            for (sid, key), value in self._key_index.get_keys(list(wanted)).items():
+                wanted[(sid, key)].absorb_key(key, value)
+
     def _load_streams(
         self, commands: Sequence[Command], fresh: set[UUID]
     ) -> dict[UUID, LedgerAggregate]:
         """Replay every stream of a batch that is not cached (or must be read ``fresh``).
 
-        Writers replay whole streams, never snapshots (snapshots leave out the idempotency
-        index); hot streams stay in the write cache. With a recorder offering
-        ``select_events_many`` (runledger's PostgreSQL recorder) it is one query per batch.
+        With a key index (and snapshots), a stream is restored from its newest marked snapshot
+        and the events after it (``_load_bounded``); otherwise replayed whole (snapshots leave
+        out the write-side keys). Hot streams stay in the write cache. With a recorder offering
+        ``select_events_many`` / ``select_after_newest_snapshots`` (runledger's PostgreSQL
+        recorder) it is one query per batch.
 
         Returns:
             ``{stream_id: aggregate}`` for the wanted streams that have events.
@@ -327,14 +423,59 @@ class Ledger(Application[UUID]):
         )
         if not wanted:
             return {}
+        if self._key_index is not None:
+            return self._load_bounded(wanted)
+        return self._replay_whole(wanted)
+
+    def _replay_whole(
+        self, wanted: list[UUID], loaded: dict[UUID, LedgerAggregate] | None = None
+    ) -> dict[UUID, LedgerAggregate]:
+        """Replay the streams from their first events (into ``loaded``)."""
+        loaded = {} if loaded is None else loaded
         select_many = getattr(self.recorder, "select_events_many", None)
         if select_many is not None:
             events: Iterable[Any] = map(self.mapper.to_domain_event, select_many(wanted))
         else:
             events = (event for sid in wanted for event in self.events.get(sid))
-        loaded: dict[UUID, LedgerAggregate] = {}
         for event in events:  # ordered by stream, then version
             loaded[event.originator_id] = event.mutate(loaded.get(event.originator_id))
+        return loaded
+
+    def _load_bounded(self, wanted: list[UUID]) -> dict[UUID, LedgerAggregate]:
+        """Restore the streams from their newest snapshots above version ``replay_events``, if
+        marked (``restored_for_writing``), and the events after them; replay the others whole.
+        What a stream costs a writer to load is then bounded, whatever the stream's length."""
+        assert self.snapshots is not None
+        above = self._replay_events
+        select = getattr(self.recorder, "select_after_newest_snapshots", None)
+        if select is not None:
+            newest, stored = select(wanted, self.snapshots.recorder, above)
+        else:
+            newest, stored = {}, []
+            for sid in wanted:
+                found = self.snapshots.recorder.select_events(
+                    sid, gt=above or None, desc=True, limit=1
+                )
+                if found:
+                    newest[sid] = found[0]
+                gt = found[0].originator_version if found else None
+                stored.extend(self.recorder.select_events(sid, gt=gt))
+        loaded: dict[UUID, LedgerAggregate] = {}
+        whole: set[UUID] = set()
+        for sid, snapshot in newest.items():
+            restored: Any = self.mapper.to_domain_event(snapshot)
+            aggregate = restored.mutate(None)
+            if aggregate.restored_for_writing():
+                loaded[sid] = aggregate
+            else:  # a snapshot from before the key index: replay the stream whole
+                whole.add(sid)
+        events: Iterable[Any] = map(self.mapper.to_domain_event, stored)
+        for event in events:  # by stream, then version
+            sid = event.originator_id
+            if sid not in whole:
+                loaded[sid] = event.mutate(loaded.get(sid))
+        if whole:
+            self._replay_whole(list(whole), loaded)
         return loaded
 
     # -- write cache ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ Large values (tool input/response, message content, file contents) may arrive as
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 from domain import evidence
@@ -117,19 +118,26 @@ class ToolCallStarted(SessionEvent):
 
     def apply(self, aggregate: Session) -> None:
         call = aggregate.tool_calls.get(self.tool_use_id)
-        if self.late:
-            if call is not None:
-                call["started_version"] = self.originator_version
-            return
+        version = self.originator_version
         if call is None:
+            if self.late:  # restored from a snapshot, which left out the ended call
+                aggregate.tool_calls[self.tool_use_id] = {
+                    "tool_name": self.tool_name,
+                    "ended": True,
+                    "started_version": version,
+                    "changed_version": version,
+                }
+                return
             aggregate.tool_call_count += 1
             aggregate.tool_calls[self.tool_use_id] = {
                 "tool_name": self.tool_name,
                 "ended": False,
-                "started_version": self.originator_version,
+                "started_version": version,
+                "changed_version": version,
             }
         else:  # the end arrived first (recorded as an orphan); this is its late start
-            call["started_version"] = self.originator_version
+            call["started_version"] = version
+            call["changed_version"] = version
 
 
 class ToolCallEnded(SessionEvent):
@@ -159,6 +167,7 @@ class ToolCallEnded(SessionEvent):
                 "started_version": None,
             }
         call["ended"] = True
+        call["changed_version"] = self.originator_version
 
 
 class CommandExecuted(SessionEvent):
@@ -584,6 +593,42 @@ class Session(LedgerAggregate):
             "criterion_states": self.criterion_states,
             "phase_blocks": self.phase_blocks,
         }
+
+    def missing_keys(self, action: str, meta: EventMeta, args: Mapping[str, Any]) -> list[str]:
+        """Besides the base's ``event:`` key, a tool call's start or end with a ``tool_use_id``
+        (given, or derived from ``event_id``) reads that call, which a snapshot leaves out once
+        it ended: ``tool_call:<tool_use_id>``."""
+        missing = super().missing_keys(action, meta, args)
+        if not self.keys_partial:
+            return missing
+        tool_use_id = args.get("tool_use_id")
+        if tool_use_id is None and action == "start_tool_call":
+            tool_use_id = _generated_tool_use_id(meta)
+        if (
+            action in ("start_tool_call", "end_tool_call")
+            and tool_use_id is not None
+            and tool_use_id not in self.tool_calls
+        ):
+            missing.append(f"tool_call:{tool_use_id}")
+        return missing
+
+    def absorb_key(self, key: str, value: Any) -> None:
+        """Besides event ids, an ended tool call's entry goes back into ``tool_calls``."""
+        kind, _, name = key.partition(":")
+        if kind == "tool_call":
+            self.tool_calls.setdefault(name, dict(value))
+        else:
+            super().absorb_key(key, value)
+
+    def unstored_keys(self) -> list[tuple[str, Any]]:
+        """Besides event ids, the tool calls that ended and changed after ``keys_stored_through``
+        (an orphan end's late start changes its call again)."""
+        floor = self.keys_stored_through
+        return super().unstored_keys() + [
+            (f"tool_call:{tool_use_id}", call)
+            for tool_use_id, call in self.tool_calls.items()
+            if call["ended"] and call.get("changed_version", 0) > floor
+        ]
 
     def snapshot_state(self) -> dict[str, Any]:
         """Besides the base's omissions, only the unfinished tool calls are kept."""

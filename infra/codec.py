@@ -589,6 +589,48 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
             )
         )
 
+    def select_after_newest_snapshots(
+        self, originator_ids: Sequence[UUID], snapshots: PostgresAggregateRecorder, above: int = 0
+    ) -> tuple[dict[UUID, StoredEvent], list[StoredEvent]]:
+        """The newest snapshot of each stream (of a version above ``above``), and each stream's
+        events after it (all of them for a stream with none), ordered by stream then version,
+        in one round trip: what a writer loads (``Ledger._load_bounded``).
+
+        Args:
+            snapshots: the application's snapshot recorder (a table in the same database).
+        """
+        statement = self._statement(
+            ("after_newest", snapshots.datastore.schema, snapshots.events_table_name),
+            self._after_newest_snapshots_sql,
+        )
+        rows = self._fetch_binary(statement, {"ids": list(originator_ids), "above": above})
+        newest = {row[1]: _stored_events([row[1:]])[0] for row in rows if row[0]}
+        return newest, _stored_events(row[1:] for row in rows if not row[0])
+
+    def _after_newest_snapshots_sql(self, snapshots_schema: str, snapshots_table: str) -> Composed:
+        """``select_after_newest_snapshots``'s statement for one snapshot table, rendered once."""
+        return _rendered(
+            SQL(
+                # Both found by ``= ANY`` on the primary keys: joined to the ids as a set, a
+                # generic plan scanned the whole events table (15 instead of 0.7 ms a batch of
+                # 80 new streams); this costs what ``select_events_many`` does (0.43-0.66 ms).
+                "WITH newest AS (SELECT DISTINCT ON (originator_id) originator_id AS id,"
+                " originator_version, topic, state FROM {snapshots}"
+                " WHERE originator_id = ANY(%(ids)b::uuid[]) AND originator_version > %(above)b"
+                " ORDER BY originator_id, originator_version DESC)"
+                " SELECT true, id, originator_version, topic, state FROM newest"
+                " UNION ALL"
+                " SELECT false, e.originator_id, e.originator_version, e.topic, e.state"
+                " FROM {events} AS e LEFT JOIN newest AS n ON n.id = e.originator_id"
+                " WHERE e.originator_id = ANY(%(ids)b::uuid[])"
+                " AND e.originator_version > coalesce(n.originator_version, 0)"
+                " ORDER BY 2, 1 DESC, 3"
+            ).format(
+                snapshots=Identifier(snapshots_schema, snapshots_table),
+                events=Identifier(self.datastore.schema, self.events_table_name),
+            )
+        )
+
     def select_events_many(self, originator_ids: Sequence[UUID]) -> list[StoredEvent]:
         """Every event of the given streams, ordered by stream then version (one round trip)."""
         return _stored_events(

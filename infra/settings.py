@@ -98,7 +98,10 @@ class Settings(BaseSettings):
         description="Create tables at start-up (under a lock); off once `runledger migrate` ran.",
     )
     snapshot_interval: int = Field(
-        default=100, ge=0, description="Snapshot a stream every N events (0: never)."
+        default=100,
+        ge=0,
+        description="Snapshot a stream every N events, which bounds what a reader or a writer "
+        "replays (0: never; writers then replay whole streams).",
     )
     blob_threshold_bytes: int = Field(
         default=16 * 1024,
@@ -130,6 +133,14 @@ class Settings(BaseSettings):
         description="Most events the writer's cached streams hold together (each costs ~150-600 "
         "bytes of memory); the least recently written streams go first, and a longer stream is "
         "not kept.",
+    )
+    writer_replay_events: int = Field(
+        default=1_000,
+        ge=0,
+        description="A writer replays a stream whole (and then holds all its event ids and tool "
+        "calls in memory) while its newest snapshot is at most this version; a longer stream is "
+        "restored from that snapshot and the events after it, and a batch asks the key index "
+        "about the older event ids and tool calls it names (one query).",
     )
     default_project: str = Field(
         default="default", description="Project (tenant) of requests that name none."

@@ -1,5 +1,6 @@
-"""Event-store wiring: the eventsourcing environment for SQLite / PostgreSQL / in-memory, and the
-few log queries eventsourcing's recorders do not offer (the position of a stream's event).
+"""Event-store wiring: the eventsourcing environment for SQLite / PostgreSQL / in-memory, the
+few log queries eventsourcing's recorders do not offer (the position of a stream's event), and the
+write side's key index (``StreamKeys``).
 
 Tables are created once: by ``runledger migrate``, or by the first process under a lock
 (PostgreSQL advisory lock; concurrent ``CREATE TABLE`` otherwise fails with "tuple concurrently
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
+import orjson
 import psycopg
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
@@ -175,15 +177,125 @@ def _col(row: Any, index: int) -> Any:
     return row[index]
 
 
+class StreamKeys:
+    """The key index of the write side (``domain.ledger.KeyIndex``): a table beside the log,
+    ``<events table>_keys`` (``originator_id``, ``key``, ``value`` as JSON bytes; primary key
+    ``(originator_id, key)``), in the log's database. Bound to the log's recorder once the
+    ``Ledger`` is built (``bind``); the table is created then when tables are.
+
+    Keys are ``"event:<event_id>"`` (value ``[version, content_sha256]``) and
+    ``"tool_call:<tool_use_id>"`` (an ended call's entry); see ``LedgerAggregate.unstored_keys``.
+    """
+
+    def __init__(self) -> None:
+        self._recorder: Any = None
+        self._table = ""
+
+    def bind(self, recorder: Any, *, create_table: bool) -> None:
+        """Use ``recorder``'s database (PostgreSQL or SQLite); create the table if asked.
+
+        Raises:
+            TypeError: an in-memory recorder (it has no key index; don't give one to the Ledger).
+        """
+        if isinstance(recorder, PostgresApplicationRecorder):
+            schema = recorder.datastore.schema
+            self._table = f'"{schema}"."{recorder.events_table_name}_keys"'
+            ddl = (
+                f"CREATE TABLE IF NOT EXISTS {self._table} (originator_id uuid NOT NULL, "
+                "key text NOT NULL, value bytea NOT NULL, PRIMARY KEY (originator_id, key))"
+            )
+        elif isinstance(recorder, SQLiteApplicationRecorder):
+            self._table = f"{recorder.events_table_name}_keys"
+            ddl = (
+                f"CREATE TABLE IF NOT EXISTS {self._table} (originator_id TEXT NOT NULL, "
+                "key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (originator_id, key)) "
+                "WITHOUT ROWID"
+            )
+        else:
+            raise TypeError(f"no key index on {type(recorder).__name__}")
+        self._recorder = recorder
+        if create_table:
+            with recorder.datastore.transaction(commit=True) as cursor:
+                cursor.execute(ddl)
+
+    @property
+    def _postgres(self) -> bool:
+        return isinstance(self._recorder, PostgresApplicationRecorder)
+
+    def put_keys(self, rows: Sequence[tuple[UUID, str, Any]]) -> None:
+        """Store ``(stream_id, key, value)`` rows in one transaction; a stored key's value is
+        replaced (an orphan tool call end's entry changes when its late start arrives)."""
+        latest = {(sid, key): orjson.dumps(value) for sid, key, value in rows}
+        if not latest:
+            return
+        with self._recorder.datastore.transaction(commit=True) as cursor:
+            if self._postgres:
+                cursor.execute(
+                    f"INSERT INTO {self._table} (originator_id, key, value) "
+                    "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bytea[]) "
+                    "ON CONFLICT (originator_id, key) DO UPDATE SET value = excluded.value",
+                    (
+                        [sid for sid, _ in latest],
+                        [key for _, key in latest],
+                        list(latest.values()),
+                    ),
+                )
+            else:
+                cursor.executemany(
+                    f"INSERT OR REPLACE INTO {self._table} (originator_id, key, value) "
+                    "VALUES (?, ?, ?)",
+                    [(sid.hex, key, value) for (sid, key), value in latest.items()],
+                )
+
+    def get_keys(self, keys: Sequence[tuple[UUID, str]]) -> dict[tuple[UUID, str], Any]:
+        """``{(stream_id, key): value}`` of the stored ones among ``keys``: one query
+        (SQLite: one per 400 keys)."""
+        if not keys:
+            return {}
+        found: list[Any] = []
+        with self._recorder.datastore.transaction(commit=False) as cursor:
+            if self._postgres:
+                # ``= ANY`` on both columns of the primary key (an index scan whatever the plan;
+                # a join to the pairs may be planned as a scan of the whole table), then only
+                # the asked pairs are kept.
+                cursor.execute(
+                    f"SELECT originator_id, key, value FROM {self._table} "
+                    "WHERE originator_id = ANY(%s::uuid[]) AND key = ANY(%s::text[])",
+                    (list({sid for sid, _ in keys}), list({key for _, key in keys})),
+                )
+                asked = set(keys)
+                found = [
+                    row
+                    for row in ((_col(r, 0), _col(r, 1), _col(r, 2)) for r in cursor.fetchall())
+                    if (row[0], row[1]) in asked
+                ]
+            else:
+                by_hex = {sid.hex: sid for sid, _ in keys}
+                for start in range(0, len(keys), _SQLITE_KEYS_PER_QUERY):
+                    chunk = keys[start : start + _SQLITE_KEYS_PER_QUERY]
+                    cursor.execute(
+                        f"SELECT originator_id, key, value FROM {self._table} "
+                        f"WHERE (originator_id, key) IN (VALUES {', '.join(['(?, ?)'] * len(chunk))})",
+                        [p for sid, key in chunk for p in (sid.hex, key)],
+                    )
+                    found.extend((by_hex[r[0]], r[1], r[2]) for r in cursor.fetchall())
+        return {(sid, key): orjson.loads(bytes(value)) for sid, key, value in found}
+
+
 def build_ledger(settings: Settings, *, create_table: bool) -> tuple[Ledger, EventLog]:
-    """Construct the Ledger on the configured store, with position lookups wired in."""
+    """Construct the Ledger on the configured store, with position lookups and the key index
+    (``StreamKeys``) wired in."""
     holder: dict[str, EventLog] = {}
+    keys = StreamKeys()
     ledger = Ledger(
         ledger_env(settings, create_table=create_table),
         position_lookup=lambda keys: holder["log"].positions_of(keys),
         snapshot_interval=settings.snapshot_interval or None,
         cache_size=settings.write_cache_streams,
         cache_events=settings.write_cache_events,
+        key_index=keys,
+        replay_events=settings.writer_replay_events,
     )
+    keys.bind(ledger.recorder, create_table=create_table)
     holder["log"] = EventLog(ledger)
     return ledger, holder["log"]
