@@ -278,6 +278,10 @@ class Ledger(Application[UUID]):
         marked, so that writers may restore from them. If storing the keys fails (a database not
         migrated since the key index exists), the snapshots are left unmarked: writers replay
         those streams whole, as they did before, and nothing acknowledged is affected.
+
+        A snapshot that cannot be read back or stored is logged and skipped: the events are
+        committed, so the batch is still acknowledged, and loads of that stream start from its
+        snapshot before (or replay it whole).
         """
         stored: set[UUID] = set()
         if self._key_index is not None:
@@ -297,11 +301,20 @@ class Ledger(Application[UUID]):
                 stored.update(a.id for a in streams)
         assert self.snapshots is not None
         for event in due:
-            aggregate = self.repository.get(
-                event.originator_id, version=event.originator_version, projector_func=_replay
-            )
-            snapshot = LedgerSnapshot.take(aggregate, keys_stored=event.originator_id in stored)
-            self.snapshots.put([snapshot])
+            try:
+                aggregate = self.repository.get(
+                    event.originator_id, version=event.originator_version, projector_func=_replay
+                )
+                snapshot = LedgerSnapshot.take(aggregate, keys_stored=event.originator_id in stored)
+                self.snapshots.put([snapshot])
+            except Exception:
+                log.warning(
+                    "snapshot of stream %s at version %d failed; its loads replay from the "
+                    "snapshot before",
+                    event.originator_id,
+                    event.originator_version,
+                    exc_info=True,
+                )
 
     def _execute(
         self, commands: Sequence[Command], fresh: set[UUID]

@@ -233,6 +233,31 @@ def test_when_the_key_index_cannot_be_written_snapshots_stay_unmarked_and_writes
     assert decoded.count >= 12  # the unmarked snapshot at 10 is not used
 
 
+def test_a_snapshot_that_cannot_be_stored_is_skipped_and_the_committed_batch_acknowledged(
+    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = writer(store, interval=10, create=True)
+    assert first.snapshots is not None
+
+    def failing(items: Any) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(first.snapshots, "put", failing)
+    outcomes = first.handle([message(f"m{i}", "s") for i in range(25)])
+    assert summary(outcomes) == [("created", v, None) for v in range(1, 26)]
+    assert all(o.position is not None for o in outcomes)
+    failed = [r for r in caplog.records if "snapshot of stream" in r.getMessage()]
+    assert len(failed) == 2, [r.getMessage() for r in caplog.records]  # versions 10 and 20
+    again = writer(store, interval=10)
+    assert again.snapshots is not None
+    assert list(again.snapshots.get(outcomes[0].stream_id)) == []
+    assert summary(again.handle([message("m24", "s"), message("m25", "s")])) == [
+        ("duplicate", 25, None),
+        ("created", 26, None),
+    ]
+    assert [e.event_id for e in again.history("session", "s")] == [f"m{i}" for i in range(26)]
+
+
 def test_only_a_stream_restored_from_a_snapshot_asks_the_key_index_once_per_batch(
     store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
