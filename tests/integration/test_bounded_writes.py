@@ -178,13 +178,22 @@ def random_batches(seed: int, count: int) -> list[list[Command]]:
 
 
 def test_bounded_loads_decide_every_command_as_replaying_whole_streams_does(
-    store: dict[str, Any], tmp_path: Path
+    store: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bounded = writer(store, interval=3, create=True, cache=2)  # some cached, some loaded
     reference = writer({"data_dir": tmp_path / "reference"}, interval=0, create=True)
     assert bounded._key_index is not None and reference._key_index is None
+    index = bounded._key_index
+    get_keys, streams_asked = index.get_keys, []
+
+    def counting(keys: Any) -> Any:
+        streams_asked.append(len({sid for sid, _ in keys}))
+        return get_keys(keys)
+
+    monkeypatch.setattr(index, "get_keys", counting)
     for batch in random_batches(seed=7, count=150):
         assert summary(bounded.handle(batch)) == summary(reference.handle(batch)), batch
+    assert 1 in streams_asked and max(streams_asked) > 1, streams_asked  # both of its queries
     for session in ("r0", "r1", "r2"):
         ours = [(e.event_id, type(e).__name__) for e in bounded.history("session", session)]
         theirs = [(e.event_id, type(e).__name__) for e in reference.history("session", session)]
