@@ -124,7 +124,7 @@ def project(
 ) -> None:
     """Run the projector on its own (use with ``RUNLEDGER_PROJECTOR=off`` on the API)."""
     settings = Settings()
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, blobs_used=False)
     try:
         if once:
             count = runtime.projector.run_once()
@@ -182,7 +182,7 @@ def rebuild(
     if (name is None) == (not all_):
         raise typer.BadParameter("give a projection NAME or --all")
     settings = Settings()
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, blobs_used=False)
     try:
         names = None if all_ or name is None else [name]
         columns = (TextColumn("rebuild"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -209,7 +209,7 @@ def rebuild(
 @app.command()
 def status() -> None:
     """Each projection's position and lag behind the log's head."""
-    runtime = build_runtime(Settings())
+    runtime = build_runtime(Settings(), blobs_used=False)
     try:
         table = Table("projection", "position", "head", "lag")
         for row in runtime.projector.status():

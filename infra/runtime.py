@@ -105,13 +105,13 @@ def build_projector(settings: Settings, ledger: Ledger, db: Database) -> Project
     )
 
 
-def build_blob_store(settings: Settings, *, create: bool) -> BlobStore:
-    """S3 when ``settings.s3_bucket`` is set (the bucket created when missing and ``create``),
-    else the local blob directory.
+def build_blob_store(settings: Settings, *, create: bool, check: bool = True) -> BlobStore:
+    """S3 when ``settings.s3_bucket`` is set (the bucket checked, and created when missing and
+    ``create``; neither when not ``check``), else the local blob directory.
 
     Raises:
-        RuntimeError: the S3 bucket is missing (and not ``create``), not accessible, not
-            reachable, or could not be created.
+        RuntimeError: (``check``) the S3 bucket is missing (and not ``create``), not accessible,
+            not reachable, or could not be created.
     """
     if settings.s3_bucket is None:
         return LocalBlobStore(settings.blob_path)
@@ -127,7 +127,8 @@ def build_blob_store(settings: Settings, *, create: bool) -> BlobStore:
         settings.s3_bucket,
         settings.s3_prefix,
     )
-    store.ensure_bucket(create=create)
+    if check:
+        store.ensure_bucket(create=create)
     return store
 
 
@@ -140,13 +141,25 @@ def tune_gc(young_threshold: int) -> None:
         gc.set_threshold(young_threshold, 10, 10)
 
 
-def build_runtime(settings: Settings, *, create_tables: bool | None = None) -> Runtime:
+def build_runtime(
+    settings: Settings, *, create_tables: bool | None = None, blobs_used: bool = True
+) -> Runtime:
     """Wire a runtime. Tables are created under the migration lock when ``create_tables``
     (default: ``settings.create_tables``). Sets the process's garbage collector thresholds
-    (``settings.gc_young_threshold``, see ``tune_gc``)."""
+    (``settings.gc_young_threshold``, see ``tune_gc``).
+
+    ``blobs_used=False`` is for processes that never read or write a blob (the projector,
+    ``rebuild``, ``status``): the S3 bucket is then neither checked nor created, so a missing
+    bucket or S3 being down does not stop them, and a bucket an operator removed is not made
+    again behind the API's back.
+
+    Raises:
+        RuntimeError: (``blobs_used``) the blob store is not usable (``build_blob_store``).
+    """
     tune_gc(settings.gc_young_threshold)
     create = settings.create_tables if create_tables is None else create_tables
-    blobs = build_blob_store(settings, create=create)  # first: nothing to close if S3 fails
+    # first: nothing to close if S3 fails
+    blobs = build_blob_store(settings, create=create, check=blobs_used)
     with migration_lock(settings) if create else nullcontext():
         ledger, event_log = build_ledger(settings, create_table=create)
         db = build_database(settings)

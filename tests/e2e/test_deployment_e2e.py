@@ -5,6 +5,7 @@ command line against the embedded default."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -167,6 +168,42 @@ def test_command_line_replays_rebuilds_and_reports_status(sqlite_server: Server)
             == "pass"
         )
     assert os.environ.get("RUNLEDGER_DATA_DIR") is None  # the test did not leak settings
+
+
+def test_the_projector_rebuild_and_status_run_while_s3_is_unreachable(
+    sqlite_server: Server,
+) -> None:
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        client.post(
+            "/v1/events",
+            json={"type": "session.started", "session_id": "no-s3", "cwd": "/w"},
+        ).raise_for_status()
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    env = dict(
+        sqlite_server.env,
+        COLUMNS="200",
+        RUNLEDGER_S3_BUCKET="never-made",
+        RUNLEDGER_S3_ENDPOINT_URL=f"http://127.0.0.1:{closed}",
+        RUNLEDGER_S3_PATH_STYLE="true",
+        RUNLEDGER_S3_ACCESS_KEY_ID="x",
+        RUNLEDGER_S3_SECRET_ACCESS_KEY="y",
+    )
+    for command, said in (
+        (["project", "--once"], "projected"),
+        (["rebuild", "--all", "--jobs", "1"], "rebuilt all projections"),
+        (["status"], "sessions"),
+    ):
+        done = subprocess.run(
+            [RUNLEDGER, *command], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0 and said in done.stdout, (command, done.stdout, done.stderr)
+    # the API does use blobs: it refuses to start without its bucket
+    migrate = subprocess.run(
+        [RUNLEDGER, "migrate"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert migrate.returncode != 0 and "never-made" in migrate.stdout + migrate.stderr, migrate
 
 
 def child_pids(pid: int) -> list[int]:
