@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.common import (
     Measurement,
@@ -154,14 +155,15 @@ def bench_backend(
             started = time.perf_counter()
             read = read_and_decode(runtime.ledger, page_size)
             reference_rates.append(read / (time.perf_counter() - started))
-            for label, rates, options in (
+            runs: tuple[tuple[str, list[float], dict[str, Any]], ...] = (
                 ("rebuild", rebuild_rates, {}),
                 (
                     f"rebuild --jobs {jobs}",
                     parts_rates,
                     {"jobs": jobs, "run_parts": process_parts(settings)},
                 ),
-            ):
+            )
+            for label, rates, options in runs:
                 samples: list[tuple[float, int]] = []
                 started = time.perf_counter()
                 folded = runtime.projector.rebuild(progress=_sampler(samples), **options)

@@ -1,5 +1,5 @@
 """Static checks in the test run, so that CI keeps them: ruff (lint and format) on everything,
-mypy on every package (``domain`` and ``projections`` under ``--strict``, see pyproject.toml)."""
+mypy on every package and ``bench`` (``domain`` and ``projections`` under ``--strict``, see pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ BIN = Path(sys.executable).parent
     [
         ["ruff", "check", "."],
         ["ruff", "format", "--check", "."],
-        ["mypy", "domain", "projections", "infra", "api"],
+        ["mypy", "domain", "projections", "infra", "api", "bench"],
     ],
     ids=["ruff-check", "ruff-format", "mypy"],
 )
