@@ -333,35 +333,41 @@ class Ledger(Application[UUID]):
         pending = False
         loaded = self._load_streams(commands, fresh)
 
+        def existing(sid: UUID) -> LedgerAggregate | None:
+            """The stream from the write cache (noted in ``cached``) or as loaded; None: it
+            has no event yet."""
+            entry = self._cache.get(sid) if sid not in fresh else None
+            if entry is not None:
+                cached.add(sid)
+                return entry[0]
+            return loaded.get(sid)
+
         def stream(command: Command, sid: UUID) -> LedgerAggregate:
             aggregate = aggregates.get(sid)
             if aggregate is None:
-                entry = self._cache.get(sid) if sid not in fresh else None
-                if entry is not None:
-                    aggregate = entry[0]
-                    cached.add(sid)
-                else:
-                    aggregate = loaded.get(sid)
-                    if aggregate is None:
-                        aggregate = _aggregate_class(command.kind).blank(
-                            command.project, command.external_id
-                        )
-                        blank.add(sid)
+                aggregate = existing(sid)
+                if aggregate is None:
+                    aggregate = _aggregate_class(command.kind).blank(
+                        command.project, command.external_id
+                    )
+                    blank.add(sid)
                 aggregates[sid] = aggregate
             return aggregate
 
         sids = [stream_id(c.project, c.kind, c.external_id) for c in commands]
         if self._key_index is not None:
-            partial = set()
-            for sid in set(sids):
-                entry = self._cache.get(sid) if sid not in fresh else None
-                aggregate = entry[0] if entry is not None else loaded.get(sid)
-                if aggregate is not None and aggregate.keys_partial:
-                    partial.add(sid)
+            partial = {
+                sid: aggregate
+                for sid in set(sids)
+                if (aggregate := existing(sid)) is not None and aggregate.keys_partial
+            }
             if partial:
                 self._fetch_keys(
-                    [(c, sid) for c, sid in zip(commands, sids, strict=True) if sid in partial],
-                    stream,
+                    [
+                        (c, partial[sid])
+                        for c, sid in zip(commands, sids, strict=True)
+                        if sid in partial
+                    ]
                 )
         for command, sid in zip(commands, sids, strict=True):
             outcome = Outcome(command=command, stream_id=sid, status="rejected")
@@ -391,20 +397,15 @@ class Ledger(Application[UUID]):
             pending = True
         return outcomes, aggregates, pending, stale, blank
 
-    def _fetch_keys(
-        self,
-        commands: list[tuple[Command, UUID]],
-        stream: Callable[[Command, UUID], LedgerAggregate],
-    ) -> None:
+    def _fetch_keys(self, commands: list[tuple[Command, LedgerAggregate]]) -> None:
         """Ask the key index, in one call, about the keys the commands read that their streams
         (restored from snapshots: ``keys_partial``) do not hold in memory, and put the found
         ones back."""
         assert self._key_index is not None
         wanted: dict[tuple[UUID, str], LedgerAggregate] = {}
-        for command, sid in commands:
-            aggregate = stream(command, sid)
+        for command, aggregate in commands:
             for key in aggregate.missing_keys(command.action, command.meta, command.args):
-                wanted[(sid, key)] = aggregate
+                wanted[(aggregate.id, key)] = aggregate
         if wanted:
             for (sid, key), value in self._key_index.get_keys(list(wanted)).items():
                 wanted[(sid, key)].absorb_key(key, value)

@@ -136,19 +136,14 @@ class EventLog:
             return {k: i + 1 for k, i in found if i is not None}
         table = self._recorder.events_table_name
         if self._kind == "sqlite":
-            by_hex = {sid.hex: sid for sid, _ in keys}
-            found_rows: list[Any] = []
             with self._recorder.datastore.transaction(commit=False) as cursor:
-                for start in range(0, len(keys), _SQLITE_KEYS_PER_QUERY):
-                    chunk = keys[start : start + _SQLITE_KEYS_PER_QUERY]
-                    sql = (
-                        f"SELECT originator_id, originator_version, rowid FROM {table} "
-                        "WHERE (originator_id, originator_version) IN "
-                        f"(VALUES {', '.join(['(?, ?)'] * len(chunk))})"
-                    )
-                    cursor.execute(sql, [p for sid, version in chunk for p in (sid.hex, version)])
-                    found_rows.extend(cursor.fetchall())
-            return {(by_hex[r[0]], int(r[1])): int(r[2]) for r in found_rows}
+                found_rows = _sqlite_rows_of_pairs(
+                    cursor,
+                    f"SELECT originator_id, originator_version, rowid FROM {table} "
+                    "WHERE (originator_id, originator_version) IN",
+                    keys,
+                )
+            return {(sid, int(version)): int(rowid) for sid, version, rowid in found_rows}
         schema = self._recorder.datastore.schema
         sql = (
             "SELECT originator_id, originator_version, notification_id "
@@ -165,9 +160,28 @@ class EventLog:
         return int(self._recorder.max_notification_id() or 0)
 
 
-#: Keys per query of ``EventLog.positions_of`` on SQLite (two parameters each; SQLite before
-#: 3.32 allows 999 parameters in a statement).
+#: Keys per query of ``EventLog.positions_of`` and ``StreamKeys.get_keys`` on SQLite (two
+#: parameters each; SQLite before 3.32 allows 999 parameters in a statement).
 _SQLITE_KEYS_PER_QUERY = 400
+
+
+def _sqlite_rows_of_pairs(
+    cursor: Any, select: str, pairs: Sequence[tuple[UUID, Any]]
+) -> list[tuple[Any, ...]]:
+    """The rows ``select`` finds for ``(stream_id, value)`` pairs on SQLite, where ``select``
+    ends in ``WHERE (originator_id, <column>) IN`` and its first column is ``originator_id``:
+    ``_SQLITE_KEYS_PER_QUERY`` pairs per query, each row's first column given back as the
+    stream's ``UUID`` (SQLite stores it as hex text)."""
+    by_hex = {sid.hex: sid for sid, _ in pairs}
+    rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(pairs), _SQLITE_KEYS_PER_QUERY):
+        chunk = pairs[start : start + _SQLITE_KEYS_PER_QUERY]
+        cursor.execute(
+            f"{select} (VALUES {', '.join(['(?, ?)'] * len(chunk))})",
+            [p for sid, value in chunk for p in (sid.hex, value)],
+        )
+        rows.extend((by_hex[r[0]], *r[1:]) for r in cursor.fetchall())
+    return rows
 
 
 def _col(row: Any, index: int) -> Any:
@@ -252,7 +266,7 @@ class StreamKeys:
         (SQLite: one per 400 keys)."""
         if not keys:
             return {}
-        found: list[Any] = []
+        found: list[tuple[Any, ...]]
         with self._recorder.datastore.transaction(commit=False) as cursor:
             if self._postgres:
                 sids = list({sid for sid, _ in keys})
@@ -280,15 +294,12 @@ class StreamKeys:
                     )
                 found = [(_col(r, 0), _col(r, 1), _col(r, 2)) for r in cursor.fetchall()]
             else:
-                by_hex = {sid.hex: sid for sid, _ in keys}
-                for start in range(0, len(keys), _SQLITE_KEYS_PER_QUERY):
-                    chunk = keys[start : start + _SQLITE_KEYS_PER_QUERY]
-                    cursor.execute(
-                        f"SELECT originator_id, key, value FROM {self._table} "
-                        f"WHERE (originator_id, key) IN (VALUES {', '.join(['(?, ?)'] * len(chunk))})",
-                        [p for sid, key in chunk for p in (sid.hex, key)],
-                    )
-                    found.extend((by_hex[r[0]], r[1], r[2]) for r in cursor.fetchall())
+                found = _sqlite_rows_of_pairs(
+                    cursor,
+                    f"SELECT originator_id, key, value FROM {self._table} "
+                    "WHERE (originator_id, key) IN",
+                    keys,
+                )
         return {(sid, key): orjson.loads(bytes(value)) for sid, key, value in found}
 
 

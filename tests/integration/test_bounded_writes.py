@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,15 @@ def changed(command: Command) -> Command:
         command.meta, content_sha256=content_sha256(["changed", command.meta])
     )
     return dataclasses.replace(command, meta=meta)
+
+
+def failing(message: str) -> Callable[..., None]:
+    """A stand-in for a store method that raises ``RuntimeError(message)`` whatever it is given."""
+
+    def fail(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError(message)
+
+    return fail
 
 
 def summary(outcomes: list[Outcome]) -> list[tuple[str, int | None, str | None]]:
@@ -229,11 +238,7 @@ def test_when_the_key_index_cannot_be_written_snapshots_stay_unmarked_and_writes
 ) -> None:
     first = writer(store, interval=10, create=True)
     assert first._key_index is not None
-
-    def failing(rows: Any) -> None:
-        raise RuntimeError("relation does not exist")
-
-    monkeypatch.setattr(first._key_index, "put_keys", failing)
+    monkeypatch.setattr(first._key_index, "put_keys", failing("relation does not exist"))
     outcomes = first.handle([message(f"m{i}", "s") for i in range(12)])
     assert {o.status for o in outcomes} == {"created"}  # committed and acknowledged
     second = writer(store, interval=10)
@@ -247,11 +252,7 @@ def test_a_snapshot_that_cannot_be_stored_is_skipped_and_the_committed_batch_ack
 ) -> None:
     first = writer(store, interval=10, create=True)
     assert first.snapshots is not None
-
-    def failing(items: Any) -> None:
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(first.snapshots, "put", failing)
+    monkeypatch.setattr(first.snapshots, "put", failing("disk full"))
     outcomes = first.handle([message(f"m{i}", "s") for i in range(25)])
     assert summary(outcomes) == [("created", v, None) for v in range(1, 26)]
     assert all(o.position is not None for o in outcomes)
