@@ -4,6 +4,7 @@ real Claude Code hook captures and the OpenTelemetry SDK's own OTLP/HTTP exporte
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -278,6 +279,51 @@ def test_typed_events_answer_per_event_results_and_domain_refusals(sqlite_server
             },
         )
         assert single.status_code == 409 and single.json()["allowed"] == ["running"]
+
+
+def test_a_typed_event_without_an_id_is_keyed_by_the_documented_sha256_of_its_body(
+    sqlite_server: Server,
+) -> None:
+    """The derived ``event_id`` is a client's idempotency key across retries and upgrades: it is
+    pinned here by computing it independently (the standard library's sorted-key compact JSON
+    of the body with its defaults filled in and its nulls dropped, as the README documents)."""
+    body = {
+        "type": "session.message_recorded",
+        "session_id": "s-hash",
+        "role": "user",
+        "content": {"zeta": [1, 2.5, "é"], "alpha": None},
+        "occurred_at": "2026-03-01T10:00:00+02:00",
+        "attributes": {"b": 1, "a": {"y": True, "x": None}},
+    }
+    # what the README says is hashed: defaults (source, message_kind) in, top-level nulls out,
+    # nested values verbatim (a null inside content or attributes stays)
+    hashed = {**body, "source": "api", "message_kind": "message"}
+    text = json.dumps(hashed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    expected = "api:sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        first = client.post("/v1/events", json=body)
+        assert first.status_code == 201, first.text
+        assert first.json()["results"][0]["event_id"] == expected
+        # the same content with its keys in another order and an explicit null: the same key
+        reordered = {"event_id": None, **dict(reversed(list(body.items())))}
+        again = client.post("/v1/events", json=reordered)
+        assert again.status_code == 200
+        assert again.json()["results"][0] == {**first.json()["results"][0], "status": "duplicate"}
+        # occurred_at is hashed in its normal form: Z for UTC, 6 fraction digits when it has any
+        utc = {
+            "type": "chain.created",
+            "chain_id": "c-hash",
+            "occurred_at": "2026-03-01T08:00:00.5+00:00",
+        }
+        normal = {
+            **utc,
+            "occurred_at": "2026-03-01T08:00:00.500000Z",
+            "source": "api",
+            "attributes": {},
+        }
+        text = json.dumps(normal, sort_keys=True, separators=(",", ":"))
+        created = client.post("/v1/events", json=utc).raise_for_status().json()["results"][0]
+        assert created["event_id"] == "api:sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def test_approval_requested_and_decided_once_shows_in_the_queue(sqlite_server: Server) -> None:
