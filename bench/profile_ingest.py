@@ -3,7 +3,7 @@
 Runs what ``POST /v1/events`` does for a batch, in-process, against a ``Ledger`` built by
 ``infra.store.build_ledger`` (PostgreSQL in a fresh schema, or ``--sqlite`` a temporary file):
 validation of the body bytes with the route's ``EventBatch`` model (``validate_json``),
-``to_command``, ``Ledger.handle`` (load streams, domain commands, ``save()``: mapper/transcoder
+``to_commands``, ``Ledger.handle`` (load streams, domain commands, ``save()``: mapper/transcoder
 and recorder; the API's group-commit writer hands a whole 1,000-event batch to one ``handle``
 call as well) and the answer (the route's own ``event_results``). Batches of 1,000 mixed typed
 events (``bench.workload``).
@@ -35,7 +35,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from api.routes.ingest import event_results
-from api.schemas import EventBatch
+from api.schemas import EventBatch, to_commands
 from bench.common import DEFAULT_DATABASE_URL, banner, fmt, fresh_schema, unwind_on_sigterm
 from bench.workload import mixed_batches
 from domain.ledger import Ledger
@@ -49,7 +49,7 @@ _batch: TypeAdapter[EventBatch] = TypeAdapter(EventBatch)
 STAGES: list[tuple[str, tuple[str, ...], str]] = [
     ("ingest one batch (all below)", ("bench/profile_ingest.py",), "ingest"),
     ("  parse + validate (pydantic validate_json)", ("pydantic/type_adapter.py",), "validate_json"),
-    ("  to_command (model_dump + sha256)", ("api/schemas.py",), "to_command"),
+    ("  to_commands (dump + sha256)", ("api/schemas.py",), "to_commands"),
     ("  Ledger.handle", ("domain/ledger.py",), "handle"),
     ("    _execute: load streams + domain", ("domain/ledger.py",), "_execute"),
     ("      load uncached streams (_load_streams)", ("domain/ledger.py",), "_load_streams"),
@@ -72,7 +72,7 @@ def ingest(ledger: Ledger, body: bytes) -> int:
         RuntimeError: an event was not created.
     """
     events = _batch.validate_json(body).events
-    commands = [event.to_command("default") for event in events]
+    commands = to_commands(events)
     outcomes = ledger.handle(commands)
     event_results(outcomes)
     created = sum(o.status == "created" for o in outcomes)

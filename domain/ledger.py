@@ -30,9 +30,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple, Protocol
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -80,9 +81,8 @@ MAX_BACKOFF_S = 0.25
 log = logging.getLogger("runledger.ledger")
 
 
-@dataclass(frozen=True)
-class Command:
-    """One request to a stream.
+class Command(NamedTuple):
+    """One request to a stream (immutable; a ``NamedTuple``, built per event: see ``EventMeta``).
 
     Attributes:
         kind: ``session`` | ``trace`` | ``approval`` | ``chain``.
@@ -97,7 +97,7 @@ class Command:
     external_id: str
     action: str
     meta: EventMeta
-    args: Mapping[str, Any] = field(default_factory=dict)
+    args: Mapping[str, Any] = MappingProxyType({})
     project: str = DEFAULT_PROJECT
 
 

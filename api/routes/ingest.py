@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -25,7 +24,7 @@ from api.hooks import map_hook
 from api.offload import make_offload
 from api.otlp import decode_export_request, encode_export_response
 from api.problems import BadRequestError, BodyTooLargeError, problem_body, problem_response
-from api.schemas import EventBatch, EventResults, TypedEvent
+from api.schemas import EventBatch, EventResults, TypedEvent, to_commands
 from domain.base import EventMeta, content_sha256, may_hold_big_int
 from domain.ledger import Command, Outcome
 from infra.runtime import Runtime
@@ -87,38 +86,44 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-#: ``str(uuid)`` of recently answered streams (a batch names each of its ~100 streams ~10 times).
-_uuid_text: Callable[[UUID], str] = lru_cache(maxsize=65536)(str)
-
-
-def _result(index: int, outcome: Outcome) -> dict[str, Any]:
-    """One ``EventResult`` as a plain dict (built directly: a batch answers 1,000 of them)."""
-    command = outcome.command
-    return {
-        "index": index,
-        "event_id": command.meta.event_id,
-        "status": outcome.status,
-        "stream": {
-            "kind": command.kind,
-            "external_id": command.external_id,
-            "stream_id": _uuid_text(outcome.stream_id),
-        },
-        "version": outcome.version,
-        "position": outcome.position,
-        "error": problem_body(outcome.error) if outcome.error is not None else None,
-    }
-
-
 def event_results(outcomes: list[Outcome]) -> bytes:
     """The ``EventResults`` JSON of a ``POST /v1/events`` answer (``results`` in request order,
-    and the counts of created, duplicate and rejected events)."""
-    statuses = [o.status for o in outcomes]
+    and the counts of created, duplicate and rejected events).
+
+    Built as plain dicts in one loop, the ``stream`` object shared by the results of one stream
+    (a batch names each of its ~100 streams ~10 times): 16.7 -> 14.7 thousand instructions per
+    event of the batched-ingest benchmark's mix (callgrind).
+    """
+    streams: dict[UUID, dict[str, str]] = {}
+    results = []
+    counts = {"created": 0, "duplicate": 0, "rejected": 0}
+    for index, outcome in enumerate(outcomes):
+        command = outcome.command
+        stream = streams.get(outcome.stream_id)
+        if stream is None:
+            stream = streams[outcome.stream_id] = {
+                "kind": command.kind,
+                "external_id": command.external_id,
+                "stream_id": str(outcome.stream_id),
+            }
+        counts[outcome.status] += 1
+        results.append(
+            {
+                "index": index,
+                "event_id": command.meta.event_id,
+                "status": outcome.status,
+                "stream": stream,
+                "version": outcome.version,
+                "position": outcome.position,
+                "error": problem_body(outcome.error) if outcome.error is not None else None,
+            }
+        )
     return orjson.dumps(
         {
-            "results": [_result(i, o) for i, o in enumerate(outcomes)],
-            "created": statuses.count("created"),
-            "duplicates": statuses.count("duplicate"),
-            "rejected": statuses.count("rejected"),
+            "results": results,
+            "created": counts["created"],
+            "duplicates": counts["duplicate"],
+            "rejected": counts["rejected"],
         }
     )
 
@@ -153,7 +158,7 @@ async def post_events(request: Request) -> Response:
             f"a batch holds at most {runtime.settings.max_batch_events} events, got {len(events)}"
         )
     offload = make_offload(runtime.blobs, runtime.settings.blob_threshold_bytes)
-    commands = [event.to_command(project, offload) for event in events]
+    commands = to_commands(events, project, offload)
     outcomes = await runtime.writer.submit(commands)
     content = event_results(outcomes)
     status = 200

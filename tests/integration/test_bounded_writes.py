@@ -4,7 +4,6 @@ its first event. Checked against whole-stream replay (no snapshots), on SQLite a
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -69,10 +68,8 @@ def tool(
 
 def changed(command: Command) -> Command:
     """``command``'s event id with other content (an idempotency conflict)."""
-    meta = dataclasses.replace(
-        command.meta, content_sha256=content_sha256(["changed", command.meta])
-    )
-    return dataclasses.replace(command, meta=meta)
+    meta = command.meta._replace(content_sha256=content_sha256(["changed", command.meta]))
+    return command._replace(meta=meta)
 
 
 def failing(message: str) -> Callable[..., None]:
