@@ -26,11 +26,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = build_runtime(settings)
         app.state.runtime = runtime
-        # Long-lived objects built at start-up (and the projector's row cache) make full
-        # collections slow; keep start-up objects out of them and collect the old generation
-        # less often, so a collection does not stall requests for tens of milliseconds.
+        # Long-lived objects built at start-up make full collections slow: keep them out of
+        # every collection (build_runtime set the thresholds from settings.gc_young_threshold).
         gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
         if settings.projector == "inprocess":
             runtime.start_projector()
         try:

@@ -133,12 +133,14 @@ def build_blob_store(settings: Settings, *, create: bool, check: bool = True) ->
 
 
 def tune_gc(young_threshold: int) -> None:
-    """Set the process's garbage collector thresholds to ``(young_threshold, 10, 10)`` (0: leave
+    """Set the process's garbage collector thresholds to ``(young_threshold, 20, 100)`` (0: leave
     them). With Python's default of 700, a rebuild of a million events (its row cache holds up to
     200,000 rows) made ~50 full collections, each walking the whole heap, and ran at 0.80-0.86 x
-    the speed it has with 10,000 (2 full collections; SQLite, ``bench.rebuild``'s log)."""
+    the speed it has with 10,000 (2 full collections; SQLite, ``bench.rebuild``'s log). The older
+    generations' 20 and 100 (Python's: 10 and 10) make full collections rarer still: in the API
+    process they showed in the state reads' p99."""
     if young_threshold:
-        gc.set_threshold(young_threshold, 10, 10)
+        gc.set_threshold(young_threshold, 20, 100)
 
 
 def build_runtime(

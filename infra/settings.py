@@ -82,10 +82,11 @@ class Settings(BaseSettings):
         default=10_000,
         ge=0,
         description="Python's cyclic garbage collector: allocations between young collections "
-        "(`gc.set_threshold(N, 10, 10)`; Python's default is 700). Full collections, which walk "
-        "every live object (the projector's row cache, the writer's stream cache), are then "
-        "considered 14 times less often (a million-event rebuild: ~50 of them -> 2). 0 leaves "
-        "Python's thresholds alone.",
+        "(`gc.set_threshold(N, 20, 100)`; Python's defaults are 700, 10, 10) in the API, the "
+        "projector and `rebuild`. Full collections, which walk every live object (the "
+        "projector's row cache, the writer's stream cache), are then considered every 20 "
+        "million allocations instead of every 70,000 (a million-event rebuild: ~50 of them -> "
+        "2 with N alone). 0 leaves Python's thresholds alone.",
     )
     http_telemetry: bool = Field(
         default=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,12 +28,35 @@ def restored_gc_thresholds() -> Iterator[tuple[int, int, int]]:
         gc.set_threshold(*before)
 
 
+@pytest.mark.parametrize("young", [12_345, 0])
+def test_the_api_process_keeps_the_garbage_collector_thresholds_of_its_settings(
+    tmp_path: Path, restored_gc_thresholds: tuple[int, int, int], young: int
+) -> None:
+    """The app's start-up (its lifespan) freezes the start-up objects but leaves the thresholds
+    to ``gc_young_threshold`` (0: the process's own), as every other process does."""
+    from api.app import create_app
+
+    gc.set_threshold(701, 11, 12)
+    app = create_app(Settings(data_dir=tmp_path, gc_young_threshold=young, projector="off"))
+
+    async def started() -> tuple[tuple[int, int, int], int]:
+        async with app.router.lifespan_context(app):
+            return gc.get_threshold(), gc.get_freeze_count()
+
+    try:
+        thresholds, frozen = asyncio.run(started())
+    finally:
+        gc.unfreeze()
+    assert thresholds == ((young, 20, 100) if young else (701, 11, 12))
+    assert frozen > 0
+
+
 def test_a_runtime_sets_the_garbage_collector_thresholds_from_its_settings(
     tmp_path: Path, restored_gc_thresholds: tuple[int, int, int]
 ) -> None:
     runtime = build_runtime(Settings(data_dir=tmp_path / "a", gc_young_threshold=12_345))
     runtime.close()
-    assert gc.get_threshold() == (12_345, 10, 10)
+    assert gc.get_threshold() == (12_345, 20, 100)
 
     gc.set_threshold(*restored_gc_thresholds)
     runtime = build_runtime(Settings(data_dir=tmp_path / "b", gc_young_threshold=0))
