@@ -18,6 +18,12 @@ from infra.blobs import BlobStore
 Offload = Callable[[Any, str], Any]
 
 
+def inline(value: Any, media_type: str) -> Any:
+    """The ``Offload`` without a blob store: every value stays inline (``value`` unchanged;
+    ``media_type`` unused). The default of ``EventBody.to_command`` and ``to_commands``."""
+    return value
+
+
 def make_offload(store: BlobStore, threshold_bytes: int) -> Offload:
     """An ``offload(value, media_type)`` function bound to ``store`` and the size threshold.
 

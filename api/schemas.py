@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from api.offload import Offload, json_and_sha256
+from api.offload import Offload, inline, json_and_sha256
 from domain.approval import APPROVAL_TYPES
 from domain.base import DEFAULT_PROJECT, EventMeta, content_sha256, utcnow
 from domain.chain import CHAIN_TRANSITIONS, STAGE_METRICS, STAGE_TRANSITIONS
@@ -100,9 +100,7 @@ class EventBody(BaseModel):
         """Keyword arguments of the aggregate command."""
         raise NotImplementedError
 
-    def to_command(
-        self, project: str = DEFAULT_PROJECT, offload: Offload = lambda v, _m: v
-    ) -> Command:
+    def to_command(self, project: str = DEFAULT_PROJECT, offload: Offload = inline) -> Command:
         """The domain command this event asks for (``to_commands`` maps a batch)."""
         return self._command(self.model_dump(mode="json", exclude_none=True), project, offload)
 
@@ -651,7 +649,7 @@ _typed_events: TypeAdapter[Sequence[Any]] = TypeAdapter(list[TypedEvent])
 
 
 def to_commands(
-    events: Sequence[EventBody], project: str = DEFAULT_PROJECT, offload: Offload = lambda v, _m: v
+    events: Sequence[EventBody], project: str = DEFAULT_PROJECT, offload: Offload = inline
 ) -> list[Command]:
     """``[event.to_command(project, offload) for event in events]``, the bodies serialised by one
     pydantic-core call instead of one ``model_dump`` per event (the same dicts; 17 instead of

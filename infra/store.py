@@ -307,16 +307,16 @@ def build_ledger(settings: Settings, *, create_table: bool) -> tuple[Ledger, Eve
     """Construct the Ledger on the configured store, with position lookups and the key index
     (``StreamKeys``) wired in."""
     holder: dict[str, EventLog] = {}
-    keys = StreamKeys()
+    key_index = StreamKeys()
     ledger = Ledger(
         ledger_env(settings, create_table=create_table),
         position_lookup=lambda keys: holder["log"].positions_of(keys),
         snapshot_interval=settings.snapshot_interval or None,
         cache_size=settings.write_cache_streams,
         cache_events=settings.write_cache_events,
-        key_index=keys,
+        key_index=key_index,
         replay_events=settings.writer_replay_events,
     )
-    keys.bind(ledger.recorder, create_table=create_table)
+    key_index.bind(ledger.recorder, create_table=create_table)
     holder["log"] = EventLog(ledger)
     return ledger, holder["log"]
