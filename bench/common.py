@@ -440,13 +440,16 @@ def noop_server(workdir: Path, *, name: str = "noop") -> ServerProcess:
     )
 
 
-def readyz(url: str) -> dict[str, Any]:
-    """``GET /readyz`` of a runledger server."""
-    with httpx.Client(trust_env=False, timeout=30.0) as client:
-        response = client.get(url + "/readyz")
-        response.raise_for_status()
-        body: dict[str, Any] = response.json()
-        return body
+def readyz(url: str, client: httpx.Client | None = None) -> dict[str, Any]:
+    """``GET /readyz`` of a runledger server (through ``client`` when given: making a client
+    costs this process ~10 ms of CPU, its TLS context, which pollers should not pay each time)."""
+    if client is None:
+        with httpx.Client(trust_env=False, timeout=30.0) as own:
+            return readyz(url, own)
+    response = client.get(url + "/readyz")
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def wait_projected(url: str, timeout_s: float = 300.0) -> float:
@@ -460,10 +463,11 @@ def wait_projected(url: str, timeout_s: float = 300.0) -> float:
     """
     started = time.monotonic()
     deadline = started + timeout_s
-    while time.monotonic() < deadline:
-        if all(p["lag"] == 0 for p in readyz(url)["projections"]):
-            return time.monotonic() - started
-        time.sleep(0.1)
+    with httpx.Client(trust_env=False, timeout=30.0) as client:
+        while time.monotonic() < deadline:
+            if all(p["lag"] == 0 for p in readyz(url, client)["projections"]):
+                return time.monotonic() - started
+            time.sleep(0.1)
     raise TimeoutError(f"projections of {url} still lagging after {timeout_s} s")
 
 
@@ -506,6 +510,120 @@ class RssSampler:
     def peak_kb(self) -> int:
         """The highest sampled ``VmRSS`` (0 without samples)."""
         return max(self.samples_kb, default=0)
+
+
+#: ``CpuMeter`` roles, in the order they are printed.
+CPU_ROLES = ("api", "projector", "postgres", "client")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int | str) -> float:
+    """CPU seconds (``utime + stime``, fields 14 and 15 of ``/proc/<pid>/stat``) of a live
+    process, threads included.
+
+    Raises:
+        OSError: the process is gone.
+    """
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _postgres_pids() -> list[str]:
+    """Every process named ``postgres`` (the postmaster, its backends and its background
+    workers: what the database spends, whoever's connection it serves)."""
+    found = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "postgres":
+                found.append(comm.parent.name)
+        except OSError:  # gone
+            continue
+    return found
+
+
+class CpuMeter:
+    """CPU seconds spent during a ``with`` block, by role (a context manager).
+
+    Roles (``CPU_ROLES``): ``api``, the server process and its children but the projector
+    (uvicorn's workers under ``--workers N``); ``projector``, the child or companion process
+    whose command line runs ``project``; ``postgres``, every process named ``postgres`` on this
+    machine; ``client``, this benchmark process (``time.process_time``: its threads too, e.g. the
+    OpenTelemetry SDK's exporter). Read from ``/proc/<pid>/stat`` at entry and exit: a process
+    started in between counts from zero, one that ended in between is not counted (its parent
+    gets its time only once it is reaped, as ``cutime``, which is not read).
+
+    Attributes:
+        seconds: ``{role: CPU seconds}`` once the block has ended.
+        wall_s: the block's wall-clock seconds.
+    """
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.seconds: dict[str, float] = {}
+        self.wall_s = 0.0
+        self._start: dict[str, tuple[str, float]] = {}
+        self._started = 0.0
+        self._client_start = 0.0
+
+    def _roles(self) -> dict[str, str]:
+        """``{pid: role}`` of the server's processes and PostgreSQL's."""
+        roles = {str(self.server.pid): "api"}
+        pending = [self.server.pid]
+        if self.server.companion is not None:
+            roles[str(self.server.companion.pid)] = "projector"
+            pending.append(self.server.companion.pid)
+        while pending:
+            for child in _children(pending.pop()):
+                try:
+                    argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                roles[str(child)] = "projector" if b"project" in argv else "api"
+                pending.append(child)
+        roles.update(dict.fromkeys(_postgres_pids(), "postgres"))
+        return roles
+
+    def _snapshot(self) -> dict[str, tuple[str, float]]:
+        found = {}
+        for pid, role in self._roles().items():
+            try:
+                found[pid] = (role, _cpu_s(pid))
+            except OSError:
+                continue
+        return found
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._snapshot()
+        self._client_start = time.process_time()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall_s = time.perf_counter() - self._started
+        spent = dict.fromkeys(CPU_ROLES, 0.0)
+        spent["client"] = time.process_time() - self._client_start
+        for pid, (role, seconds) in self._snapshot().items():
+            spent[role] += seconds - self._start.get(pid, (role, 0.0))[1]
+        self.seconds = spent
+
+    def per_unit_us(self, units: int) -> dict[str, float]:
+        """``{role: CPU microseconds per unit}`` (per event, per span) for ``units`` done in the
+        block."""
+        return {role: seconds / units * 1e6 for role, seconds in self.seconds.items()}
+
+    def describe(self, units: int, unit: str) -> str:
+        """One line: CPU µs per ``unit`` by role, and the cores busy on average."""
+        per = self.per_unit_us(units)
+        busy = sum(self.seconds.values()) / self.wall_s if self.wall_s else 0.0
+        roles = ", ".join(f"{role} {per[role]:.0f}" for role in CPU_ROLES)
+        return f"CPU µs per {unit}: {roles}; {busy:.2f} of {os.cpu_count()} cores busy"
+
+
+def median_cpu(meters: Sequence[CpuMeter], units: Sequence[int]) -> dict[str, float]:
+    """``{role: median CPU µs per unit}`` over rounds (``meters[i]`` measured ``units[i]``)."""
+    rounds = [m.per_unit_us(n) for m, n in zip(meters, units, strict=True)]
+    return {role: median([r[role] for r in rounds]) for role in CPU_ROLES}
 
 
 # -- HTTP load ---------------------------------------------------------------------------------

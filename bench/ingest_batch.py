@@ -8,7 +8,10 @@ batch, ~500 bytes per event) posted over 4 concurrent keep-alive connections to
 by default ``serve``'s child process). A round counts from the first request to the last
 response; every response must be 200 with every result ``created``,
 and the log (``count(*)`` of the events table) must have grown by exactly the events the round
-implies (typed events + implied chain status changes). The ``/readyz`` head is printed too.
+implies (typed events + implied chain status changes). The ``/readyz`` head is printed too,
+and per round the CPU µs per log event of the API, the projector, PostgreSQL and this client,
+from the first request until the projector has caught up (``bench.common.CpuMeter``; medians in
+the row's notes).
 
 Reference: psycopg ``COPY`` of the same rows (``event_id, stream, type, payload jsonb``) into a
 bare table (no index) in the same database, one ``COPY`` + commit per 1,000 rows on one
@@ -38,6 +41,8 @@ import psycopg
 from psycopg import sql
 
 from bench.common import (
+    CPU_ROLES,
+    CpuMeter,
     Measurement,
     RssSampler,
     ServerProcess,
@@ -46,6 +51,7 @@ from bench.common import (
     fresh_schema,
     log_event_count,
     median,
+    median_cpu,
     parse_args,
     post_all,
     readyz,
@@ -72,11 +78,15 @@ class IngestRound:
         created: typed events answered ``created``.
         log_events: events the log gained (typed + implied).
         seconds: first request to last response.
+        lag_s: from the last response until the projector had caught up.
+        cpu: CPU spent by role from the first request until the projector had caught up.
     """
 
     created: int
     log_events: int
     seconds: float
+    lag_s: float
+    cpu: CpuMeter
 
     @property
     def events_per_s(self) -> float:
@@ -114,20 +124,24 @@ def http_round(
     database_url: str,
     schema: str,
 ) -> IngestRound:
-    """Post ``batches`` concurrently and verify the log grew by exactly what they imply.
+    """Post ``batches`` concurrently, verify the log grew by exactly what they imply and wait
+    until the projector has caught up.
 
     Raises:
         RuntimeError: a response was not all-created, or the log count does not match.
+        TimeoutError: the projector had not caught up 300 s after the last response.
     """
     bodies = [batch.body() for batch in batches]
     before = log_event_count(database_url, schema)
-    seconds, created = post_all(
-        f"{server.url}/v1/events",
-        bodies,
-        content_type="application/json",
-        concurrency=concurrency,
-        check=check_batch_response,
-    )
+    with CpuMeter(server) as cpu:
+        seconds, created = post_all(
+            f"{server.url}/v1/events",
+            bodies,
+            content_type="application/json",
+            concurrency=concurrency,
+            check=check_batch_response,
+        )
+        lag_s = wait_projected(server.url)
     expected_created = sum(len(b.events) for b in batches)
     expected_log = sum(b.log_events for b in batches)
     gained = log_event_count(database_url, schema) - before
@@ -135,7 +149,7 @@ def http_round(
         raise RuntimeError(
             f"created {created} of {expected_created}; log gained {gained}, expected {expected_log}"
         )
-    return IngestRound(created=created, log_events=gained, seconds=seconds)
+    return IngestRound(created, gained, seconds, lag_s, cpu)
 
 
 def copy_round(database_url: str, schema: str, batches: list[Batch]) -> float:
@@ -200,6 +214,7 @@ def main() -> None:
     http_rates: list[float] = []
     copy_rates: list[float] = []
     lag_waits: list[float] = []
+    rounds: list[IngestRound] = []
     with (
         tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp,
         fresh_schema(args.database_url, "ingest") as schema,
@@ -221,12 +236,14 @@ def main() -> None:
                     schema=schema,
                 )
                 http_rates.append(result.events_per_s)
-                lag_waits.append(wait_projected(server.url))
+                rounds.append(result)
+                lag_waits.append(result.lag_s)
                 print(
                     f"   round {number + 1}: HTTP {fmt(result.events_per_s)} events/s "
                     f"({result.created:,} typed, {result.log_events:,} log events in "
                     f"{result.seconds:.2f} s); COPY {fmt(copy_rates[-1])} rows/s; "
-                    f"projector caught up {lag_waits[-1]:.1f} s later"
+                    f"projector caught up {lag_waits[-1]:.1f} s later\n"
+                    f"            {result.cpu.describe(result.log_events, 'log event')}"
                 )
         memory = server.memory_kb()
         head = readyz(server.url)["head"]
@@ -234,12 +251,16 @@ def main() -> None:
         print(f"   log: {total:,} events, /readyz head {head:,}")
 
     med, ref = median(http_rates), median(copy_rates)
+    cpu = median_cpu([r.cpu for r in rounds], [r.log_events for r in rounds])
+    cpu_note = ", ".join(f"{role} {cpu[role]:.0f}" for role in CPU_ROLES)
+    print(f"   CPU µs per log event (median of rounds): {cpu_note}")
     peak_mb = memory["VmHWM"] / 1024
     notes = (
         f"{args.rounds}x{batches_per_round * BATCH_SIZE:,} events, {args.concurrency} conns, "
         f">= 25,000/s: {'PASS' if med >= TARGET_EVENTS_S else 'MISS'}, "
         f">= 0.35x: {'PASS' if med / ref >= TARGET_RATIO else 'MISS'}; "
-        f"projector catch-up after a round {fmt(median(lag_waits))} s (median)"
+        f"projector catch-up after a round {fmt(median(lag_waits))} s (median); "
+        f"CPU µs per log event: {cpu_note}"
     )
     report(
         [

@@ -19,6 +19,10 @@ an empty ``ExportTraceServiceResponse``, same uvicorn settings) fed the same way
 rounds: (a) the same SDK pipeline exporting to it, (b) the same pre-encoded bodies. The ratio is
 the share of the transport's ceiling that runledger keeps.
 
+Also printed: the CPU µs per span of the API, the projector, PostgreSQL and this process (the
+SDK and its exporter run here) for each way into runledger (until the projector has caught up)
+and for the SDK into the no-op endpoint (``bench.common.CpuMeter``; medians in the notes).
+
 Target: >= 15,000 spans/s committed (both ways).
 
 Run: ``python -m bench.otlp [--quick] [--rounds N] [--spans N]``.
@@ -44,6 +48,8 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ProtoResour
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from bench.common import (
+    CPU_ROLES,
+    CpuMeter,
     Measurement,
     ServerProcess,
     banner,
@@ -51,6 +57,7 @@ from bench.common import (
     fresh_schema,
     log_event_count,
     median,
+    median_cpu,
     noop_server,
     parse_args,
     post_all,
@@ -285,6 +292,13 @@ def main() -> None:
     )
     rng = random.Random(11)
     sdk, sdk_ref, enc, enc_ref = [], [], [], []
+    #: CPU by role per way, each round's meter with the spans it measured (from the first span
+    #: or request until the projector had caught up; the no-op way until the last answer).
+    cpu: dict[str, list[tuple[CpuMeter, int]]] = {
+        "pre-encoded": [],
+        "SDK": [],
+        "SDK to no-op": [],
+    }
     with tempfile.TemporaryDirectory(prefix="bench-otlp-") as tmp:
         workdir = Path(tmp)
         with (
@@ -304,23 +318,42 @@ def main() -> None:
                 wait_projected(ledger.url)
                 enc_ref.append(post_encoded(noop, bodies))
                 wait_projected(ledger.url)
-                with _LogCheck(args.database_url, schema, batches * SPANS_PER_BATCH):
+                with (
+                    _LogCheck(args.database_url, schema, batches * SPANS_PER_BATCH),
+                    CpuMeter(ledger) as enc_meter,
+                ):
                     enc.append(post_encoded(ledger, bodies))
-                wait_projected(ledger.url)
-                seconds, created = sdk_round(noop.url, traces, label + "n")
+                    wait_projected(ledger.url)
+                with CpuMeter(noop) as sdk_ref_meter:
+                    seconds, created = sdk_round(noop.url, traces, label + "n")
                 sdk_ref.append(created / seconds)
                 wait_projected(ledger.url)
-                with _LogCheck(args.database_url, schema, traces * SDK_SPANS_PER_TRACE):
+                with (
+                    _LogCheck(args.database_url, schema, traces * SDK_SPANS_PER_TRACE),
+                    CpuMeter(ledger) as sdk_meter,
+                ):
                     seconds, created = sdk_round(ledger.url, traces, label)
+                    wait_projected(ledger.url)
                 sdk.append(created / seconds)
+                cpu["pre-encoded"].append((enc_meter, batches * SPANS_PER_BATCH))
+                cpu["SDK"].append((sdk_meter, created))
+                cpu["SDK to no-op"].append((sdk_ref_meter, created))
                 print(
                     f"   round {number + 1}: pre-encoded {fmt(enc[-1])} spans/s "
                     f"(no-op {fmt(enc_ref[-1])}); SDK exporter {fmt(sdk[-1])} spans/s "
                     f"(no-op {fmt(sdk_ref[-1])})"
                 )
+                for way, measured in cpu.items():
+                    meter, units = measured[-1]
+                    print(f"     {way}: {meter.describe(units, 'span')}")
             wait_projected(ledger.url)
 
     notes = f"{args.rounds} rounds; reference = no-op /v1/traces endpoint fed the same way"
+    cpu_notes = {}
+    for way, measured in cpu.items():
+        per = median_cpu([m for m, _ in measured], [n for _, n in measured])
+        cpu_notes[way] = ", ".join(f"{role} {per[role]:.0f}" for role in CPU_ROLES)
+        print(f"   CPU µs per span, {way} (median of rounds): {cpu_notes[way]}")
     report(
         [
             Measurement(
@@ -332,7 +365,8 @@ def main() -> None:
                 ">= 15,000",
                 median(enc) >= TARGET_SPANS_S,
                 enc,
-                f"{batches}x{SPANS_PER_BATCH} spans/{TRACES_PER_BATCH} traces per round; {notes}",
+                f"{batches}x{SPANS_PER_BATCH} spans/{TRACES_PER_BATCH} traces per round; {notes}; "
+                f"CPU µs per span: {cpu_notes['pre-encoded']}",
             ),
             Measurement(
                 "otlp",
@@ -344,7 +378,8 @@ def main() -> None:
                 median(sdk) >= TARGET_SPANS_S,
                 sdk,
                 f"{traces * SDK_SPANS_PER_TRACE} spans per round, "
-                f"BatchSpanProcessor max_export_batch_size={SDK_EXPORT_BATCH}; {notes}",
+                f"BatchSpanProcessor max_export_batch_size={SDK_EXPORT_BATCH}; {notes}; "
+                f"CPU µs per span: {cpu_notes['SDK']} (to the no-op: {cpu_notes['SDK to no-op']})",
             ),
         ],
         quick=args.quick,

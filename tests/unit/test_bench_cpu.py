@@ -1,0 +1,65 @@
+"""``bench.common.CpuMeter``: CPU seconds by role, read from ``/proc`` of real processes (a
+stand-in server that burns CPU itself and in a child whose command line runs ``project``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.common import CPU_ROLES, CpuMeter, ServerProcess
+
+pytestmark = pytest.mark.unit
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
+
+#: Waits for a line on stdin, burns 0.3 s of CPU, starts a child that burns 0.6 s and then
+#: touches the marker file given as its last argument; both then sleep.
+SERVER = (
+    "import subprocess, sys, time\n"
+    "sys.stdin.readline()\n"
+    + BURN.format(s=0.3)
+    + "child = subprocess.Popen([sys.executable, '-c', CHILD, 'project', sys.argv[1]])\n"
+    "time.sleep(60)\n"
+)
+CHILD = BURN.format(s=0.6) + "import pathlib, sys\npathlib.Path(sys.argv[-1]).touch()\n"
+CHILD += "time.sleep(60)\n"
+
+
+def test_cpu_meter_splits_the_server_from_its_projector(tmp_path: Path) -> None:
+    marker = tmp_path / "burnt"
+    process = subprocess.Popen(
+        [sys.executable, "-c", f"CHILD = {CHILD!r}\n" + SERVER, str(marker)],
+        stdin=subprocess.PIPE,
+        start_new_session=True,  # its own process group: killed with its child at the end
+    )
+    server = ServerProcess("stand-in", [], {}, tmp_path / "log", 0, process=process)
+    try:
+        with CpuMeter(server) as meter:
+            assert process.stdin is not None
+            process.stdin.write(b"go\n")
+            process.stdin.flush()
+            deadline = time.monotonic() + 30
+            while not marker.exists():
+                assert time.monotonic() < deadline, "the stand-in never finished burning"
+                time.sleep(0.05)
+        spent = meter.seconds
+        assert set(spent) == set(CPU_ROLES)
+        # /proc counts in clock ticks (1/100 s); the burns are timed by the same clock.
+        assert 0.28 <= spent["api"] < 0.5, spent
+        assert 0.58 <= spent["projector"] < 0.8, spent
+        assert spent["client"] < 0.25, spent  # this process only polled
+        assert meter.wall_s >= 0.85  # the two burns ran one after the other
+        per = meter.per_unit_us(1000)
+        assert per["projector"] == pytest.approx(spent["projector"] / 1000 * 1e6)
+        line = meter.describe(1000, "event")
+        assert line.startswith("CPU µs per event: api ") and "projector " in line
+        assert "cores busy" in line
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
