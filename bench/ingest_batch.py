@@ -41,12 +41,12 @@ import psycopg
 from psycopg import sql
 
 from bench.common import (
-    CPU_ROLES,
     CpuMeter,
     Measurement,
     RssSampler,
     ServerProcess,
     banner,
+    cpu_text,
     fmt,
     fresh_schema,
     log_event_count,
@@ -213,7 +213,6 @@ def main() -> None:
     )
     http_rates: list[float] = []
     copy_rates: list[float] = []
-    lag_waits: list[float] = []
     rounds: list[IngestRound] = []
     with (
         tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp,
@@ -237,12 +236,11 @@ def main() -> None:
                 )
                 http_rates.append(result.events_per_s)
                 rounds.append(result)
-                lag_waits.append(result.lag_s)
                 print(
                     f"   round {number + 1}: HTTP {fmt(result.events_per_s)} events/s "
                     f"({result.created:,} typed, {result.log_events:,} log events in "
                     f"{result.seconds:.2f} s); COPY {fmt(copy_rates[-1])} rows/s; "
-                    f"projector caught up {lag_waits[-1]:.1f} s later\n"
+                    f"projector caught up {result.lag_s:.1f} s later\n"
                     f"            {result.cpu.describe(result.log_events, 'log event')}"
                 )
         memory = server.memory_kb()
@@ -251,15 +249,14 @@ def main() -> None:
         print(f"   log: {total:,} events, /readyz head {head:,}")
 
     med, ref = median(http_rates), median(copy_rates)
-    cpu = median_cpu([r.cpu for r in rounds], [r.log_events for r in rounds])
-    cpu_note = ", ".join(f"{role} {cpu[role]:.0f}" for role in CPU_ROLES)
+    cpu_note = cpu_text(median_cpu([r.cpu for r in rounds], [r.log_events for r in rounds]))
     print(f"   CPU µs per log event (median of rounds): {cpu_note}")
     peak_mb = memory["VmHWM"] / 1024
     notes = (
         f"{args.rounds}x{batches_per_round * BATCH_SIZE:,} events, {args.concurrency} conns, "
         f">= 25,000/s: {'PASS' if med >= TARGET_EVENTS_S else 'MISS'}, "
         f">= 0.35x: {'PASS' if med / ref >= TARGET_RATIO else 'MISS'}; "
-        f"projector catch-up after a round {fmt(median(lag_waits))} s (median); "
+        f"projector catch-up after a round {fmt(median([r.lag_s for r in rounds]))} s (median); "
         f"CPU µs per log event: {cpu_note}"
     )
     report(

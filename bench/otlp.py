@@ -48,11 +48,11 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ProtoResour
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from bench.common import (
-    CPU_ROLES,
     CpuMeter,
     Measurement,
     ServerProcess,
     banner,
+    cpu_text,
     fmt,
     fresh_schema,
     log_event_count,
@@ -351,8 +351,7 @@ def main() -> None:
     notes = f"{args.rounds} rounds; reference = no-op /v1/traces endpoint fed the same way"
     cpu_notes = {}
     for way, measured in cpu.items():
-        per = median_cpu([m for m, _ in measured], [n for _, n in measured])
-        cpu_notes[way] = ", ".join(f"{role} {per[role]:.0f}" for role in CPU_ROLES)
+        cpu_notes[way] = cpu_text(median_cpu([m for m, _ in measured], [n for _, n in measured]))
         print(f"   CPU µs per span, {way} (median of rounds): {cpu_notes[way]}")
     report(
         [
