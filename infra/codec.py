@@ -42,7 +42,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import lru_cache, partial
 from operator import attrgetter
 from typing import Any, cast
 from uuid import UUID
@@ -271,6 +271,38 @@ def _rendered(statement: Composable) -> Composed:
     """A composed statement rendered once (identifiers quoted without a connection), so that
     executing it does not compose it again."""
     return Composed([SQL(statement.as_string(None))])
+
+
+#: ``select_events_after_snapshot``'s statement (``{snapshots}``, ``{events}``: the tables).
+_AFTER_SNAPSHOT_SQL = (
+    "WITH snapshot AS (SELECT originator_version, topic, state FROM {snapshots}"
+    " WHERE originator_id = %(id)s AND originator_version <= %(lte)s"
+    " ORDER BY originator_version DESC LIMIT 1)"
+    " SELECT true, originator_version, topic, state FROM snapshot"
+    " UNION ALL"
+    " SELECT false, originator_version, topic, state FROM {events}"
+    " WHERE originator_id = %(id)s AND originator_version <= %(lte)s"
+    " AND originator_version > coalesce((SELECT originator_version FROM snapshot), 0)"
+    " ORDER BY 1 DESC, 2"
+)
+
+#: ``select_after_newest_snapshots``'s statement. Both tables are searched by ``= ANY`` on their
+#: primary keys: joined to the ids as a set, a generic plan scanned the whole events table (15
+#: instead of 0.7 ms a batch of 80 new streams); this costs what ``select_events_many`` does
+#: (0.43-0.66 ms).
+_AFTER_NEWEST_SNAPSHOTS_SQL = (
+    "WITH newest AS (SELECT DISTINCT ON (originator_id) originator_id AS id,"
+    " originator_version, topic, state FROM {snapshots}"
+    " WHERE originator_id = ANY(%(ids)b::uuid[]) AND originator_version > %(above)b"
+    " ORDER BY originator_id, originator_version DESC)"
+    " SELECT true, id, originator_version, topic, state FROM newest"
+    " UNION ALL"
+    " SELECT false, e.originator_id, e.originator_version, e.topic, e.state"
+    " FROM {events} AS e LEFT JOIN newest AS n ON n.id = e.originator_id"
+    " WHERE e.originator_id = ANY(%(ids)b::uuid[])"
+    " AND e.originator_version > coalesce(n.originator_version, 0)"
+    " ORDER BY 2, 1 DESC, 3"
+)
 
 
 class FastPostgresAggregateRecorder(PostgresAggregateRecorder):
@@ -559,7 +591,7 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
         """
         statement = self._statement(
             ("after_snapshot", snapshots.datastore.schema, snapshots.events_table_name),
-            self._after_snapshot_sql,
+            partial(self._with_snapshots_sql, _AFTER_SNAPSHOT_SQL),
         )
         rows = self._fetch_binary(
             statement, {"id": originator_id, "lte": _MAX_VERSION if lte is None else lte}
@@ -570,20 +602,13 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
             rows = rows[1:]
         return snapshot, _stored_events((originator_id, *row[1:]) for row in rows)
 
-    def _after_snapshot_sql(self, snapshots_schema: str, snapshots_table: str) -> Composed:
-        """``select_events_after_snapshot``'s statement for one snapshot table, rendered once."""
+    def _with_snapshots_sql(
+        self, text: str, snapshots_schema: str, snapshots_table: str
+    ) -> Composed:
+        """``text`` with ``{snapshots}`` naming a snapshot table and ``{events}`` this recorder's
+        table, rendered once (``_AFTER_SNAPSHOT_SQL``, ``_AFTER_NEWEST_SNAPSHOTS_SQL``)."""
         return _rendered(
-            SQL(
-                "WITH snapshot AS (SELECT originator_version, topic, state FROM {snapshots}"
-                " WHERE originator_id = %(id)s AND originator_version <= %(lte)s"
-                " ORDER BY originator_version DESC LIMIT 1)"
-                " SELECT true, originator_version, topic, state FROM snapshot"
-                " UNION ALL"
-                " SELECT false, originator_version, topic, state FROM {events}"
-                " WHERE originator_id = %(id)s AND originator_version <= %(lte)s"
-                " AND originator_version > coalesce((SELECT originator_version FROM snapshot), 0)"
-                " ORDER BY 1 DESC, 2"
-            ).format(
+            SQL(text).format(
                 snapshots=Identifier(snapshots_schema, snapshots_table),
                 events=Identifier(self.datastore.schema, self.events_table_name),
             )
@@ -601,35 +626,11 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
         """
         statement = self._statement(
             ("after_newest", snapshots.datastore.schema, snapshots.events_table_name),
-            self._after_newest_snapshots_sql,
+            partial(self._with_snapshots_sql, _AFTER_NEWEST_SNAPSHOTS_SQL),
         )
         rows = self._fetch_binary(statement, {"ids": list(originator_ids), "above": above})
         newest = {row[1]: _stored_events([row[1:]])[0] for row in rows if row[0]}
         return newest, _stored_events(row[1:] for row in rows if not row[0])
-
-    def _after_newest_snapshots_sql(self, snapshots_schema: str, snapshots_table: str) -> Composed:
-        """``select_after_newest_snapshots``'s statement for one snapshot table, rendered once."""
-        return _rendered(
-            SQL(
-                # Both found by ``= ANY`` on the primary keys: joined to the ids as a set, a
-                # generic plan scanned the whole events table (15 instead of 0.7 ms a batch of
-                # 80 new streams); this costs what ``select_events_many`` does (0.43-0.66 ms).
-                "WITH newest AS (SELECT DISTINCT ON (originator_id) originator_id AS id,"
-                " originator_version, topic, state FROM {snapshots}"
-                " WHERE originator_id = ANY(%(ids)b::uuid[]) AND originator_version > %(above)b"
-                " ORDER BY originator_id, originator_version DESC)"
-                " SELECT true, id, originator_version, topic, state FROM newest"
-                " UNION ALL"
-                " SELECT false, e.originator_id, e.originator_version, e.topic, e.state"
-                " FROM {events} AS e LEFT JOIN newest AS n ON n.id = e.originator_id"
-                " WHERE e.originator_id = ANY(%(ids)b::uuid[])"
-                " AND e.originator_version > coalesce(n.originator_version, 0)"
-                " ORDER BY 2, 1 DESC, 3"
-            ).format(
-                snapshots=Identifier(snapshots_schema, snapshots_table),
-                events=Identifier(self.datastore.schema, self.events_table_name),
-            )
-        )
 
     def select_events_many(self, originator_ids: Sequence[UUID]) -> list[StoredEvent]:
         """Every event of the given streams, ordered by stream then version (one round trip)."""
