@@ -428,16 +428,32 @@ def projector_layout() -> str:
 
 
 def noop_server(workdir: Path, *, name: str = "noop") -> ServerProcess:
-    """``bench.noop_app``: the reference endpoints under the same uvicorn settings (not started)."""
+    """``bench.noop_app``: the reference endpoints under the same uvicorn settings (not started),
+    with as many worker processes as ``runledger_server`` gives runledger (``server_workers``):
+    a reference with fewer processes than the measured server would flatter the ratio."""
     port = free_port()
+    workers = str(server_workers())
     return ServerProcess(
         name=name,
-        argv=[sys.executable, "-m", "bench.noop_app", "--port", str(port)],
+        argv=[sys.executable, "-m", "bench.noop_app", "--port", str(port), "--workers", workers],
         env=_clean_env(),
         log_path=workdir / f"{name}.log",
         port=port,
         ready_path="/healthz",
     )
+
+
+def server_workers() -> int:
+    """API worker processes of the measured ``runledger serve``: ``BENCH_RUNLEDGER_WORKERS``
+    (passed on as ``RUNLEDGER_WORKERS``), else ``serve``'s default, 1.
+
+    Raises:
+        SystemExit: ``BENCH_RUNLEDGER_WORKERS`` is not a positive integer.
+    """
+    given = os.environ.get("BENCH_RUNLEDGER_WORKERS", "1")
+    if not given.isdigit() or int(given) < 1:
+        raise SystemExit(f"BENCH_RUNLEDGER_WORKERS must be a positive integer, not {given!r}")
+    return int(given)
 
 
 def readyz(url: str, client: httpx.Client | None = None) -> dict[str, Any]:

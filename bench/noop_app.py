@@ -9,10 +9,11 @@
 - ``GET /healthz``: readiness.
 
 Run like ``runledger serve`` runs its app (``uvicorn.run(app, host, port, log_level="info",
-access_log=False)``: one worker, uvloop and httptools when installed, access log off unless
-``--access-log``, as ``runledger serve``)::
+access_log=False)``: uvloop and httptools when installed, access log off unless
+``--access-log``, as ``runledger serve``; ``--workers N`` as ``serve --workers N``, uvicorn's
+worker processes importing the app)::
 
-    python -m bench.noop_app --port 8001
+    python -m bench.noop_app --port 8001 [--workers 2]
 """
 
 from __future__ import annotations
@@ -57,8 +58,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (1)")
     args = parser.parse_args()
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="info", access_log=args.access_log)
+    uvicorn.run(
+        app if args.workers == 1 else "bench.noop_app:app",
+        host="127.0.0.1",
+        port=args.port,
+        log_level="info",
+        access_log=args.access_log,
+        workers=args.workers,
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ Measured against ``runledger serve`` (PostgreSQL, fresh schema, the projector wh
     concurrent connections; every answer must be 200 with no rejected span.
 
 Reference: the no-op endpoint (``bench.noop_app``'s ``POST /v1/traces``: reads the body, answers
-an empty ``ExportTraceServiceResponse``, same uvicorn settings) fed the same way in the same
+an empty ``ExportTraceServiceResponse``, same uvicorn settings and worker processes) fed the same way in the same
 rounds: (a) the same SDK pipeline exporting to it, (b) the same pre-encoded bodies. The ratio is
 the share of the transport's ceiling that runledger keeps.
 

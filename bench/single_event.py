@@ -16,8 +16,9 @@ through wrk in the same slow hour): its rows measure the client, so the output w
 row's notes say ``client-bound``.
 
 Reference: ``bench.noop_app``'s ``POST /v1/events``, a FastAPI endpoint taking the same
-``api.schemas.TypedEvent`` body model and answering ``{}``, under the same uvicorn settings, one
-worker, with the same requests, in rounds interleaved with the measured ones.
+``api.schemas.TypedEvent`` body model and answering ``{}``, under the same uvicorn settings and
+with as many worker processes as the measured server (``bench.common.server_workers``), with the
+same requests, in rounds interleaved with the measured ones.
 
 Targets: >= 2,500 requests/s with p99 <= 50 ms, i.e. >= 0.5 x the no-op endpoint.
 
