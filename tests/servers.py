@@ -32,6 +32,8 @@ class Server:
 
     env: dict[str, str]
     port: int = field(default_factory=free_port)
+    #: More options of ``runledger serve`` (e.g. ``["--workers", "2"]``).
+    args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -44,7 +46,7 @@ class Server:
         assert self.log_path is not None
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(runledger), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [str(runledger), "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
             cwd=ROOT,
             env=self.env,
             stdout=log,

@@ -67,7 +67,11 @@ def test_compose_processes_run_directly_migrate_api_and_a_separate_projector(
     subprocess.run(
         [RUNLEDGER, *services["migrate"]["command"][1:]], env=env, check=True, timeout=120
     )
-    api = Server(env=env)
+    # The API as compose runs it (`--workers 2`), bound to a free port here.
+    options = serve_options(services["api"]["command"])
+    workers = int(options[options.index("--workers") + 1])
+    assert workers > 1
+    api = Server(env=env, args=options)
     api.log_path = tmp_path / "api.log"
     projector = subprocess.Popen(
         [RUNLEDGER, *services["projector"]["command"][1:]],
@@ -77,6 +81,13 @@ def test_compose_processes_run_directly_migrate_api_and_a_separate_projector(
     )
     try:
         api.start()
+        assert api.process is not None
+        # uvicorn's worker processes (beside multiprocessing's resource tracker; no projector:
+        # the API's is off)
+        children = [cmdline(c) for c in child_pids(api.process.pid)]
+        spawned = [c for c in children if "spawn_main" in c]
+        assert len(spawned) == workers, children
+        assert not any(" project" in c for c in children), children
         with httpx.Client(base_url=api.url, timeout=30) as client:
             client.post(
                 "/v1/events", json={"type": "chain.created", "chain_id": "deployed"}
@@ -204,6 +215,19 @@ def test_the_projector_rebuild_and_status_run_while_s3_is_unreachable(
         [RUNLEDGER, "migrate"], env=env, capture_output=True, text=True, timeout=120
     )
     assert migrate.returncode != 0 and "never-made" in migrate.stdout + migrate.stderr, migrate
+
+
+def serve_options(command: list[str]) -> list[str]:
+    """The options of a compose ``runledger serve`` command other than where it binds."""
+    assert command[:2] == ["runledger", "serve"]
+    options: list[str] = []
+    given = iter(command[2:])
+    for option in given:
+        if option in ("--host", "--port"):
+            next(given)
+        else:
+            options.append(option)
+    return options
 
 
 def child_pids(pid: int) -> list[int]:
