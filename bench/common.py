@@ -286,19 +286,30 @@ class ServerProcess:
             setattr(self, attr, None)
 
     def memory_kb(self) -> dict[str, int]:
-        """``VmRSS`` and ``VmHWM`` (peak RSS) from ``/proc/<pid>/status``, in kB: of the process,
-        or, when it has child processes (``serve --workers N``: uvicorn's workers), the largest
-        value among the process and its children (the target is per API process)."""
-        found: dict[str, int] = {}
-        for pid in (self.pid, *_children(self.pid)):
+        """Resident memory from ``/proc/<pid>/status``, in kB (``server_roles`` tells the parts).
+
+        Returns:
+            ``VmRSS`` and ``VmHWM`` (peak RSS) of the API: the largest value among the server
+            process and its descendants but the projector (``serve --workers N``: uvicorn's
+            workers; the target is per API process); ``VmHWM_total``, the sum of the API
+            processes' peaks (an upper bound of all of them together: their peaks need not
+            coincide); ``projector_VmHWM``, the projector's peak (0 when it is not a process of
+            its own).
+        """
+        found = {"VmRSS": 0, "VmHWM": 0, "VmHWM_total": 0, "projector_VmHWM": 0}
+        for pid, role in server_roles(self).items():
             try:
                 with open(f"/proc/{pid}/status") as status:
-                    for line in status:
-                        key, _, value = line.partition(":")
-                        if key in ("VmRSS", "VmHWM"):
-                            found[key] = max(found.get(key, 0), int(value.split()[0]))
+                    fields = dict(line.split(":", 1) for line in status if ":" in line)
             except OSError:  # a child that just exited
                 continue
+            rss_kb, peak_kb = (int(fields[key].split()[0]) for key in ("VmRSS", "VmHWM"))
+            if role == "projector":
+                found["projector_VmHWM"] = max(found["projector_VmHWM"], peak_kb)
+                continue
+            found["VmRSS"] = max(found["VmRSS"], rss_kb)
+            found["VmHWM"] = max(found["VmHWM"], peak_kb)
+            found["VmHWM_total"] += peak_kb
         return found
 
     def log_tail(self, size: int = 3000) -> str:
@@ -558,6 +569,38 @@ def _postgres_pids() -> list[str]:
     return found
 
 
+def memory_notes(memory_kb: dict[str, int]) -> str:
+    """The other peaks of ``ServerProcess.memory_kb`` for a row's notes: ``"; projector N MB"``
+    when it is a process of its own, and ``"; all API processes together N MB"`` when the API
+    runs in several."""
+    notes = ""
+    if memory_kb["projector_VmHWM"]:
+        notes += f"; projector {memory_kb['projector_VmHWM'] / 1024:.0f} MB"
+    if memory_kb["VmHWM_total"] > memory_kb["VmHWM"]:
+        notes += f"; all API processes together {memory_kb['VmHWM_total'] / 1024:.0f} MB"
+    return notes
+
+
+def server_roles(server: ServerProcess) -> dict[str, str]:
+    """``{pid: role}`` of a running server's processes: ``api``, the server process and its
+    descendants (uvicorn's workers under ``--workers N``), but ``projector`` for the companion
+    process and any descendant whose command line runs ``project`` (``serve``'s child)."""
+    roles = {str(server.pid): "api"}
+    pending = [server.pid]
+    if server.companion is not None:
+        roles[str(server.companion.pid)] = "projector"
+        pending.append(server.companion.pid)
+    while pending:
+        for child in _children(pending.pop()):
+            try:
+                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            roles[str(child)] = "projector" if b"project" in argv else "api"
+            pending.append(child)
+    return roles
+
+
 class CpuMeter:
     """CPU seconds spent during a ``with`` block, by role (a context manager).
 
@@ -584,19 +627,7 @@ class CpuMeter:
 
     def _roles(self) -> dict[str, str]:
         """``{pid: role}`` of the server's processes and PostgreSQL's."""
-        roles = {str(self.server.pid): "api"}
-        pending = [self.server.pid]
-        if self.server.companion is not None:
-            roles[str(self.server.companion.pid)] = "projector"
-            pending.append(self.server.companion.pid)
-        while pending:
-            for child in _children(pending.pop()):
-                try:
-                    argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                roles[str(child)] = "projector" if b"project" in argv else "api"
-                pending.append(child)
+        roles = server_roles(self.server)
         roles.update(dict.fromkeys(_postgres_pids(), "postgres"))
         return roles
 

@@ -1,5 +1,6 @@
-"""``bench.common.CpuMeter``: CPU seconds by role, read from ``/proc`` of real processes (a
-stand-in server that burns CPU itself and in a child whose command line runs ``project``)."""
+"""``bench.common.CpuMeter`` and ``ServerProcess.memory_kb``: CPU seconds and peak memory by role,
+read from ``/proc`` of real processes (a stand-in server that burns CPU or holds memory itself
+and in a child whose command line runs ``project``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import CPU_ROLES, CpuMeter, ServerProcess
+from bench.common import CPU_ROLES, CpuMeter, ServerProcess, memory_notes
 
 pytestmark = pytest.mark.unit
 
@@ -63,3 +64,54 @@ def test_cpu_meter_splits_the_server_from_its_projector(tmp_path: Path) -> None:
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+#: Holds 40 MB, starts a child (``project``) holding 160 MB that touches the marker file given as
+#: its last argument, and a second child (an API worker) holding 40 MB; all then sleep.
+HOLDER = (
+    "import subprocess, sys, time\n"
+    "held = bytearray(40 << 20)\n"
+    "for argv in (['project', sys.argv[1]], ['worker']):\n"
+    "    subprocess.Popen([sys.executable, '-c', CHILD, *argv])\n"
+    "time.sleep(60)\n"
+)
+HELD = (
+    "import pathlib, sys, time\n"
+    "held = bytearray((160 if sys.argv[1] == 'project' else 40) << 20)\n"
+    "if sys.argv[1] == 'project': pathlib.Path(sys.argv[-1]).touch()\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_memory_counts_the_api_processes_not_the_projector(tmp_path: Path) -> None:
+    marker = tmp_path / "held"
+    process = subprocess.Popen(
+        [sys.executable, "-c", f"CHILD = {HELD!r}\n" + HOLDER, str(marker)],
+        start_new_session=True,
+    )
+    server = ServerProcess("stand-in", [], {}, tmp_path / "log", 0, process=process)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists() or len(server_children(process.pid)) < 2:
+            assert time.monotonic() < deadline, "the stand-in never started its children"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the worker's allocation
+        mb = {key: value / 1024 for key, value in server.memory_kb().items()}
+        # the largest API process holds 40 MB and an interpreter, not the projector's 160 MB
+        assert 40 < mb["VmHWM"] < 100, mb
+        assert 40 < mb["VmRSS"] <= mb["VmHWM"], mb
+        assert mb["projector_VmHWM"] > 160, mb
+        assert 80 < mb["VmHWM_total"] < 200, mb  # the stand-in and its worker
+        notes = memory_notes(server.memory_kb())
+        assert "; projector 1" in notes and "; all API processes together " in notes
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def server_children(pid: int) -> list[str]:
+    return [
+        child
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
