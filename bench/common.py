@@ -118,19 +118,31 @@ def runledger_bin() -> Path:
     return venv if venv.exists() else Path(sys.executable).with_name("runledger")
 
 
-def git_revision() -> str:
-    """``<short sha>`` of HEAD, ``+dirty`` when the working tree differs (read-only git calls)."""
+def git_revision(root: Path = ROOT) -> str:
+    """``<short sha>`` of HEAD, ``+dirty`` when the working tree differs from it, except in
+    ``bench/RESULTS.md``, which the benchmarks themselves append to (read-only git calls)."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
         ).stdout.strip()
         clean = subprocess.run(
-            ["git", "diff-index", "--quiet", "HEAD", "--"], cwd=ROOT, timeout=10, check=False
+            [
+                "git",
+                "diff-index",
+                "--quiet",
+                "HEAD",
+                "--",
+                ".",
+                f":(exclude){RESULTS_PATH.relative_to(ROOT)}",
+            ],
+            cwd=root,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
