@@ -28,11 +28,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import psycopg
@@ -468,15 +468,28 @@ def noop_server(workdir: Path, *, name: str = "noop") -> ServerProcess:
 
 def server_workers() -> int:
     """API worker processes of the measured ``runledger serve``: ``BENCH_RUNLEDGER_WORKERS``
-    (passed on as ``RUNLEDGER_WORKERS``), else ``serve``'s default, 1.
+    (passed on as ``RUNLEDGER_WORKERS``), else ``serve``'s default; checked by the
+    ``Settings.workers`` field itself (default and bounds), not by this process's environment.
 
     Raises:
-        SystemExit: ``BENCH_RUNLEDGER_WORKERS`` is not a positive integer.
+        SystemExit: ``BENCH_RUNLEDGER_WORKERS`` is not a positive integer within those bounds.
     """
-    given = os.environ.get("BENCH_RUNLEDGER_WORKERS", "1")
-    if not given.isdigit() or int(given) < 1:
-        raise SystemExit(f"BENCH_RUNLEDGER_WORKERS must be a positive integer, not {given!r}")
-    return int(given)
+    from pydantic import TypeAdapter, ValidationError
+
+    from infra.settings import Settings
+
+    field = Settings.model_fields["workers"]
+    given = os.environ.get("BENCH_RUNLEDGER_WORKERS")
+    if given is None:
+        return int(field.default)
+    try:
+        return int(TypeAdapter(Annotated[int, field]).validate_python(given))
+    except ValidationError as error:
+        reason = error.errors()[0]["msg"]
+        raise SystemExit(
+            f"BENCH_RUNLEDGER_WORKERS must be a positive integer (RUNLEDGER_WORKERS), not "
+            f"{given!r}: {reason}"
+        ) from None
 
 
 def readyz(url: str, client: httpx.Client | None = None) -> dict[str, Any]:
@@ -581,7 +594,7 @@ def _postgres_pids() -> list[str]:
     return found
 
 
-def memory_notes(memory_kb: dict[str, int]) -> str:
+def memory_notes(memory_kb: Mapping[str, float]) -> str:
     """The other peaks of ``ServerProcess.memory_kb`` for a row's notes: ``"; projector N MB"``
     when it is a process of its own, and ``"; all API processes together N MB"`` when the API
     runs in several."""

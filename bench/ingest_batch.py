@@ -21,7 +21,8 @@ Target: >= 25,000 events/s committed, i.e. >= 0.35 x COPY.
 
 Also reported (benchmark 6, ``rss``, folded in): the API process's peak RSS (``VmHWM`` at the
 end of the run, ``VmRSS`` sampled every 100 ms during the rounds; not the projector's, whose
-peak the notes give) against its RSS right after start-up. Target <= 300 MB. ``python -m bench.rss`` measures it alone.
+peak the notes give) against its RSS right after start-up. Target <= 300 MB.
+``python -m bench.rss`` measures it alone.
 
 Run: ``python -m bench.ingest_batch [--quick] [--rounds N] [--batches N] [--concurrency N]``.
 """

@@ -15,9 +15,9 @@ Measured against ``runledger serve`` (PostgreSQL, fresh schema, the projector wh
     concurrent connections; every answer must be 200 with no rejected span.
 
 Reference: the no-op endpoint (``bench.noop_app``'s ``POST /v1/traces``: reads the body, answers
-an empty ``ExportTraceServiceResponse``, same uvicorn settings and worker processes) fed the same way in the same
-rounds: (a) the same SDK pipeline exporting to it, (b) the same pre-encoded bodies. The ratio is
-the share of the transport's ceiling that runledger keeps.
+an empty ``ExportTraceServiceResponse``, same uvicorn settings and worker processes) fed the
+same way in the same rounds: (a) the same SDK pipeline exporting to it, (b) the same pre-encoded
+bodies. The ratio is the share of the transport's ceiling that runledger keeps.
 
 Also printed: the CPU µs per span of the API, the projector, PostgreSQL and this process (the
 SDK and its exporter run here) for each way into runledger (until the projector has caught up)

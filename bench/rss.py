@@ -2,15 +2,15 @@
 
 Measured: ``VmHWM`` (peak RSS) from ``/proc/<pid>/status`` of the API process, the
 ``runledger serve`` process (uvicorn runs in it; under ``--workers N``, the largest of it and its
-workers), not its projector child (``ServerProcess.memory_kb``), at the end of an ``ingest_batch``
-load (batches of 1,000 mixed
-typed events over 4 connections, PostgreSQL, the projector where ``BENCH_PROJECTOR`` puts it),
-with ``VmRSS`` sampled every 100 ms during the load. Each round starts a fresh server process
+workers), not its projector child (``ServerProcess.memory_kb``), at the end of an
+``ingest_batch`` load (batches of 1,000 mixed typed events over 4 connections, PostgreSQL, the
+projector where ``BENCH_PROJECTOR`` puts it), with ``VmRSS`` sampled every 100 ms during the
+load. Each round starts a fresh server process
 (``VmHWM`` only grows within a process), on one fresh schema for the run.
 
 Reference: the same process's ``VmRSS`` right after start-up (ready, before any request).
-Also in the notes: the projector's peak when it is a process of its own, and the API processes'
-peaks summed when there are several.
+Also in the notes (medians of the rounds): the projector's peak when it is a process of its own,
+and the API processes' peaks summed when there are several.
 
 Target: <= 300 MB.
 
@@ -55,7 +55,7 @@ def main() -> None:
     peaks_mb: list[float] = []
     idle_mb: list[float] = []
     sampled_mb: list[float] = []
-    other_peaks: list[str] = []
+    memories: list[dict[str, int]] = []
     with (
         tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp,
         fresh_schema(args.database_url, "rss") as schema,
@@ -73,14 +73,13 @@ def main() -> None:
                         database_url=args.database_url,
                         schema=schema,
                     )
-                memory = server.memory_kb()
-                peaks_mb.append(memory["VmHWM"] / 1024)
-                other_peaks.append(memory_notes(memory))
+                memories.append(server.memory_kb())
+                peaks_mb.append(memories[-1]["VmHWM"] / 1024)
                 sampled_mb.append(sampler.peak_kb / 1024)
             print(
                 f"   round {number + 1}: VmHWM {peaks_mb[-1]:.0f} MB (max sampled VmRSS "
                 f"{sampled_mb[-1]:.0f} MB, idle {idle_mb[-1]:.0f} MB) after "
-                f"{result.created:,} events at {result.events_per_s:,.0f} events/s{other_peaks[-1]}"
+                f"{result.created:,} events at {result.events_per_s:,.0f} events/s{memory_notes(memories[-1])}"
             )
     med = median(peaks_mb)
     report(
@@ -95,7 +94,8 @@ def main() -> None:
                 med <= TARGET_RSS_MB,
                 peaks_mb,
                 f"{args.rounds} fresh processes x {batches_per_round * BATCH_SIZE:,} events; "
-                f"max sampled VmRSS {median(sampled_mb):.0f} MB (median)" + other_peaks[-1],
+                f"max sampled VmRSS {median(sampled_mb):.0f} MB (median)"
+                + memory_notes({key: median([m[key] for m in memories]) for key in memories[0]}),
             )
         ],
         quick=args.quick,

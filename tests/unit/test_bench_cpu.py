@@ -66,36 +66,36 @@ def test_cpu_meter_splits_the_server_from_its_projector(tmp_path: Path) -> None:
         process.wait()
 
 
-#: Holds 40 MB, starts a child (``project``) holding 160 MB that touches the marker file given as
-#: its last argument, and a second child (an API worker) holding 40 MB; all then sleep.
+#: Holds 40 MB and starts a child (``project``) holding 160 MB and a second child (an API
+#: worker) holding 40 MB; each touches ``<directory given>/<its role>`` once it holds its
+#: memory; all then sleep.
 HOLDER = (
-    "import subprocess, sys, time\n"
+    "import pathlib, subprocess, sys, time\n"
     "held = bytearray(40 << 20)\n"
-    "for argv in (['project', sys.argv[1]], ['worker']):\n"
-    "    subprocess.Popen([sys.executable, '-c', CHILD, *argv])\n"
+    "for role in ('project', 'worker'):\n"
+    "    subprocess.Popen([sys.executable, '-c', CHILD, role, sys.argv[1]])\n"
+    "pathlib.Path(sys.argv[1], 'api').touch()\n"
     "time.sleep(60)\n"
 )
 HELD = (
     "import pathlib, sys, time\n"
     "held = bytearray((160 if sys.argv[1] == 'project' else 40) << 20)\n"
-    "if sys.argv[1] == 'project': pathlib.Path(sys.argv[-1]).touch()\n"
+    "pathlib.Path(sys.argv[2], sys.argv[1]).touch()\n"
     "time.sleep(60)\n"
 )
 
 
 def test_memory_counts_the_api_processes_not_the_projector(tmp_path: Path) -> None:
-    marker = tmp_path / "held"
     process = subprocess.Popen(
-        [sys.executable, "-c", f"CHILD = {HELD!r}\n" + HOLDER, str(marker)],
+        [sys.executable, "-c", f"CHILD = {HELD!r}\n" + HOLDER, str(tmp_path)],
         start_new_session=True,
     )
     server = ServerProcess("stand-in", [], {}, tmp_path / "log", 0, process=process)
     try:
         deadline = time.monotonic() + 30
-        while not marker.exists() or len(server_children(process.pid)) < 2:
-            assert time.monotonic() < deadline, "the stand-in never started its children"
+        while not all((tmp_path / role).exists() for role in ("api", "project", "worker")):
+            assert time.monotonic() < deadline, "the stand-in and its children never held memory"
             time.sleep(0.05)
-        time.sleep(0.5)  # the worker's allocation
         mb = {key: value / 1024 for key, value in server.memory_kb().items()}
         # the largest API process holds 40 MB and an interpreter, not the projector's 160 MB
         assert 40 < mb["VmHWM"] < 100, mb
@@ -107,11 +107,3 @@ def test_memory_counts_the_api_processes_not_the_projector(tmp_path: Path) -> No
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-
-
-def server_children(pid: int) -> list[str]:
-    return [
-        child
-        for task in Path(f"/proc/{pid}/task").iterdir()
-        for child in (task / "children").read_text().split()
-    ]
