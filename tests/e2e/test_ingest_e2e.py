@@ -587,7 +587,13 @@ def test_when_s3_refuses_a_blob_the_request_is_503_and_appends_nothing(
         # Values below the threshold never touch S3: the same call with a small input lands.
         event["tool_input"] = {"content": "small"}
         assert client.post("/v1/events", json=event).status_code == 201
-        assert len(client.get("/v1/streams/session/s3-down/events").json()["items"]) >= 1
+        items = client.get("/v1/streams/session/s3-down/events").json()["items"]
+        # Only the landed call: its implied status change, then the call with the small input.
+        assert [(i["version"], i["type"]) for i in items] == [
+            (1, "SessionStatusChanged"),
+            (2, "ToolCallStarted"),
+        ]
+        assert items[1]["payload"]["tool_input"] == {"content": "small"}
 
 
 def read_sse(lines: Any, count: int) -> list[dict[str, Any]]:
