@@ -34,6 +34,7 @@ from projections.schema import (
     TOOL_CALLS,
     TRACE_SUMMARIES,
     Table,
+    clean_text,
     decoders,
     iso,
 )
@@ -374,6 +375,9 @@ class Views:
         sql = f"SELECT {', '.join(columns)} FROM {table.name} WHERE {' AND '.join(where)} ORDER BY {order_by}"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
+        # Text is stored without NUL characters (``clean_text``); a value holding one is looked
+        # up as it was stored (PostgreSQL would refuse it as a parameter).
+        params = [clean_text(p) if isinstance(p, str) else p for p in params]
         cursor = conn.cursor()
         cursor.execute(render(sql, self.db.dialect), params)
         decode = decoders(table, self.db.dialect, columns)
@@ -400,7 +404,7 @@ class Views:
     ) -> Page:
         size = clamp_limit(limit)
         where, params = list(where), list(params)
-        if cursor is not None:
+        if cursor:  # None or "" (an empty ?cursor=): the first page
             after = decode_cursor(cursor, listing, types)
             where.append(
                 f"({', '.join(sort)}) {'<' if descending else '>'} ({', '.join('?' * len(sort))})"

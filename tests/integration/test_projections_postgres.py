@@ -309,6 +309,28 @@ def test_values_postgres_refuses_are_stored_cleaned_and_rebuild_the_same(
     assert dump_tables(pg_db) == before
 
 
+def test_reads_by_an_id_holding_nul_find_the_row_as_it_was_stored(
+    pg_ledger: Ledger, pg_db: PostgresDatabase
+) -> None:
+    # PostgreSQL refuses NUL in a text parameter: the lookup used to fail (HTTP 500); the row
+    # itself is stored with U+FFFD in its place.
+    projector = Projector(pg_ledger, pg_db)
+    projector.create_tables()
+    writer = Writer(pg_ledger)
+    writer.add("session", "s\x00nul", "start", agent="claude-code")
+    writer.add("session", "s\x00nul", "start_tool_call", tool_use_id="toolu_1", tool_name="Bash",
+               tool_input={"command": "ls"}, tool_input_sha256="0" * 64)  # fmt: skip
+    writer.flush()
+    assert projector.run_once() == 2  # the position it folded to: the start, the call
+    views = Views(pg_db)
+    session = views.get_session("default", "s\x00nul")
+    assert session is not None
+    assert session["session_id"] == "s\ufffdnul"
+    calls = views.list_tool_calls("default", "s\x00nul")["items"]
+    assert [c["tool_use_id"] for c in calls] == ["toolu_1"]
+    assert views.list_approvals("default", session_id="s\x00nul")["items"] == []
+
+
 @pytest.mark.parametrize(
     ("page_size", "batch_size", "cache_rows"),
     [
