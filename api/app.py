@@ -50,8 +50,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     guarded = [Depends(require_token)]
     app.include_router(ingest.router)  # checks the token itself (api.deps.ingest_context)
-    app.include_router(reads.router, dependencies=guarded)
-    app.include_router(audit.router, dependencies=guarded)
+    unauthorized = problems.problem_responses(401)
+    app.include_router(reads.router, dependencies=guarded, responses=unauthorized)
+    app.include_router(audit.router, dependencies=guarded, responses=unauthorized)
     app.include_router(ops.router)
     _document_event_bodies(app)
     return app
@@ -75,6 +76,7 @@ def _document_event_bodies(app: FastAPI) -> None:
         body = TypeAdapter(TypedEvent | EventBatch).json_schema(ref_template=template)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(body.pop("$defs", {}))
+        components["Problem"] = problems.Problem.model_json_schema(ref_template=template)
         operation = schema["paths"]["/v1/events"]["post"]
         operation["requestBody"] = {
             "required": True,

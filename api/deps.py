@@ -16,14 +16,21 @@ from api.problems import BadRequestError, UnauthorizedError
 from infra.runtime import Runtime
 
 PROJECT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: How OpenAPI shows a project header or query parameter (what ``resolve_project`` accepts).
+#: Empty counts as not given (``resolve_project``).
+PROJECT_SCHEMA = {
+    "type": "string",
+    "pattern": "^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$",
+    "maxLength": 64,
+}
 
 #: OpenAPI description of the project header and query parameter, for routes that resolve them
 #: with ``ingest_context`` instead of dependencies.
 PROJECT_PARAMETERS = [
     {"name": "X-Runledger-Project", "in": "header", "required": False,
-     "description": "Project (tenant).", "schema": {"type": "string"}},
+     "description": "Project (tenant).", "schema": PROJECT_SCHEMA},
     {"name": "project", "in": "query", "required": False,
-     "description": "Project (tenant); the header wins.", "schema": {"type": "string"}},
+     "description": "Project (tenant); the header wins.", "schema": PROJECT_SCHEMA},
 ]  # fmt: skip
 
 
@@ -37,13 +44,15 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 def resolve_project(runtime: Runtime, header: str | None, query: str | None) -> str:
-    """The project of a request: ``X-Runledger-Project`` header, ``?project=``, or the default.
+    """The project of a request: ``X-Runledger-Project`` header, ``?project=``, or the default
+    (an empty header or query value counts as not given; a given header wins and the query is
+    then not read).
 
     Raises:
         BadRequestError: not 1-64 of ``[A-Za-z0-9_.-]`` starting alphanumeric.
     """
     value = header or query or runtime.settings.default_project
-    if not PROJECT_PATTERN.match(value):
+    if not PROJECT_PATTERN.fullmatch(value):  # match: "$" would let a trailing "\n" by
         raise BadRequestError(
             f"invalid project {value!r}: 1-64 of [A-Za-z0-9_.-], starting alphanumeric"
         )
@@ -64,10 +73,20 @@ def check_token(runtime: Runtime, authorization: str | None) -> None:
         raise UnauthorizedError("a valid bearer token is required")
 
 
+#: Documented, not enforced by FastAPI: ``resolve_project`` refuses with a 400 problem, as the
+#: ingest routes do.
+_PROJECT_EXTRA = {"pattern": PROJECT_SCHEMA["pattern"], "maxLength": 64}
+
+
 async def get_project(
     runtime: RuntimeDep,
-    x_runledger_project: Annotated[str | None, Header(description="Project (tenant).")] = None,
-    project: Annotated[str | None, Query(description="Project (tenant); the header wins.")] = None,
+    x_runledger_project: Annotated[
+        str | None, Header(description="Project (tenant).", json_schema_extra=_PROJECT_EXTRA)
+    ] = None,
+    project: Annotated[
+        str | None,
+        Query(description="Project (tenant); the header wins.", json_schema_extra=_PROJECT_EXTRA),
+    ] = None,
 ) -> str:
     """``resolve_project`` as a dependency (documents the header and the query parameter)."""
     return resolve_project(runtime, x_runledger_project, project)

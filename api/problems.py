@@ -7,13 +7,16 @@ raise ``HTTPException`` for domain conditions. Problem types are URIs under
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from eventsourcing.persistence import IntegrityError, OperationalError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.hooks import HookPayloadError
 from api.otlp import OTLPDecodeError, PayloadTooLargeError, UnsupportedMediaTypeError
@@ -73,6 +76,42 @@ PROBLEMS: dict[type[Exception], tuple[int, str, str]] = {
     IntegrityError: (503, "write-contention", "Write contention, retry"),
     OperationalError: (503, "store-unavailable", "Event store unavailable"),
 }
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details object, as every error answer carries it
+    (``application/problem+json``). Members beyond these are extensions: a domain error's own
+    fields (``external_id``, ``expected``, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(
+        description="URI of the problem type: https://runledger.dev/problems/<slug>, or about:blank"
+    )
+    title: str = Field(description="Short summary of the problem type")
+    status: int = Field(description="The HTTP status code of this answer")
+    detail: str = Field(description="What went wrong with this request")
+    instance: str | None = Field(default=None, description="The request's path")
+    errors: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Validation errors (422, malformed-json 400): each {loc, msg, type}",
+    )
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses`` declaring that a route may answer ``statuses`` with a ``Problem``
+    (``application/problem+json``; the problem's ``type`` tells which, see ``PROBLEMS``). The
+    ``Problem`` schema itself is put into the document's components by ``api.app``."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        description = f"{HTTPStatus(status).phrase} (RFC 9457 problem details)"
+        if status == 401:
+            description += "; only when `RUNLEDGER_API_TOKEN` is set"
+        responses[status] = {
+            "description": description,
+            "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+    return responses
 
 
 def lookup(error: BaseException) -> tuple[int, str, str]:
@@ -153,6 +192,41 @@ def install(app: FastAPI) -> None:
             "detail": str(error.detail),
             "instance": request.url.path,
         }
-        return problem_response(error.status_code, body, dict(error.headers or {}))
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return problem_response(error.status_code, body, headers)
 
     app.add_exception_handler(StarletteHTTPException, http_error)
+
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        # Starlette's ServerErrorMiddleware calls this, then re-raises for the server to log.
+        body = {
+            "type": "about:blank",
+            "title": "Internal Server Error",
+            "status": 500,
+            "detail": "the server failed to answer; the error is in its log",
+            "instance": request.url.path,
+        }
+        return problem_response(500, body)
+
+    app.add_exception_handler(Exception, unexpected)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route serves at the request's path: a 405's ``Allow`` (RFC 9110
+    §15.5.6 lists all of the resource's methods; Starlette names only the first matching
+    route's, and ``/v1/traces`` has a ``GET`` and a ``POST`` route). Each method is tried
+    against the routes' own ``matches``."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    ]
+
+
+#: The methods ``allowed_methods`` tries (RFC 9110 §9 and PATCH), in the order ``Allow`` lists them.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

@@ -530,7 +530,7 @@ class WorkspaceBaselineCapturedBody(_SessionBody):
         if self.files is None and self.output is None:
             raise ValueError("give files (a list of lines) or output (newline-joined lines)")
         for line in self.lines():
-            if not BASELINE_LINE.match(line):
+            if not BASELINE_LINE.fullmatch(line):  # match: "$" lets a trailing "\n" by
                 raise ValueError(
                     f'not a baseline line "<XY> <sha256|deleted|unreadable> <path>": {line!r}'
                 )

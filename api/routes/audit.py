@@ -18,20 +18,25 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime
 
 from api.deps import ProjectDep, RuntimeDep
-from api.problems import BadRequestError
+from api.problems import BadRequestError, problem_responses
 from api.render import jsonable, render_event
 from domain.base import canonical_json, stream_id
 from infra.runtime import Runtime
 
-router = APIRouter(prefix="/v1", tags=["audit"])
+# 400: a bad project (or query combination); 422: a query parameter of the wrong type or range.
+router = APIRouter(prefix="/v1", tags=["audit"], responses=problem_responses(400, 422))
 
 Kind = Literal["session", "trace", "approval", "chain"]
+
+#: Positions and versions are 64-bit signed in both stores (BIGINT; SQLite INTEGER), which refuse
+#: a larger parameter: a bound, so that such a value is a 422, not a failed query.
+INT64_MAX = 2**63 - 1
 
 
 def stream_history(
@@ -98,13 +103,17 @@ def stream_state(
     }
 
 
-@router.get("/streams/{kind}/{external_id}/events", summary="A stream's history")
+@router.get(
+    "/streams/{kind}/{external_id}/events",
+    summary="A stream's history",
+    responses=problem_responses(404),
+)
 async def get_stream_events(
     runtime: RuntimeDep,
     project: ProjectDep,
     kind: Kind,
     external_id: str,
-    after_version: Annotated[int, Query(ge=0)] = 0,
+    after_version: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:
     """Events in version order: ``{"stream_id", "version", "items": [...], "next_after_version"}``."""
@@ -113,13 +122,17 @@ async def get_stream_events(
     )
 
 
-@router.get("/streams/{kind}/{external_id}/state", summary="A stream's state at a version or time")
+@router.get(
+    "/streams/{kind}/{external_id}/state",
+    summary="A stream's state at a version or time",
+    responses=problem_responses(404),
+)
 async def get_stream_state(
     runtime: RuntimeDep,
     project: ProjectDep,
     kind: Kind,
     external_id: str,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
     as_of: Annotated[AwareDatetime | None, Query(description="RFC 3339 with offset")] = None,
 ) -> dict[str, Any]:
     """``{"version", "as_of", "state"}``; a session's state holds its criterion states and phase blocks."""
@@ -133,6 +146,8 @@ def log_page(
 ) -> tuple[list[dict[str, Any]], int]:
     """``(rendered events, last position read)``: up to ``limit`` positions after ``after``,
     the events of ``project`` among them (``None``: all; positions stay global)."""
+    if after >= INT64_MAX:  # no position follows it (and after + 1 is beyond BIGINT)
+        return [], after
     notifications = runtime.ledger.recorder.select_notifications(start=after + 1, limit=limit)
     items = []
     for notification in notifications:
@@ -152,7 +167,9 @@ def read_log(runtime: Runtime, after: int, limit: int, project: str | None) -> d
 async def get_log(
     runtime: RuntimeDep,
     project: ProjectDep,
-    after: Annotated[int, Query(ge=0, description="position (notification_id) to read after")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=INT64_MAX, description="position (notification_id) to read after")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> dict[str, Any]:
     """``{"items": [...], "next_after": position, "head": position}`` for the request's project."""
@@ -171,11 +188,12 @@ TAIL_PAGE = 500
     summary="Live tail of the global log (Server-Sent Events, resumable with Last-Event-ID)",
     response_class=StreamingResponse,
     responses={
+        **problem_responses(400),
         200: {
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
             "description": "one message per event: `id` its position, `event` its type, "
             "`data` the event as `GET /v1/log` renders it",
-        }
+        },
     },
 )
 async def tail_log(
@@ -184,7 +202,11 @@ async def tail_log(
     project: ProjectDep,
     after: Annotated[
         int | None,
-        Query(ge=0, description="position to start after (default: the head: new events only)"),
+        Query(
+            ge=0,
+            le=INT64_MAX,
+            description="position to start after (default: the head: new events only)",
+        ),
     ] = None,
     last_event_id: Annotated[
         str | None,
@@ -199,7 +221,10 @@ async def tail_log(
     New events show within ``TAIL_POLL_S`` of their commit. 400 problem+json when
     ``Last-Event-ID`` is not a position."""
     if last_event_id:
-        if not last_event_id.isdigit():
+        # ASCII digits only ("²".isdigit() holds, and int() refuses it), within BIGINT (19
+        # digits at most, checked before int() reads them).
+        digits = last_event_id.isascii() and last_event_id.isdigit() and len(last_event_id) <= 19
+        if not digits or int(last_event_id) > INT64_MAX:
             raise BadRequestError(
                 f"Last-Event-ID must be a log position (a non-negative integer), got {last_event_id!r}"
             )
@@ -243,8 +268,30 @@ async def _tail(
         await asyncio.sleep(TAIL_POLL_S)
 
 
-@router.get("/blobs/{sha256}", summary="A large value referenced by an event")
-async def get_blob(runtime: RuntimeDep, sha256: str) -> Response:
+@router.get(
+    "/blobs/{sha256}",
+    summary="A large value referenced by an event",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+            "description": "the blob's bytes",
+        },
+        **problem_responses(404, 503),
+    },
+)
+async def get_blob(
+    runtime: RuntimeDep,
+    sha256: Annotated[
+        str,
+        Path(
+            description="sha256 hex of the blob (as an event's blob reference gives it)",
+            json_schema_extra={"pattern": "^[0-9A-Fa-f]{64}$"},
+        ),
+    ],
+) -> Response:
     """The blob's bytes (``application/octet-stream``). 404 problem+json when unknown."""
     if len(sha256) != 64:
         raise BadRequestError("sha256 must be 64 hex characters")

@@ -23,7 +23,13 @@ from api.deps import PROJECT_PARAMETERS, ingest_context
 from api.hooks import map_hook
 from api.offload import make_offload
 from api.otlp import decode_export_request, encode_export_response
-from api.problems import BadRequestError, BodyTooLargeError, problem_body, problem_response
+from api.problems import (
+    BadRequestError,
+    BodyTooLargeError,
+    problem_body,
+    problem_response,
+    problem_responses,
+)
 from api.schemas import EventBatch, EventResults, TypedEvent, to_commands
 from domain.base import EventMeta, content_sha256, may_hold_big_int
 from domain.ledger import Command, Outcome
@@ -136,6 +142,7 @@ def event_results(outcomes: list[Outcome]) -> bytes:
     responses={
         201: {"description": "single event created"},
         200: {"description": "batch, or a duplicate"},
+        **problem_responses(400, 401, 404, 409, 413, 422, 503),
     },
 )
 async def post_events(request: Request) -> Response:
@@ -173,8 +180,30 @@ async def post_events(request: Request) -> Response:
 
 @router.post(
     "/hooks/claude-code",
-    openapi_extra={"parameters": PROJECT_PARAMETERS},
+    openapi_extra={
+        "parameters": PROJECT_PARAMETERS,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["session_id", "hook_event_name"],
+                        "description": "A Claude Code hook's input as its HTTP hooks post it "
+                        "(session_id, hook_event_name, ...; SOURCES.md)",
+                    }
+                }
+            },
+        },
+    },
     summary="Any Claude Code hook payload, as Claude Code's HTTP hooks post it",
+    responses={
+        200: {
+            "description": "recorded (or a duplicate): `{}`, no decision",
+            "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+        },
+        **problem_responses(400, 401, 409, 413, 422, 503),
+    },
 )
 async def post_claude_code_hook(request: Request) -> Response:
     """Record one Claude Code hook event (SessionStart, PreToolUse, PostToolUse, ... and unknown ones).
@@ -211,8 +240,30 @@ def span_command(span: dict[str, Any], project: str) -> Command:
 
 @router.post(
     "/traces",
-    openapi_extra={"parameters": PROJECT_PARAMETERS},
+    openapi_extra={
+        "parameters": PROJECT_PARAMETERS,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+            "description": "opentelemetry-proto ExportTraceServiceRequest; "
+            "Content-Encoding: gzip accepted",
+        },
+    },
     summary="OTLP/HTTP ExportTraceServiceRequest (application/x-protobuf or application/json, gzip)",
+    responses={
+        200: {
+            "description": "ExportTraceServiceResponse (opentelemetry-proto "
+            "collector/trace/v1), in the request's encoding",
+            "content": {
+                "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        },
+        **problem_responses(400, 401, 413, 415, 503),
+    },
 )
 async def post_traces(request: Request) -> Response:
     """Record spans (OTLP/HTTP, https://opentelemetry.io/docs/specs/otlp/#otlphttp).

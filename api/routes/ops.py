@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.deps import RuntimeDep
+from api.problems import problem_responses
 
 router = APIRouter(tags=["ops"])
 
@@ -21,7 +22,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: stores reachable, projections' lag")
+@router.get(
+    "/readyz",
+    summary="Readiness: stores reachable, projections' lag",
+    responses=problem_responses(503),
+)
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     """200 with head position and projection lag when the event store and the blob store (S3:
     the bucket; local: the directory) answer; 503 problem+json otherwise."""

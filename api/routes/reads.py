@@ -13,17 +13,23 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import ProjectDep, RuntimeDep
-from api.problems import BadRequestError
+from api.problems import BadRequestError, problem_responses
 from domain.errors import NotFoundError
 from projections.views import InvalidCursorError
 
-router = APIRouter(prefix="/v1", tags=["read"])
+# 400: a bad project or cursor; 422: a query parameter of the wrong type or range.
+router = APIRouter(prefix="/v1", tags=["read"], responses=problem_responses(400, 422))
+#: Routes of one row answer 404 when the read model has no such row (yet).
+NOT_FOUND = problem_responses(404)
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
-Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
+Cursor = Annotated[
+    str | None,
+    Query(description="next_cursor of the previous page; absent or empty: the first page"),
+]
 
 
 class ReadModelNotFoundError(NotFoundError):
@@ -59,7 +65,7 @@ async def list_sessions(
     )
 
 
-@router.get("/sessions/{session_id}", summary="One session")
+@router.get("/sessions/{session_id}", summary="One session", responses=NOT_FOUND)
 async def get_session(runtime: RuntimeDep, project: ProjectDep, session_id: str) -> dict[str, Any]:
     """One session's row. 404 problem+json when unknown."""
     return _found(
@@ -121,7 +127,7 @@ async def list_chains(
     )
 
 
-@router.get("/chains/{chain_id}", summary="One chain with its stages")
+@router.get("/chains/{chain_id}", summary="One chain with its stages", responses=NOT_FOUND)
 async def get_chain(runtime: RuntimeDep, project: ProjectDep, chain_id: str) -> dict[str, Any]:
     """The chain summary plus ``stages`` in stage-number order."""
     return _found(await _call(runtime.views.get_chain, project, chain_id), "chain", chain_id)
@@ -141,7 +147,7 @@ async def list_traces(
     )
 
 
-@router.get("/traces/{trace_id}", summary="One trace as a span tree")
+@router.get("/traces/{trace_id}", summary="One trace as a span tree", responses=NOT_FOUND)
 async def get_trace(runtime: RuntimeDep, project: ProjectDep, trace_id: str) -> dict[str, Any]:
     """The trace summary plus ``spans``: roots with nested ``children``, by start time."""
     return _found(

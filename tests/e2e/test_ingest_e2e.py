@@ -660,10 +660,26 @@ def test_the_log_tail_streams_commits_as_server_sent_events_and_resumes(
             replayed = read_sse(tail.iter_lines(), 5)  # the session's start, then m0 .. m3
         assert [m["data"]["event_id"] for m in replayed[1:]] == [f"tail-{n}" for n in range(4)]
 
-        bad = client.get("/v1/log/tail", headers={"Last-Event-ID": "abc"})
-        assert bad.status_code == 400
-        assert bad.headers["content-type"] == "application/problem+json"
-        assert "Last-Event-ID" in bad.json()["detail"]
+        # Not a position: letters, a superscript digit (str.isdigit() holds for it), beyond
+        # BIGINT, more digits than int() reads. Each used to be a 500 but the first.
+        for value in (b"abc", b"\xb2", str(2**63).encode(), b"1" * 5000):
+            bad = client.get("/v1/log/tail", headers={"Last-Event-ID": value})
+            assert bad.status_code == 400, value
+            assert bad.headers["content-type"] == "application/problem+json"
+            assert "Last-Event-ID" in bad.json()["detail"]
+        # Positions and versions beyond BIGINT are refused before the stores see them.
+        for path, param in (
+            ("/v1/log", "after"),
+            ("/v1/log/tail", "after"),
+            ("/v1/streams/session/tailed/events", "after_version"),
+            ("/v1/streams/session/tailed/state", "version"),
+        ):
+            beyond = client.get(path, params={param: 2**63})
+            assert beyond.status_code == 422, (path, beyond.text)
+            assert beyond.json()["errors"][0]["loc"] == ["query", param]
+        last = client.get("/v1/log", params={"after": 2**63 - 1})  # was a 500: after + 1
+        assert last.status_code == 200
+        assert last.json()["items"] == []
 
 
 def test_a_closed_tail_stops_reading_the_log(

@@ -1,10 +1,20 @@
-"""The OpenAPI document at /docs describes every ingest body."""
+"""The OpenAPI document at /docs describes every ingest body and every error answer."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import re
+from types import SimpleNamespace
+from typing import Any
 
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from api import problems
 from api.app import create_app
+from api.deps import resolve_project
+from api.problems import MEDIA_TYPE, BadRequestError
 from infra.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -60,3 +70,100 @@ def test_status_fields_list_the_domains_states_and_refuse_others() -> None:
         assert schemas[model.__name__]["properties"][field]["enum"] == list(states)
         with pytest.raises(ValidationError, match="must be one of"):
             model.model_validate({field: "no-such-state"})
+
+
+def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (path, method, operation)
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+    ]
+
+
+def test_every_error_answer_is_documented_as_a_problem() -> None:
+    document = create_app(Settings()).openapi()
+    schemas = document["components"]["schemas"]
+    # FastAPI's own 422 body ({"detail": [...]}) is not what the API answers.
+    assert "HTTPValidationError" not in schemas
+    assert set(schemas["Problem"]["required"]) == {"type", "title", "status", "detail"}
+    problem = {"$ref": "#/components/schemas/Problem"}
+    for path, _, operation in _operations(document):
+        for status, response in operation["responses"].items():
+            if int(status) >= 400:
+                assert response["content"] == {MEDIA_TYPE: {"schema": problem}}, (path, status)
+    declared = {
+        (path, method): {int(s) for s in op["responses"] if int(s) >= 400}
+        for path, method, op in _operations(document)
+    }
+    assert declared[("/v1/events", "post")] == {400, 401, 404, 409, 413, 422, 503}
+    assert declared[("/v1/traces", "post")] == {400, 401, 413, 415, 503}
+    assert declared[("/v1/sessions", "get")] == {400, 401, 422}
+    assert declared[("/v1/sessions/{session_id}", "get")] == {400, 401, 404, 422}
+    assert declared[("/v1/blobs/{sha256}", "get")] == {400, 401, 404, 422, 503}
+    assert declared[("/readyz", "get")] == {503}
+    assert declared[("/healthz", "get")] == set()
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "a", "default", "team-a.prod_1", "a" * 64, "a" * 65, "-a", "a b", "abc\n", "ü", "a/b"],
+)
+def test_the_documented_project_pattern_is_what_the_api_accepts(value: str) -> None:
+    document = create_app(Settings()).openapi()
+    params = [
+        p
+        for _, _, op in _operations(document)
+        for p in op.get("parameters", [])
+        if p["name"].lower() in ("project", "x-runledger-project")
+    ]
+    for path, _, op in _operations(document):
+        if path.startswith("/v1/") and path not in ("/v1/blobs/{sha256}", "/v1/projections"):
+            names = {p["name"].lower() for p in op.get("parameters", [])}
+            assert {"project", "x-runledger-project"} <= names, path
+    runtime = SimpleNamespace(settings=SimpleNamespace(default_project="fallback"))
+    try:
+        resolved = resolve_project(runtime, None, value)  # type: ignore[arg-type]
+    except BadRequestError:
+        accepted = False
+    else:
+        accepted = True
+        assert resolved == (value or "fallback")  # empty: not given
+    for param in params:
+        schema = param["schema"]
+        pattern = schema.get("pattern") or next(
+            s["pattern"] for s in schema["anyOf"] if "pattern" in s
+        )
+        documented = re.fullmatch(pattern, value) is not None and len(value) <= schema["maxLength"]
+        assert documented == accepted, (param["name"], value)
+
+
+def test_a_baseline_line_with_a_trailing_newline_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from api.schemas import WorkspaceBaselineCapturedBody
+
+    line = "M  " + "d" * 64 + " a.py"
+    body = {"type": "session.workspace_baseline_captured", "session_id": "s1"}
+    assert WorkspaceBaselineCapturedBody.model_validate({**body, "files": [line]}).lines() == [line]
+    with pytest.raises(ValidationError, match="not a baseline line"):
+        WorkspaceBaselineCapturedBody.model_validate({**body, "files": [line + "\n"]})
+
+
+def test_an_unexpected_error_is_answered_as_a_problem_too() -> None:
+    app = FastAPI()
+    problems.install(app)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/boom")
+
+    answer = asyncio.run(call())
+    assert answer.status_code == 500
+    assert answer.headers["content-type"] == MEDIA_TYPE
+    assert answer.json()["status"] == 500
+    assert "a bug" not in answer.text  # the error goes to the log, not to the client
