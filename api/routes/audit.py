@@ -58,7 +58,9 @@ def stream_history(
     sid = stream_id(project, kind, external_id)
     version = runtime.ledger.current_version(sid)
     last = page[-1].originator_version if page else after_version
-    positions = runtime.log.positions(sid, from_version=after_version + 1, to_version=last)
+    positions = (  # an empty page reads none (and after_version may be the largest BIGINT)
+        runtime.log.positions(sid, from_version=after_version + 1, to_version=last) if page else {}
+    )
     items = [render_event(e, positions.get(e.originator_version)) for e in page]
     more = last < version
     return {

@@ -677,9 +677,14 @@ def test_the_log_tail_streams_commits_as_server_sent_events_and_resumes(
             beyond = client.get(path, params={param: 2**63})
             assert beyond.status_code == 422, (path, beyond.text)
             assert beyond.json()["errors"][0]["loc"] == ["query", param]
-        last = client.get("/v1/log", params={"after": 2**63 - 1})  # was a 500: after + 1
+        # The largest position or version: nothing after it (each was a 500: after + 1).
+        last = client.get("/v1/log", params={"after": 2**63 - 1})
         assert last.status_code == 200
         assert last.json()["items"] == []
+        events = "/v1/streams/session/tailed/events"
+        last = client.get(events, params={"after_version": 2**63 - 1})
+        assert last.status_code == 200
+        assert last.json()["items"] == [] and last.json()["next_after_version"] is None
 
 
 def test_a_closed_tail_stops_reading_the_log(
