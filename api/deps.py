@@ -16,8 +16,8 @@ from api.problems import BadRequestError, UnauthorizedError
 from infra.runtime import Runtime
 
 PROJECT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-#: How OpenAPI shows a project header or query parameter (what ``resolve_project`` accepts).
-#: Empty counts as not given (``resolve_project``).
+#: How OpenAPI shows a project header or query parameter: what ``resolve_project`` accepts,
+#: empty included (it counts as not given).
 PROJECT_SCHEMA = {
     "type": "string",
     "pattern": "^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$",
@@ -75,7 +75,7 @@ def check_token(runtime: Runtime, authorization: str | None) -> None:
 
 #: Documented, not enforced by FastAPI: ``resolve_project`` refuses with a 400 problem, as the
 #: ingest routes do.
-_PROJECT_EXTRA = {"pattern": PROJECT_SCHEMA["pattern"], "maxLength": 64}
+_PROJECT_EXTRA = {key: PROJECT_SCHEMA[key] for key in ("pattern", "maxLength")}
 
 
 async def get_project(
