@@ -15,14 +15,12 @@ from fastapi import Depends, Header, Query, Request
 from api.problems import BadRequestError, UnauthorizedError
 from infra.runtime import Runtime
 
-PROJECT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_PROJECT = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+#: A project name (``fullmatch``).
+PROJECT_PATTERN = re.compile(_PROJECT)
 #: How OpenAPI shows a project header or query parameter: what ``resolve_project`` accepts,
 #: empty included (it counts as not given).
-PROJECT_SCHEMA = {
-    "type": "string",
-    "pattern": "^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$",
-    "maxLength": 64,
-}
+PROJECT_SCHEMA = {"type": "string", "pattern": f"^(?:{_PROJECT})?$", "maxLength": 64}
 
 #: OpenAPI description of the project header and query parameter, for routes that resolve them
 #: with ``ingest_context`` instead of dependencies.
@@ -52,7 +50,7 @@ def resolve_project(runtime: Runtime, header: str | None, query: str | None) -> 
         BadRequestError: not 1-64 of ``[A-Za-z0-9_.-]`` starting alphanumeric.
     """
     value = header or query or runtime.settings.default_project
-    if not PROJECT_PATTERN.fullmatch(value):  # match: "$" would let a trailing "\n" by
+    if not PROJECT_PATTERN.fullmatch(value):
         raise BadRequestError(
             f"invalid project {value!r}: 1-64 of [A-Za-z0-9_.-], starting alphanumeric"
         )

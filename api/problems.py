@@ -213,6 +213,10 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
+#: The methods ``allowed_methods`` tries (RFC 9110 §9 and PATCH), in the order ``Allow`` lists them.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def allowed_methods(request: Request) -> list[str]:
     """The methods some route serves at the request's path: a 405's ``Allow`` (RFC 9110
     §15.5.6 lists all of the resource's methods; Starlette names only the first matching
@@ -226,7 +230,3 @@ def allowed_methods(request: Request) -> list[str]:
             route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
         )
     ]
-
-
-#: The methods ``allowed_methods`` tries (RFC 9110 §9 and PATCH), in the order ``Allow`` lists them.
-_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

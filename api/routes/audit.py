@@ -28,15 +28,15 @@ from api.problems import BadRequestError, problem_responses
 from api.render import jsonable, render_event
 from domain.base import canonical_json, stream_id
 from infra.runtime import Runtime
+from projections.schema import INT64_MAX
 
 # 400: a bad project (or query combination); 422: a query parameter of the wrong type or range.
 router = APIRouter(prefix="/v1", tags=["audit"], responses=problem_responses(400, 422))
 
 Kind = Literal["session", "trace", "approval", "chain"]
 
-#: Positions and versions are 64-bit signed in both stores (BIGINT; SQLite INTEGER), which refuse
-#: a larger parameter: a bound, so that such a value is a 422, not a failed query.
-INT64_MAX = 2**63 - 1
+# Positions and versions are 64-bit signed in both stores (BIGINT; SQLite INTEGER), which refuse
+# a larger parameter: query values are bounded by INT64_MAX, so that one is a 422.
 
 
 def stream_history(
@@ -148,9 +148,9 @@ def log_page(
 ) -> tuple[list[dict[str, Any]], int]:
     """``(rendered events, last position read)``: up to ``limit`` positions after ``after``,
     the events of ``project`` among them (``None``: all; positions stay global)."""
-    if after >= INT64_MAX:  # no position follows it (and after + 1 is beyond BIGINT)
-        return [], after
-    notifications = runtime.ledger.recorder.select_notifications(start=after + 1, limit=limit)
+    notifications = runtime.ledger.recorder.select_notifications(
+        start=after, limit=limit, inclusive_of_start=False
+    )
     items = []
     for notification in notifications:
         event = runtime.ledger.mapper.to_domain_event(notification)

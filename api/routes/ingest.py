@@ -238,16 +238,20 @@ def span_command(span: dict[str, Any], project: str) -> Command:
     return Command("trace", trace_id, "record_span", meta, {"span": span}, project)
 
 
+#: OTLP/HTTP bodies, both ways: binary protobuf or its JSON mapping.
+_OTLP_CONTENT = {
+    "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+    "application/json": {"schema": {"type": "object"}},
+}
+
+
 @router.post(
     "/traces",
     openapi_extra={
         "parameters": PROJECT_PARAMETERS,
         "requestBody": {
             "required": True,
-            "content": {
-                "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
-                "application/json": {"schema": {"type": "object"}},
-            },
+            "content": _OTLP_CONTENT,
             "description": "opentelemetry-proto ExportTraceServiceRequest; "
             "Content-Encoding: gzip accepted",
         },
@@ -257,10 +261,7 @@ def span_command(span: dict[str, Any], project: str) -> Command:
         200: {
             "description": "ExportTraceServiceResponse (opentelemetry-proto "
             "collector/trace/v1), in the request's encoding",
-            "content": {
-                "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
-                "application/json": {"schema": {"type": "object"}},
-            },
+            "content": _OTLP_CONTENT,
         },
         **problem_responses(400, 401, 413, 415, 503),
     },
