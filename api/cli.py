@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from api.render import jsonable
-from infra.runtime import build_runtime, process_parts
+from infra.runtime import build_runtime, process_parts, yield_cpu
 from infra.settings import Settings
 from infra.supervise import ChildProcess, projector_command
 
@@ -122,8 +122,10 @@ def project(
         typer.Option(help="Stop when this process is gone (serve's child projector)", hidden=True),
     ] = None,
 ) -> None:
-    """Run the projector on its own (use with ``RUNLEDGER_PROJECTOR=off`` on the API)."""
+    """Run the projector on its own (use with ``RUNLEDGER_PROJECTOR=off`` on the API), at the
+    niceness ``RUNLEDGER_PROJECTOR_NICE`` (``infra.runtime.yield_cpu``)."""
     settings = Settings()
+    yield_cpu(settings.projector_nice)
     runtime = build_runtime(settings, blobs_used=False)
     try:
         if once:

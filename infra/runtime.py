@@ -7,11 +7,13 @@ from __future__ import annotations
 import gc
 import logging
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from domain.ledger import Ledger
@@ -141,6 +143,44 @@ def tune_gc(young_threshold: int) -> None:
     process they showed in the state reads' p99."""
     if young_threshold:
         gc.set_threshold(young_threshold, 20, 100)
+
+
+def yield_cpu(nice: int) -> int:
+    """Lower this process's CPU priority to the niceness ``nice`` (0-19; a higher value already
+    set is kept, nothing is ever raised), so that under CPU contention the scheduler runs the API
+    and PostgreSQL first; idle CPU still goes to this process. For the projector
+    (``RUNLEDGER_PROJECTOR_NICE``): the write path's acknowledgements come first, the read models
+    trail further under a saturating load and catch up after it.
+
+    Call it on the main thread before any other thread starts: on Linux the niceness is a
+    thread's (``setpriority(2)``), inherited by the threads it creates. Where Linux groups a
+    session's processes for scheduling (``/proc/sys/kernel/sched_autogroup_enabled``; see
+    ``sched(7)``, "The autogroup feature"), niceness only orders the processes of one group; a
+    session leader (``serve``'s projector child runs in a session of its own) therefore sets its
+    group's niceness as well (``/proc/self/autogroup``). A process that does not lead its session
+    (``runledger project`` typed into a shell) leaves the group, which it shares with the shell,
+    alone.
+
+    Returns:
+        The niceness now in force (``os.getpriority``). Failures (no ``/proc``, a platform
+        without ``setpriority``) are logged, not raised.
+    """
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice <= current:
+        return current
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as error:
+        log.warning("could not set the niceness to %d: %s", nice, error)
+        return current
+    if os.getsid(0) == os.getpid():
+        autogroup = Path("/proc/self/autogroup")
+        try:
+            if autogroup.exists():
+                autogroup.write_text(f"{nice}\n")
+        except OSError as error:
+            log.warning("could not set the scheduling group's niceness to %d: %s", nice, error)
+    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def build_runtime(

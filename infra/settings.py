@@ -69,6 +69,15 @@ class Settings(BaseSettings):
         description="Notifications per read of the log (and per transaction near the head; "
         "catching up, the projector writes up to 20,000 events per transaction).",
     )
+    projector_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Niceness of a `runledger project` process (serve's child included): under "
+        "CPU contention the API and PostgreSQL run first, so a burst of writes is acknowledged "
+        "sooner and the read models catch up after it; idle CPU still goes to the projector. "
+        "0: the same priority as the API.",
+    )
     projector_keep_rows: int = Field(
         default=50_000,
         ge=0,

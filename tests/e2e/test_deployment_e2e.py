@@ -43,6 +43,8 @@ def test_compose_file_declares_the_deployment_and_its_commands_exist() -> None:
         env = services[name]["environment"]
         assert env["RUNLEDGER_DATABASE_URL"].startswith("postgresql://")
     assert services["api"]["environment"]["RUNLEDGER_PROJECTOR"] == "off"
+    # the projector yields the CPU to the API, as serve's child does by its niceness
+    assert services["projector"]["cpu_shares"] < services["api"].get("cpu_shares", 1024)
     # Blobs go to the MinIO service, through its S3 API.
     assert services["api"]["environment"]["RUNLEDGER_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert services["api"]["environment"]["RUNLEDGER_S3_BUCKET"]
@@ -242,6 +244,10 @@ def cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
+def niceness(pid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, pid)
+
+
 def gone(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
@@ -269,6 +275,13 @@ def test_serve_runs_its_projector_as_a_child_woken_by_each_commit_and_restarted(
     until(lambda: child_pids(serve_pid), 10, "serve started no child")
     (child,) = child_pids(serve_pid)
     assert "project" in cmdline(child) and f"--parent-pid {serve_pid}" in cmdline(child)
+    # the child yields the CPU to the API (RUNLEDGER_PROJECTOR_NICE, 10 by default), in its
+    # scheduling group too where Linux has them; serve itself keeps its priority
+    until(lambda: niceness(child) == max(10, niceness(serve_pid)), 10, "the child not niced")
+    assert niceness(serve_pid) == os.getpriority(os.PRIO_PROCESS, 0)
+    group = Path(f"/proc/{child}/autogroup")
+    if group.exists():
+        assert group.read_text().split()[-1] == str(niceness(child))
 
     def visible(session: str) -> bool:
         return httpx.get(f"{server.url}/v1/sessions/{session}", timeout=5).status_code == 200
@@ -305,10 +318,16 @@ def test_serve_runs_its_projector_as_a_child_woken_by_each_commit_and_restarted(
     # serve stopped: its child stops with it; serve killed: the child notices and stops
     server.stop()
     until(lambda: gone(child), 10, "the child outlived serve")
-    second = make_server()
+    second = make_server(RUNLEDGER_PROJECTOR_NICE="0")
     assert second.process is not None
     until(lambda: child_pids(second.process.pid), 10, "serve started no child")
     (orphan,) = child_pids(second.process.pid)
+    # bound once it started its runtime, which is after it set its priority
+    second_wake = socket_path_for(
+        Settings(data_dir=Path(second.env["RUNLEDGER_DATA_DIR"])).sqlite_path
+    )
+    until(second_wake.exists, 15, "the second child bound no wake-up socket")
+    assert niceness(orphan) == niceness(second.process.pid)  # 0: the API's priority
     second.process.kill()
     second.process.wait()
     until(lambda: gone(orphan), 10, "the child outlived a killed serve")

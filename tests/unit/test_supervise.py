@@ -3,6 +3,7 @@ processes) and ``infra.wake.DatagramSignal`` (real Unix datagram sockets)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -153,3 +154,48 @@ def test_a_socket_that_cannot_be_bound_leaves_a_plain_poll(tmp_path: Path) -> No
         signal.notify()  # nobody there: no error
     finally:
         signal.close()
+
+
+#: Calls ``yield_cpu`` for each argument in turn, then prints the niceness and the scheduling
+#: group (``/proc/self/autogroup``, "-" where Linux has none) of the process as JSON.
+YIELDER = (
+    "import json, os, sys; from pathlib import Path; from infra.runtime import yield_cpu; "
+    "returned = [yield_cpu(int(n)) for n in sys.argv[1:]]; "
+    "group = Path('/proc/self/autogroup'); "
+    "print(json.dumps({'returned': returned, 'nice': os.getpriority(os.PRIO_PROCESS, 0), "
+    "'group': group.read_text().strip() if group.exists() else '-'}))"
+)
+
+
+def yielded(*nice: int, own_session: bool) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", YIELDER, *map(str, nice)],
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=own_session,
+        timeout=60,
+    )
+    return json.loads(done.stdout)
+
+
+def own_group() -> str:
+    group = Path("/proc/self/autogroup")
+    return group.read_text().strip() if group.exists() else "-"
+
+
+def test_yield_cpu_lowers_a_session_leaders_priority_and_its_groups() -> None:
+    # serve's child projector leads a session of its own: where Linux groups sessions for
+    # scheduling, the group's niceness is what orders it against the API and PostgreSQL
+    assert os.getpriority(os.PRIO_PROCESS, 0) < 7
+    found = yielded(7, own_session=True)
+    assert found["returned"] == [7] and found["nice"] == 7
+    if own_group() != "-":
+        assert str(found["group"]).endswith(" nice 7"), found
+
+
+def test_yield_cpu_never_raises_a_priority_and_leaves_a_shared_group_alone() -> None:
+    found = yielded(9, 3, 0, own_session=False)
+    assert found["returned"] == [9, 9, 9] and found["nice"] == 9
+    # the group is the test run's own (shared with its shell): untouched
+    assert found["group"] == own_group()
