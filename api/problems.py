@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from api.head import answers_head
 from api.hooks import HookPayloadError
 from api.otlp import OTLPDecodeError, PayloadTooLargeError, UnsupportedMediaTypeError
 from domain import errors as e
@@ -223,10 +224,13 @@ def allowed_methods(request: Request) -> list[str]:
     route's, and ``/v1/traces`` has a ``GET`` and a ``POST`` route). Each method is tried
     against the routes' own ``matches``."""
     routes = request.app.router.routes
-    return [
+    allowed = {
         method
         for method in _METHODS
         if any(
             route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
         )
-    ]
+    }
+    if "GET" in allowed and answers_head(request.scope["path"]):
+        allowed.add("HEAD")  # api.head.HeadAsGet
+    return [method for method in _METHODS if method in allowed]

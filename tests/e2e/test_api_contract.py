@@ -89,8 +89,35 @@ def test_a_405_names_every_method_of_the_resource_in_allow(sqlite_server: Server
         # /v1/traces: GET (trace summaries) and POST (OTLP), two routes of two routers.
         refused = client.request("DELETE", "/v1/traces")
         assert refused.status_code == 405
-        assert refused.headers["allow"] == "GET, POST"
+        assert refused.headers["allow"] == "GET, HEAD, POST"
         assert refused.headers["content-type"] == "application/problem+json"
         assert refused.json()["status"] == 405
         assert client.put("/v1/events").headers["allow"] == "POST"
-        assert client.post("/v1/sessions/s1").headers["allow"] == "GET"
+        assert client.post("/v1/sessions/s1").headers["allow"] == "GET, HEAD"
+        # the live tail never ends: no HEAD there
+        assert client.delete("/v1/log/tail").headers["allow"] == "GET"
+
+
+def test_head_answers_the_status_and_headers_of_get_without_the_content(
+    sqlite_server: Server,
+) -> None:
+    # One keep-alive connection: a body sent after a HEAD's headers would be read as the next
+    # answer and break it.
+    with httpx.Client(base_url=sqlite_server.url, timeout=10) as client:
+        client.post(
+            "/v1/events",
+            json={"type": "session.started", "session_id": "head-1", "agent": "claude-code"},
+        ).raise_for_status()
+        for path in ("/healthz", "/v1/log", "/v1/streams/session/head-1/events", "/openapi.json"):
+            got, head = client.get(path), client.head(path)
+            assert (head.status_code, got.status_code) == (200, 200), path
+            assert head.content == b"" and len(got.content) > 0, path
+            for name in ("content-type", "content-length"):
+                assert head.headers[name] == got.headers[name], (path, name)
+        missing = client.head("/v1/streams/session/no-such-session/events")
+        assert missing.status_code == 404 and missing.content == b""
+        assert missing.headers["content-type"] == "application/problem+json"
+        assert client.head("/v1/events").status_code == 405  # POST only
+        tail = client.head("/v1/log/tail")
+        assert tail.status_code == 405 and tail.headers["allow"] == "GET"
+        assert client.get("/v1/log").json()["items"][0]["type"] == "SessionStarted"

@@ -166,3 +166,23 @@ def test_an_unexpected_error_is_answered_as_a_problem_too() -> None:
     assert answer.headers["content-type"] == MEDIA_TYPE
     assert answer.json()["status"] == 500
     assert "a bug" not in answer.text  # the error goes to the log, not to the client
+
+
+def test_head_is_left_out_exactly_where_get_streams_without_end() -> None:
+    from fastapi.datastructures import DefaultPlaceholder
+    from fastapi.responses import StreamingResponse
+    from fastapi.routing import APIRoute
+
+    from api.head import UNENDING
+    from api.routes import audit, ingest, ops, reads
+
+    streaming = set()
+    for router in (ingest.router, reads.router, audit.router, ops.router):
+        for route in router.routes:
+            assert isinstance(route, APIRoute)
+            response_class = route.response_class
+            if isinstance(response_class, DefaultPlaceholder):
+                response_class = response_class.value
+            if "GET" in route.methods and issubclass(response_class, StreamingResponse):
+                streaming.add(route.path)
+    assert streaming == UNENDING == {"/v1/log/tail"}
