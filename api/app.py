@@ -13,6 +13,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from api import problems
 from api.deps import require_token
+from api.head import HeadAsGet
 from api.routes import audit, ingest, ops, reads
 from infra.runtime import build_runtime
 from infra.settings import Settings
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
     )
     problems.install(app)
+    app.add_middleware(HeadAsGet)
     guarded = [Depends(require_token)]
     app.include_router(ingest.router)  # checks the token itself (api.deps.ingest_context)
     unauthorized = problems.problem_responses(401)
@@ -82,10 +84,33 @@ def _document_event_bodies(app: FastAPI) -> None:
             "required": True,
             "content": {"application/json": {"schema": body}},
         }
+        _document_bearer_token(schema)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+#: The security scheme of the routes that check ``RUNLEDGER_API_TOKEN`` (``api.deps.check_token``).
+BEARER = "bearerToken"
+
+
+def _document_bearer_token(schema: dict[str, Any]) -> None:
+    """Declare the bearer token (OpenAPI ``securitySchemes``, HTTP ``bearer``, RFC 6750) on every
+    operation that can answer 401: required there when the server sets ``RUNLEDGER_API_TOKEN``,
+    not asked for otherwise, hence the empty alternative (``{}``)."""
+    schema["components"]["securitySchemes"] = {
+        BEARER: {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "`Authorization: Bearer <RUNLEDGER_API_TOKEN>`; required only when "
+            "the server sets `RUNLEDGER_API_TOKEN` (else a 401 problem).",
+        }
+    }
+    for path_item in schema["paths"].values():
+        for operation in path_item.values():
+            if "401" in operation.get("responses", {}):
+                operation["security"] = [{BEARER: []}, {}]
 
 
 def app_factory() -> FastAPI:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -476,6 +477,14 @@ def test_a_token_guards_every_v1_route_and_projects_keep_tenants_apart(make_serv
         assert client.get("/v1/chains").status_code == 401
         assert client.get("/v1/log/tail").status_code == 401
         assert client.get("/healthz").status_code == 200
+        # the document names the token on exactly the operations that ask for it
+        document = client.get("/openapi.json").json()
+        assert document["components"]["securitySchemes"]["bearerToken"]["scheme"] == "bearer"
+        for path, item in document["paths"].items():
+            for method, operation in item.items():
+                answer = client.request(method, re.sub(r"\{[^}]+\}", "x", path))
+                declared = operation.get("security") == [{"bearerToken": []}, {}]
+                assert (answer.status_code == 401) == declared, (method, path, answer.status_code)
         auth = {"Authorization": "Bearer s3cret"}
         assert (
             client.post(
