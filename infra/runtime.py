@@ -156,31 +156,38 @@ def yield_cpu(nice: int) -> int:
     thread's (``setpriority(2)``), inherited by the threads it creates. Where Linux groups a
     session's processes for scheduling (``/proc/sys/kernel/sched_autogroup_enabled``; see
     ``sched(7)``, "The autogroup feature"), niceness only orders the processes of one group; a
-    session leader (``serve``'s projector child runs in a session of its own) therefore sets its
-    group's niceness as well (``/proc/self/autogroup``). A process that does not lead its session
-    (``runledger project`` typed into a shell) leaves the group, which it shares with the shell,
-    alone.
+    session leader (``serve``'s projector child runs in a session of its own) therefore lowers
+    its group's priority as well (``/proc/self/autogroup``), whatever niceness it inherited. A
+    process that does not lead its session (``runledger project`` typed into a shell) leaves the
+    group, which it shares with the shell, alone.
 
     Returns:
-        The niceness now in force (``os.getpriority``). Failures (no ``/proc``, a platform
-        without ``setpriority``) are logged, not raised.
+        The process's niceness now in force (``os.getpriority``). An ``OSError`` from
+        ``setpriority`` or from ``/proc`` is logged, not raised.
     """
     current = os.getpriority(os.PRIO_PROCESS, 0)
-    if nice <= current:
-        return current
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
-    except OSError as error:
-        log.warning("could not set the niceness to %d: %s", nice, error)
-        return current
-    if os.getsid(0) == os.getpid():
-        autogroup = Path("/proc/self/autogroup")
+    if nice > current:
         try:
-            if autogroup.exists():
-                autogroup.write_text(f"{nice}\n")
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
         except OSError as error:
-            log.warning("could not set the scheduling group's niceness to %d: %s", nice, error)
+            log.warning("could not set the niceness to %d: %s", nice, error)
+    if os.getsid(0) == os.getpid():
+        _yield_group(nice)
     return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _yield_group(nice: int) -> None:
+    """Raise this session's autogroup niceness to ``nice`` (never lower it): ``/proc/self/autogroup``
+    reads ``/autogroup-<id> nice <n>``; a kernel without autogroups has no such file."""
+    autogroup = Path("/proc/self/autogroup")
+    try:
+        group_nice = int(autogroup.read_text().split()[-1])
+        if nice > group_nice:
+            autogroup.write_text(f"{nice}\n")
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, IndexError) as error:
+        log.warning("could not set the scheduling group's niceness to %d: %s", nice, error)
 
 
 def build_runtime(

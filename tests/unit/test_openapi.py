@@ -10,11 +10,16 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.datastructures import DefaultPlaceholder
+from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
 
 from api import problems
 from api.app import create_app
 from api.deps import resolve_project
+from api.head import UNENDING
 from api.problems import MEDIA_TYPE, BadRequestError
+from api.routes import audit, ingest, ops, reads
 from infra.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -169,13 +174,6 @@ def test_an_unexpected_error_is_answered_as_a_problem_too() -> None:
 
 
 def test_head_is_left_out_exactly_where_get_streams_without_end() -> None:
-    from fastapi.datastructures import DefaultPlaceholder
-    from fastapi.responses import StreamingResponse
-    from fastapi.routing import APIRoute
-
-    from api.head import UNENDING
-    from api.routes import audit, ingest, ops, reads
-
     streaming = set()
     for router in (ingest.router, reads.router, audit.router, ops.router):
         for route in router.routes:

@@ -167,13 +167,15 @@ YIELDER = (
 )
 
 
-def yielded(*nice: int, own_session: bool) -> dict[str, object]:
+def yielded(*nice: int, own_session: bool, inherited: int = 0) -> dict[str, object]:
+    """``YIELDER``'s findings; ``inherited``: the niceness the child starts with."""
     done = subprocess.run(
         [sys.executable, "-c", YIELDER, *map(str, nice)],
         capture_output=True,
         text=True,
         check=True,
         start_new_session=own_session,
+        preexec_fn=(lambda: os.nice(inherited)) if inherited else None,  # after setsid
         timeout=60,
     )
     return json.loads(done.stdout)
@@ -190,6 +192,14 @@ def test_yield_cpu_lowers_a_session_leaders_priority_and_its_groups() -> None:
     assert os.getpriority(os.PRIO_PROCESS, 0) < 7
     found = yielded(7, own_session=True)
     assert found["returned"] == [7] and found["nice"] == 7
+    if own_group() != "-":
+        assert str(found["group"]).endswith(" nice 7"), found
+
+
+def test_yield_cpu_lowers_a_new_sessions_group_even_when_the_niceness_was_inherited() -> None:
+    # serve started niced: its child starts at that niceness in a group still at 0
+    found = yielded(7, own_session=True, inherited=9)
+    assert found["returned"] == [9] and found["nice"] == 9
     if own_group() != "-":
         assert str(found["group"]).endswith(" nice 7"), found
 
