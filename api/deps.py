@@ -13,14 +13,20 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 
 from api.problems import BadRequestError, UnauthorizedError
+from domain.base import PROJECT_NAME
 from infra.runtime import Runtime
 
-_PROJECT = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 #: A project name (``fullmatch``).
-PROJECT_PATTERN = re.compile(_PROJECT)
+PROJECT_PATTERN = re.compile(PROJECT_NAME)
 #: How OpenAPI shows a project header or query parameter: what ``resolve_project`` accepts,
 #: empty included (it counts as not given).
-PROJECT_SCHEMA = {"type": "string", "pattern": f"^(?:{_PROJECT})?$", "maxLength": 64}
+PROJECT_SCHEMA = {"type": "string", "pattern": f"^(?:{PROJECT_NAME})?$", "maxLength": 64}
+
+#: OpenAPI description of ``?project=``.
+QUERY_PROJECT_DESCRIPTION = (
+    "Project (tenant). With the X-Runledger-Project header as well, both must name the same "
+    "project (else 400)."
+)
 
 #: OpenAPI description of the project header and query parameter, for routes that resolve them
 #: with ``ingest_context`` instead of dependencies.
@@ -28,7 +34,7 @@ PROJECT_PARAMETERS = [
     {"name": "X-Runledger-Project", "in": "header", "required": False,
      "description": "Project (tenant).", "schema": PROJECT_SCHEMA},
     {"name": "project", "in": "query", "required": False,
-     "description": "Project (tenant); the header wins.", "schema": PROJECT_SCHEMA},
+     "description": QUERY_PROJECT_DESCRIPTION, "schema": PROJECT_SCHEMA},
 ]  # fmt: skip
 
 
@@ -42,19 +48,26 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 def resolve_project(runtime: Runtime, header: str | None, query: str | None) -> str:
-    """The project of a request: ``X-Runledger-Project`` header, ``?project=``, or the default
-    (an empty header or query value counts as not given; a given header wins and the query is
-    then not read).
+    """The project of a request: the ``X-Runledger-Project`` header, ``?project=``, or the
+    default (an empty header or query value counts as not given). A request may give both only
+    when they are the same project: events filed under a tenant other than the one a URL names
+    would be an audit trail in the wrong place.
 
     Raises:
-        BadRequestError: not 1-64 of ``[A-Za-z0-9_.-]`` starting alphanumeric.
+        BadRequestError: a given value is not 1-64 of ``[A-Za-z0-9_.-]`` starting alphanumeric,
+            or the header and the query name different projects.
     """
-    value = header or query or runtime.settings.default_project
-    if not PROJECT_PATTERN.fullmatch(value):
+    for value in (header, query):
+        if value and not PROJECT_PATTERN.fullmatch(value):
+            raise BadRequestError(
+                f"invalid project {value!r}: 1-64 of [A-Za-z0-9_.-], starting alphanumeric"
+            )
+    if header and query and header != query:
         raise BadRequestError(
-            f"invalid project {value!r}: 1-64 of [A-Za-z0-9_.-], starting alphanumeric"
+            f"the X-Runledger-Project header ({header!r}) and ?project= ({query!r}) name "
+            "different projects: give one, or the same in both"
         )
-    return value
+    return header or query or runtime.settings.default_project
 
 
 def check_token(runtime: Runtime, authorization: str | None) -> None:
@@ -83,7 +96,7 @@ async def get_project(
     ] = None,
     project: Annotated[
         str | None,
-        Query(description="Project (tenant); the header wins.", json_schema_extra=_PROJECT_EXTRA),
+        Query(description=QUERY_PROJECT_DESCRIPTION, json_schema_extra=_PROJECT_EXTRA),
     ] = None,
 ) -> str:
     """``resolve_project`` as a dependency (documents the header and the query parameter)."""

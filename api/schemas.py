@@ -19,6 +19,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -46,6 +47,28 @@ DECISION_WORDS = {
 BASELINE_LINE = re.compile(r"^[ MADRCU?!T]{2} ([0-9a-f]{64}|deleted|unreadable) \S.*$")
 
 Id = Annotated[str, Field(min_length=1, max_length=512)]
+
+#: RFC 3339 ``date-time`` (§5.6): full date, ``T`` (or ``t`` or a space, as §5.6's NOTE allows),
+#: time with seconds and optional fraction, and an offset (``Z`` or ``±hh:mm``).
+RFC3339_DATE_TIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+def _rfc3339(value: Any) -> Any:
+    """Let only RFC 3339 date-time strings (and ``datetime`` objects, from Python callers) on to
+    ``AwareDatetime``, which alone would also read a number, or a string of digits, as Unix
+    seconds or milliseconds: a client's epoch nanoseconds or a misplaced counter would become a
+    plausible instant instead of a 422."""
+    if isinstance(value, datetime) or (
+        isinstance(value, str) and RFC3339_DATE_TIME.fullmatch(value)
+    ):
+        return value
+    raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-11-22T09:30:00Z")
+
+
+#: A timestamp as an RFC 3339 ``date-time`` string with an offset; read as an aware ``datetime``.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 
 
 def member_of(values: Iterable[str]) -> AfterValidator:
@@ -83,7 +106,7 @@ class EventBody(BaseModel):
         default=None,
         description="Idempotency key. Omitted: derived from the sha256 of the event body, so a retried body is a duplicate.",
     )
-    occurred_at: AwareDatetime | None = Field(
+    occurred_at: Timestamp | None = Field(
         default=None, description="Writer's clock (RFC 3339 with offset). Omitted: now."
     )
     source: str = Field(
@@ -575,9 +598,13 @@ class EvidenceRecordedBody(_SessionBody):
         if not isinstance(recorded_at, str) or not recorded_at:
             raise ValueError("entry.recorded_at is required (RFC 3339)")
         try:
-            datetime.fromisoformat(recorded_at.replace("Z", "+00:00"))
+            if not RFC3339_DATE_TIME.fullmatch(recorded_at):
+                raise ValueError
+            datetime.fromisoformat(recorded_at.upper().replace("Z", "+00:00"))  # a real date
         except ValueError:
-            raise ValueError(f"entry.recorded_at is not RFC 3339: {recorded_at!r}") from None
+            raise ValueError(
+                f"entry.recorded_at is not an RFC 3339 date-time with an offset: {recorded_at!r}"
+            ) from None
         return {
             k: v
             for k, v in value.items()

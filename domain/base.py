@@ -41,6 +41,9 @@ NAMESPACE = UUID("6f1c6b52-5a1e-4f0e-9c84-3b1d2a7e9d10")
 KINDS = ("session", "trace", "approval", "chain")
 
 DEFAULT_PROJECT = "default"
+#: A project name (regular expression, to ``fullmatch``): 1-64 of ``[A-Za-z0-9_.-]``, starting
+#: alphanumeric.
+PROJECT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 
 
 @lru_cache(maxsize=65536)

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from domain.base import DEFAULT_PROJECT, PROJECT_NAME
+
 
 class Settings(BaseSettings):
     """Every setting, its default and its unit. Environment: ``RUNLEDGER_<NAME>``."""
@@ -153,7 +155,9 @@ class Settings(BaseSettings):
         "about the older event ids and tool calls it names (one query).",
     )
     default_project: str = Field(
-        default="default", description="Project (tenant) of requests that name none."
+        default=DEFAULT_PROJECT,
+        pattern=f"^{PROJECT_NAME}$",
+        description="Project (tenant) of requests that name none.",
     )
     s3_bucket: str | None = Field(
         default=None,

@@ -21,11 +21,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime
 
 from api.deps import ProjectDep, RuntimeDep
 from api.problems import BadRequestError, problem_responses
 from api.render import jsonable, render_event
+from api.schemas import Timestamp
 from domain.base import canonical_json, stream_id
 from infra.runtime import Runtime
 from projections.schema import INT64_MAX
@@ -135,7 +135,7 @@ async def get_stream_state(
     kind: Kind,
     external_id: str,
     version: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
-    as_of: Annotated[AwareDatetime | None, Query(description="RFC 3339 with offset")] = None,
+    as_of: Annotated[Timestamp | None, Query(description="RFC 3339 date-time with offset")] = None,
 ) -> dict[str, Any]:
     """``{"version", "as_of", "state"}``; a session's state holds its criterion states and phase blocks."""
     return await run_in_threadpool(

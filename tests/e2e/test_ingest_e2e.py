@@ -196,6 +196,34 @@ def test_bad_input_gets_problem_json_and_appends_nothing(sqlite_server: Server) 
                 ).encode(),
                 422,
             ),
+            *(
+                (
+                    "/v1/events",
+                    json.dumps(
+                        {"type": "chain.created", "chain_id": "x", "occurred_at": t}
+                    ).encode(),
+                    422,
+                )
+                # epoch seconds and milliseconds, as a number or digits; no offset; no seconds
+                for t in (
+                    1767225600,
+                    1767225600000,
+                    "1767225600",
+                    "2026-01-01T00:00:00",
+                    "2026-01-01T00:00Z",
+                )
+            ),
+            (
+                "/v1/events",
+                json.dumps(
+                    {
+                        "type": "session.evidence_recorded",
+                        "session_id": "s",
+                        "entry": {"type": "criterion", "recorded_at": "2026-01-01"},
+                    }
+                ).encode(),
+                422,
+            ),
             ("/v1/hooks/claude-code", json.dumps({"hook_event_name": "PreToolUse"}).encode(), 422),
             ("/v1/hooks/claude-code", json.dumps([1, 2]).encode(), 422),
             ("/v1/hooks/claude-code", b"\x00\x01", 400),
@@ -216,6 +244,9 @@ def test_bad_input_gets_problem_json_and_appends_nothing(sqlite_server: Server) 
         assert client.get("/v1/sessions/nope").status_code == 404
         assert client.get("/v1/streams/session/nope/events").status_code == 404
         assert client.get("/v1/sessions", params={"cursor": "%%%"}).status_code == 400
+        for as_of in ("1767225600", "2026-01-01T00:00:00"):
+            at = client.get("/v1/streams/session/nope/state", params={"as_of": as_of})
+            assert at.status_code == 422 and "RFC 3339" in at.text, at.text
 
 
 def test_typed_events_answer_per_event_results_and_domain_refusals(sqlite_server: Server) -> None:
@@ -504,6 +535,29 @@ def test_a_token_guards_every_v1_route_and_projects_keep_tenants_apart(make_serv
             ).status_code
             == 400
         )
+        # header and query together: the same project, or a 400 naming both
+        same = client.post(
+            "/v1/events",
+            json=event,
+            headers={**auth, "X-Runledger-Project": "acme"},
+            params={"project": "acme"},
+        )
+        assert same.status_code == 200  # a duplicate of the event filed under acme above
+        assert same.json()["results"][0]["status"] == "duplicate"
+        for query in ("other", "bad project!"):
+            clash = client.post(
+                "/v1/events",
+                json=event,
+                headers={**auth, "X-Runledger-Project": "acme"},
+                params={"project": query},
+            )
+            assert clash.status_code == 400, clash.text
+            assert clash.headers["content-type"] == "application/problem+json"
+            assert query in clash.json()["detail"]
+        clash = client.get(
+            "/v1/chains", headers={**auth, "X-Runledger-Project": "acme"}, params={"project": "x"}
+        )
+        assert clash.status_code == 400 and "'acme'" in clash.json()["detail"]
         server.wait_projected()
         acme = client.get("/v1/chains", headers={**auth, "X-Runledger-Project": "acme"}).json()[
             "items"

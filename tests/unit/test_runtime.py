@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from infra.runtime import build_runtime
 from infra.settings import Settings
@@ -95,3 +96,13 @@ def test_the_in_process_projector_folds_a_commit_at_once_not_at_its_next_poll(
         assert_each_commit_reaches_the_read_model_at_once(runtime, runtime)
     finally:
         assert_closes_promptly(runtime)
+
+
+def test_a_default_project_that_no_request_could_name_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RUNLEDGER_DEFAULT_PROJECT", "team one")
+    with pytest.raises(ValidationError, match="default_project"):
+        Settings()
+    monkeypatch.setenv("RUNLEDGER_DEFAULT_PROJECT", "team-1")
+    assert Settings().default_project == "team-1"
