@@ -15,6 +15,7 @@ from api import problems
 from api.deps import require_token
 from api.head import HeadAsGet
 from api.routes import audit, ingest, ops, reads
+from api.tail import build_log_head_watch
 from infra.runtime import build_runtime
 from infra.settings import Settings
 
@@ -32,9 +33,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         if settings.projector == "inprocess":
             runtime.start_projector()
+        app.state.log_head = build_log_head_watch(runtime)  # what live tails wait on
         try:
             yield
         finally:
+            app.state.log_head.close()
             runtime.close()
 
     app = FastAPI(

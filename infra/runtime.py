@@ -233,7 +233,7 @@ def build_runtime(
         writer=GroupCommitWriter(
             ledger,
             max_batch_commands=settings.max_group_commit_commands,
-            on_commit=wake.notify if isinstance(wake, DatagramSignal) else None,
+            on_commit=[wake.notify] if isinstance(wake, DatagramSignal) else [],
         ),
         wake=wake,
     )

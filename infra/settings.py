@@ -55,6 +55,14 @@ class Settings(BaseSettings):
         description="Projector idle poll interval, seconds (a commit wakes it sooner: "
         "LISTEN/NOTIFY on PostgreSQL, a datagram from the host's writers on SQLite).",
     )
+    tail_poll_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Longest time between two reads of the log's head while live tails "
+        "(GET /v1/log/tail) wait, seconds; a commit wakes them sooner: LISTEN/NOTIFY on "
+        "PostgreSQL, this process's writer on SQLite (so on SQLite this bounds how late a "
+        "tail sees another process's commits).",
+    )
     projector_min_interval_s: float = Field(
         default=0.05,
         ge=0,

@@ -44,7 +44,9 @@ class GroupCommitWriter:
     Args:
         ledger: the application whose ``handle`` saves each batch.
         max_batch_commands: most commands merged into one transaction.
-        on_commit: called after a transaction that appended events (``infra.wake``).
+        on_commit: each called after a transaction that appended events, before its
+            requests are answered (``infra.wake``, ``api.tail``); more may be appended to
+            ``self.on_commit``. They must not block or raise.
     """
 
     def __init__(
@@ -52,11 +54,11 @@ class GroupCommitWriter:
         ledger: Ledger,
         *,
         max_batch_commands: int = 5000,
-        on_commit: Callable[[], None] | None = None,
+        on_commit: Sequence[Callable[[], None]] = (),
     ) -> None:
         self.ledger = ledger
         self.max_batch_commands = max_batch_commands
-        self.on_commit = on_commit
+        self.on_commit = list(on_commit)
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -156,8 +158,9 @@ class GroupCommitWriter:
             return
         self.batches += 1
         self.commands += len(commands)
-        if self.on_commit is not None and any(o.status == "created" for o in outcomes):
-            self.on_commit()  # before answering: a reader told "created" finds the projector awake
+        if self.on_commit and any(o.status == "created" for o in outcomes):
+            for notify in self.on_commit:  # before answering: a reader told "created" finds
+                notify()  # the projector and the live tails awake
         offset = 0
         for request in batch:
             _finish(request, outcomes[offset : offset + len(request.commands)])

@@ -26,6 +26,7 @@ from api.deps import ProjectDep, RuntimeDep
 from api.problems import BadRequestError, problem_responses
 from api.render import jsonable, render_event
 from api.schemas import Timestamp
+from api.tail import LogHeadWatch
 from domain.base import canonical_json, stream_id
 from infra.runtime import Runtime
 from projections.schema import INT64_MAX
@@ -178,9 +179,11 @@ async def get_log(
     return await run_in_threadpool(read_log, runtime, after, limit, project)
 
 
-#: An idle tail looks for new events this often (seconds); it sends a comment line when it has
-#: sent nothing for ``TAIL_KEEPALIVE_S`` (proxies close silent connections); positions per read.
-TAIL_POLL_S = 0.25
+#: An idle tail waits for the log to grow (``api.tail.LogHeadWatch``: a commit wakes it) at most
+#: this long (seconds) before it looks whether its client is still there; it sends a comment line
+#: when it has sent nothing for ``TAIL_KEEPALIVE_S`` (proxies close silent connections);
+#: positions per read.
+TAIL_IDLE_S = 1.0
 TAIL_KEEPALIVE_S = 15.0
 TAIL_PAGE = 500
 
@@ -220,8 +223,9 @@ async def tail_log(
 ) -> StreamingResponse:
     """The request's project's events as they are committed, as ``text/event-stream``
     (HTML's Server-Sent Events): ``id: <position>``, ``event: <type>``, ``data: <event JSON>``.
-    New events show within ``TAIL_POLL_S`` of their commit. 400 problem+json when
-    ``Last-Event-ID`` is not a position."""
+    An event shows as soon as its commit wakes the process's ``LogHeadWatch`` (milliseconds),
+    else within ``tail_poll_interval_s``. 400 problem+json when ``Last-Event-ID`` is not a
+    position."""
     if last_event_id:
         # ASCII digits only ("²".isdigit() holds, and int() refuses it), within BIGINT (19
         # digits at most, checked before int() reads them).
@@ -236,19 +240,21 @@ async def tail_log(
     else:
         start = await run_in_threadpool(runtime.log.head)
     return StreamingResponse(
-        _tail(request, runtime, project, start),
+        _tail(request, runtime, request.app.state.log_head, project, start),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
 async def _tail(
-    request: Request, runtime: Runtime, project: str, position: int
+    request: Request, runtime: Runtime, watch: LogHeadWatch, project: str, position: int
 ) -> AsyncIterator[bytes]:
     """SSE messages of the events after ``position`` until the client goes away (Starlette
-    cancels the generator then; checked here too while idle, for servers that do not)."""
+    cancels the generator then; checked here too while idle, for servers that do not). The log
+    is read again only once ``watch`` saw its head move past ``position``."""
     yield b"retry: 1000\n\n"  # EventSource reconnects after 1 s, sending Last-Event-ID
     quiet_since = time.monotonic()
+    woken = False
     while True:
         items, last = await run_in_threadpool(log_page, runtime, position, TAIL_PAGE, project)
         for item in items:
@@ -260,14 +266,16 @@ async def _tail(
         if items:
             quiet_since = time.monotonic()
         if last > position:
-            position = last
+            position, woken = last, False
             continue
-        if time.monotonic() - quiet_since >= TAIL_KEEPALIVE_S:
-            yield b": keep-alive\n\n"
-            quiet_since = time.monotonic()
-        if await request.is_disconnected():
-            return
-        await asyncio.sleep(TAIL_POLL_S)
+        if woken:  # the head was past ``position``, yet the read found nothing: never spin
+            await asyncio.sleep(TAIL_IDLE_S)
+        while not (woken := await watch.wait_past(position, TAIL_IDLE_S)):
+            if time.monotonic() - quiet_since >= TAIL_KEEPALIVE_S:
+                yield b": keep-alive\n\n"
+                quiet_since = time.monotonic()
+            if await request.is_disconnected():
+                return
 
 
 @router.get(

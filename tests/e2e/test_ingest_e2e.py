@@ -750,6 +750,40 @@ def test_the_log_tail_streams_commits_as_server_sent_events_and_resumes(
         assert last.json()["items"] == [] and last.json()["next_after_version"] is None
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_commit_reaches_a_waiting_tail_at_once_from_any_worker(
+    store: str, make_server: Any, request: pytest.FixtureRequest
+) -> None:
+    # Tails poll the log's head only every 60 s here: each event arrives because its commit
+    # woke the tail (SQLite: the writer of the one worker; PostgreSQL: NOTIFY, from whichever
+    # of the two workers took the POST).
+    env = {"RUNLEDGER_TAIL_POLL_INTERVAL_S": "60"}
+    if store == "postgres":
+        env.update(
+            RUNLEDGER_DATABASE_URL=request.getfixturevalue("postgres_url"),
+            RUNLEDGER_DATABASE_SCHEMA=request.getfixturevalue("pg_schema"),
+            RUNLEDGER_WORKERS="2",
+        )
+    server = make_server(**env)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        with client.stream("GET", "/v1/log/tail") as tail:
+            lines = tail.iter_lines()
+            assert next(lines) == "retry: 1000"
+            for n in range(6):
+                time.sleep(0.3)  # the tail is waiting again
+                started = time.monotonic()
+                # a connection of its own each: the kernel spreads them over the workers
+                posted = httpx.post(
+                    f"{server.url}/v1/events",
+                    json={"type": "chain.created", "chain_id": f"woken-{n}"},
+                    timeout=10,
+                )
+                assert posted.status_code == 201, posted.text
+                [message] = read_sse(lines, 1)  # times out after 10 s: the poll is 60 s
+                assert int(message["id"]) == posted.json()["results"][0]["position"]
+                assert time.monotonic() - started < 10
+
+
 def test_a_closed_tail_stops_reading_the_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -767,9 +801,8 @@ def test_a_closed_tail_stops_reading_the_log(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(Settings(data_dir=tmp_path)), port=port, log_level="warning")
-    )
+    app = create_app(Settings(data_dir=tmp_path, tail_poll_interval_s=0.1))
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -777,18 +810,23 @@ def test_a_closed_tail_stops_reading_the_log(
             if server.started:
                 break
             time.sleep(0.05)
+        watch = app.state.log_head
         with (
             httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
             client.stream("GET", "/v1/log/tail") as tail,
         ):
             lines = tail.iter_lines()  # kept: dropping the iterator closes the connection
             assert next(lines) == "retry: 1000"
-            time.sleep(4 * audit.TAIL_POLL_S)
-            assert reads.count >= 2  # it polls while the client listens
-        time.sleep(4 * audit.TAIL_POLL_S)  # the server notices the disconnect
-        after_close = reads.count
-        time.sleep(8 * audit.TAIL_POLL_S)
-        assert reads.count == after_close
+            time.sleep(1.0)
+            assert watch.running and watch.reads >= 3  # the head is watched while it listens
+            assert reads.count == 1  # the first page; an idle tail reads no more of the log
+        deadline = time.monotonic() + 10
+        while watch.running:  # the server notices the disconnect; nobody waits: the watch stops
+            assert time.monotonic() < deadline, "the log's head is still watched"
+            time.sleep(0.05)
+        head_reads = watch.reads
+        time.sleep(0.5)
+        assert (watch.reads, reads.count) == (head_reads, 1)
     finally:
         server.should_exit = True
         thread.join(10)
