@@ -86,6 +86,7 @@ def _document_event_bodies(app: FastAPI) -> None:
         operation["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": body}},
+            "description": "Content-Encoding: gzip or deflate accepted",
         }
         _document_bearer_token(schema)
         app.openapi_schema = schema

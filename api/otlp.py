@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import re
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -29,6 +28,13 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
+
+from api.coding import (
+    ContentCodingError,
+    DecodedBodyTooLargeError,
+    UnsupportedContentCodingError,
+    decode_content,
+)
 
 __all__ = [
     "JSON_MEDIA_TYPE",
@@ -254,49 +260,15 @@ def _media_type(content_type: str) -> str:
 
 
 def _decompress(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
-    encoding = (content_encoding or "identity").strip().lower()
-    if encoding in ("", "identity"):
-        if len(body) > max_bytes:
-            raise PayloadTooLargeError(f"body is larger than {max_bytes} bytes")
-        return body
-    if encoding in ("gzip", "x-gzip"):
-        return _inflate(body, zlib.MAX_WBITS | 16, max_bytes, encoding)
-    if encoding == "deflate":
-        # HTTP "deflate" means a zlib stream, but some clients send raw deflate; a zlib
-        # stream starts with a CM=8 header whose first two bytes are a multiple of 31.
-        is_zlib = len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
-        return _inflate(body, zlib.MAX_WBITS if is_zlib else -zlib.MAX_WBITS, max_bytes, encoding)
-    raise UnsupportedMediaTypeError(
-        f"unsupported content encoding {content_encoding!r}; expected gzip, deflate or identity"
-    )
-
-
-def _inflate(data: bytes, wbits: int, max_bytes: int, encoding: str) -> bytes:
-    # Output is requested in slices of at most max_bytes + 1, so a zip bomb is stopped after
-    # producing one byte too many instead of filling memory.
-    output = bytearray()
-    decompressor = zlib.decompressobj(wbits)
-    pending = data
-    while True:
-        try:
-            output += decompressor.decompress(pending, max_bytes + 1 - len(output))
-        except zlib.error as error:
-            raise OTLPDecodeError(f"corrupt {encoding} body: {error}") from error
-        if len(output) > max_bytes:
-            raise PayloadTooLargeError(f"decompressed body is larger than {max_bytes} bytes")
-        if decompressor.eof:
-            pending = decompressor.unused_data
-            if not pending:
-                return bytes(output)
-            # gzip allows several members one after the other (RFC 1952 section 2.2).
-            if wbits & 16:
-                decompressor = zlib.decompressobj(wbits)
-                continue
-            raise OTLPDecodeError(f"trailing data after the {encoding} stream")
-        pending = decompressor.unconsumed_tail
-        if not pending:
-            # Output was not capped, so zlib has consumed all input and still wants more.
-            raise OTLPDecodeError(f"truncated {encoding} body")
+    """``api.coding.decode_content``, its errors as OTLP's."""
+    try:
+        return decode_content(body, content_encoding, max_bytes)
+    except UnsupportedContentCodingError as error:
+        raise UnsupportedMediaTypeError(str(error)) from None
+    except DecodedBodyTooLargeError as error:
+        raise PayloadTooLargeError(str(error)) from None
+    except ContentCodingError as error:
+        raise OTLPDecodeError(str(error)) from error.__cause__
 
 
 # --- protobuf ------------------------------------------------------------------------------

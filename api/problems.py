@@ -18,6 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from api.coding import (
+    ContentCodingError,
+    DecodedBodyTooLargeError,
+    UnsupportedContentCodingError,
+)
 from api.head import answers_head
 from api.hooks import HookPayloadError
 from api.otlp import OTLPDecodeError, PayloadTooLargeError, UnsupportedMediaTypeError
@@ -67,6 +72,9 @@ PROBLEMS: dict[type[Exception], tuple[int, str, str]] = {
     e.LedgerError: (422, "ledger-error", "Refused by the ledger"),
     HookPayloadError: (422, "invalid-hook-payload", "Not a Claude Code hook payload"),
     UnsupportedMediaTypeError: (415, "unsupported-media-type", "Unsupported media type"),
+    UnsupportedContentCodingError: (415, "unsupported-media-type", "Unsupported media type"),
+    DecodedBodyTooLargeError: (413, "payload-too-large", "Payload too large"),
+    ContentCodingError: (400, "undecodable-body", "Body cannot be decoded"),
     PayloadTooLargeError: (413, "payload-too-large", "Payload too large"),
     BodyTooLargeError: (413, "payload-too-large", "Payload too large"),
     OTLPDecodeError: (400, "invalid-otlp", "Malformed OTLP request"),

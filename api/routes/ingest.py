@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
+from api.coding import decode_content
 from api.deps import PROJECT_PARAMETERS, ingest_context
 from api.hooks import map_hook
 from api.offload import make_offload
@@ -72,6 +73,22 @@ async def read_body(request: Request, runtime: Runtime) -> bytes:
             raise BodyTooLargeError(f"request body exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_decoded_body(request: Request, runtime: Runtime) -> bytes:
+    """``read_body``, its ``Content-Encoding`` (gzip, deflate) removed: at most
+    ``max_body_bytes`` decoded too.
+
+    Raises:
+        BodyTooLargeError: as ``read_body``.
+        UnsupportedContentCodingError, DecodedBodyTooLargeError, ContentCodingError: as
+            ``api.coding.decode_content`` (415, 413, 400).
+    """
+    body = await read_body(request, runtime)
+    encoding = request.headers.get("content-encoding")
+    if encoding is None:
+        return body
+    return decode_content(body, encoding, runtime.settings.max_body_bytes)
 
 
 def _parse_json(body: bytes) -> Any:
@@ -142,7 +159,7 @@ def event_results(outcomes: list[Outcome]) -> bytes:
     responses={
         201: {"description": "single event created"},
         200: {"description": "batch, or a duplicate"},
-        **problem_responses(400, 401, 404, 409, 413, 422, 503),
+        **problem_responses(400, 401, 404, 409, 413, 415, 422, 503),
     },
 )
 async def post_events(request: Request) -> Response:
@@ -153,7 +170,7 @@ async def post_events(request: Request) -> Response:
     result per event, in order; schema errors anywhere in a batch reject the whole batch (422).
     """
     runtime, project = ingest_context(request)
-    body = await read_body(request, runtime)
+    body = await read_decoded_body(request, runtime)
     try:
         parsed = _events_body.validate_json(body)
     except ValidationError as error:
@@ -194,6 +211,7 @@ async def post_events(request: Request) -> Response:
                     }
                 }
             },
+            "description": "Content-Encoding: gzip or deflate accepted",
         },
     },
     summary="Any Claude Code hook payload, as Claude Code's HTTP hooks post it",
@@ -202,7 +220,7 @@ async def post_events(request: Request) -> Response:
             "description": "recorded (or a duplicate): `{}`, no decision",
             "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
         },
-        **problem_responses(400, 401, 409, 413, 422, 503),
+        **problem_responses(400, 401, 409, 413, 415, 422, 503),
     },
 )
 async def post_claude_code_hook(request: Request) -> Response:
@@ -214,7 +232,7 @@ async def post_claude_code_hook(request: Request) -> Response:
     treats a non-2xx as a non-blocking error.
     """
     runtime, project = ingest_context(request)
-    payload = _parse_json(await read_body(request, runtime))
+    payload = _parse_json(await read_decoded_body(request, runtime))
     offload = make_offload(runtime.blobs, runtime.settings.blob_threshold_bytes)
     commands = map_hook(payload, project=project, received_at=datetime.now(UTC), offload=offload)
     outcomes = await runtime.writer.submit(commands)
@@ -253,7 +271,7 @@ _OTLP_CONTENT = {
             "required": True,
             "content": _OTLP_CONTENT,
             "description": "opentelemetry-proto ExportTraceServiceRequest; "
-            "Content-Encoding: gzip accepted",
+            "Content-Encoding: gzip or deflate accepted",
         },
     },
     summary="OTLP/HTTP ExportTraceServiceRequest (application/x-protobuf or application/json, gzip)",

@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,49 @@ def test_bad_input_gets_problem_json_and_appends_nothing(sqlite_server: Server) 
         for as_of in ("1767225600", "2026-01-01T00:00:00"):
             at = client.get("/v1/streams/session/nope/state", params={"as_of": as_of})
             assert at.status_code == 422 and "RFC 3339" in at.text, at.text
+
+
+def test_json_ingest_bodies_may_be_gzip_or_deflate_encoded(sqlite_server: Server) -> None:
+    batch = json.dumps(
+        {"events": [{"type": "chain.created", "chain_id": f"coded-{i}"} for i in range(200)]}
+    ).encode()
+    session_id, pre, _ = one_real_session()
+    hook = json.dumps(pre[0]).encode()
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+
+        def post(path: str, body: bytes, encoding: str) -> httpx.Response:
+            headers = {"content-type": "application/json", "content-encoding": encoding}
+            return client.post(path, content=body, headers=headers)
+
+        created = post("/v1/events", gzip.compress(batch), "gzip")
+        assert created.status_code == 200, created.text
+        assert created.json()["created"] == 200
+        # the same batch as a zlib stream (HTTP's deflate), then as raw deflate: duplicates
+        for body in (zlib.compress(batch), zlib.compress(batch)[2:-4]):
+            again = post("/v1/events", body, "Deflate")
+            assert again.status_code == 200 and again.json()["duplicates"] == 200, again.text
+        assert post("/v1/hooks/claude-code", gzip.compress(hook), "gzip").json() == {}
+        history = client.get(f"/v1/streams/session/{session_id}/events").json()["items"]
+        assert [i["payload"]["tool_use_id"] for i in history if "tool_use_id" in i["payload"]] == [
+            pre[0]["tool_use_id"]
+        ]
+
+        head = client.get("/readyz").json()["head"]
+        bomb = gzip.compress(b" " * (17 * 1024 * 1024))  # 17 MiB decoded, ~17 kB sent
+        for path, body in (("/v1/events", batch), ("/v1/hooks/claude-code", hook)):
+            for sent, encoding, status in (
+                (body, "br", 415),
+                (gzip.compress(body), "gzip, br", 415),
+                (gzip.compress(body)[:-12], "gzip", 400),  # truncated
+                (body, "gzip", 400),  # not gzip at all
+                (gzip.compress(body) + b"junk", "gzip", 400),
+                (bomb, "gzip", 413),
+            ):
+                refused = post(path, sent, encoding)
+                assert refused.status_code == status, (path, encoding, refused.text)
+                assert refused.headers["content-type"] == "application/problem+json"
+                assert refused.json()["status"] == status
+        assert client.get("/readyz").json()["head"] == head
 
 
 def test_typed_events_answer_per_event_results_and_domain_refusals(sqlite_server: Server) -> None:

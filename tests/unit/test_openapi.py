@@ -77,6 +77,22 @@ def test_status_fields_list_the_domains_states_and_refuse_others() -> None:
             model.model_validate({field: "no-such-state"})
 
 
+def test_the_documented_decision_words_are_the_accepted_ones() -> None:
+    from pydantic import ValidationError
+
+    from api.schemas import ApprovalDecidedBody
+
+    schemas = create_app(Settings()).openapi()["components"]["schemas"]
+    words = schemas["ApprovalDecidedBody"]["properties"]["decision"]["enum"]
+    assert {"approve", "deny", "allow", "approved", "rejected", "accept", "reject"} <= set(words)
+    body = {"type": "approval.decided", "approval_id": "a"}
+    for word in words:
+        decided = ApprovalDecidedBody.model_validate({**body, "decision": word.upper()})
+        assert decided.args(lambda value, media_type: value)["decision"] in ("approved", "denied")
+    with pytest.raises(ValidationError, match="decision must be one of"):
+        ApprovalDecidedBody.model_validate({**body, "decision": "maybe"})
+
+
 def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return [
         (path, method, operation)
@@ -100,7 +116,8 @@ def test_every_error_answer_is_documented_as_a_problem() -> None:
         (path, method): {int(s) for s in op["responses"] if int(s) >= 400}
         for path, method, op in _operations(document)
     }
-    assert declared[("/v1/events", "post")] == {400, 401, 404, 409, 413, 422, 503}
+    assert declared[("/v1/events", "post")] == {400, 401, 404, 409, 413, 415, 422, 503}
+    assert declared[("/v1/hooks/claude-code", "post")] == {400, 401, 409, 413, 415, 422, 503}
     assert declared[("/v1/traces", "post")] == {400, 401, 413, 415, 503}
     assert declared[("/v1/sessions", "get")] == {400, 401, 422}
     assert declared[("/v1/sessions/{session_id}", "get")] == {400, 401, 404, 422}
