@@ -197,7 +197,10 @@ class ApprovalDecidedBody(EventBody):
     type: Literal["approval.decided"]
     approval_id: Id
     decision: str = Field(
-        description="approved|denied, or approve|deny|allow|rejected|accept|reject"
+        description="approved or denied, in any source's word (case-insensitive): "
+        "HumanLayer approve/deny, AILANG approved/rejected, cc-broker allow/deny, Claude Code "
+        "accept/reject",
+        json_schema_extra={"enum": list(DECISION_WORDS)},
     )
     scope: str | None = Field(
         default=None, description="e.g. cc-broker once|always|timeout|cancelled"
