@@ -12,6 +12,7 @@ from fastapi import Depends, FastAPI
 from fastapi.telemetry import TelemetryConfig
 
 from api import problems
+from api.coding import ACCEPTED_CODINGS
 from api.deps import require_token
 from api.head import HeadAsGet
 from api.routes import audit, ingest, ops, reads
@@ -86,7 +87,7 @@ def _document_event_bodies(app: FastAPI) -> None:
         operation["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": body}},
-            "description": "Content-Encoding: gzip or deflate accepted",
+            "description": ACCEPTED_CODINGS,
         }
         _document_bearer_token(schema)
         app.openapi_schema = schema

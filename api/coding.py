@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import zlib
 
+#: How the ingest routes' OpenAPI request bodies say which codings they take.
+ACCEPTED_CODINGS = "Content-Encoding: gzip or deflate accepted"
+
 
 class ContentCodingError(ValueError):
     """A compressed body that cannot be decoded: corrupt, truncated, or followed by trailing

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     TypeAdapter,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -69,6 +70,7 @@ def _rfc3339(value: Any) -> Any:
 
 #: A timestamp as an RFC 3339 ``date-time`` string with an offset; read as an aware ``datetime``.
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+_TIMESTAMP: TypeAdapter[datetime] = TypeAdapter(Timestamp)
 
 
 def member_of(values: Iterable[str]) -> AfterValidator:
@@ -601,10 +603,8 @@ class EvidenceRecordedBody(_SessionBody):
         if not isinstance(recorded_at, str) or not recorded_at:
             raise ValueError("entry.recorded_at is required (RFC 3339)")
         try:
-            if not RFC3339_DATE_TIME.fullmatch(recorded_at):
-                raise ValueError
-            datetime.fromisoformat(recorded_at.upper().replace("Z", "+00:00"))  # a real date
-        except ValueError:
+            _TIMESTAMP.validate_python(recorded_at)  # kept as the string scafld wrote
+        except ValidationError:
             raise ValueError(
                 f"entry.recorded_at is not an RFC 3339 date-time with an offset: {recorded_at!r}"
             ) from None

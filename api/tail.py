@@ -7,7 +7,8 @@ thread of its own that runs while some tail waits:
 
 - when a commit wakes it: on PostgreSQL, a ``LISTEN`` connection of its own on the log's channel,
   which every append of every process ``NOTIFY``s (``infra.wake.PostgresListener``); on SQLite,
-  ``nudge``, which this process's group-commit writer calls after each commit that appended;
+  an ``infra.wake.LocalSignal`` that this process's group-commit writer notifies after each
+  commit that appended;
 - and every ``poll_s`` besides, for what nothing announces (on SQLite, commits of other
   processes; a lost notification).
 
@@ -23,7 +24,7 @@ import threading
 from collections.abc import Callable
 
 from infra.runtime import Runtime
-from infra.wake import PostgresListener
+from infra.wake import LocalSignal, PostgresListener
 
 log = logging.getLogger("runledger.tail")
 
@@ -34,8 +35,9 @@ class LogHeadWatch:
     Args:
         read_head: the log's highest position (``EventLog.head``; blocking, on the watch's
             thread).
-        listener: PostgreSQL: a ``PostgresListener`` of the watch's own on the log's channel
-            (closed by ``close``); ``None`` (SQLite): woken by ``nudge``.
+        wake: what a commit wakes (``infra.wake``: a ``PostgresListener`` of the watch's own
+            on the log's channel, or a ``LocalSignal`` the writer notifies); closed by
+            ``close``.
         poll_s: longest time between two reads of the head while a tail waits, seconds.
     """
 
@@ -43,13 +45,12 @@ class LogHeadWatch:
         self,
         read_head: Callable[[], int],
         *,
-        listener: PostgresListener | None = None,
+        wake: PostgresListener | LocalSignal,
         poll_s: float = 1.0,
     ) -> None:
         self._read_head = read_head
-        self._listener = listener
+        self._wake = wake
         self.poll_s = poll_s
-        self._nudged = threading.Event()
         self._lock = threading.Lock()
         self._waiters: dict[asyncio.Future[bool], int] = {}
         self._head = -1
@@ -64,11 +65,6 @@ class LogHeadWatch:
         """Whether the watch's thread runs (it does while a tail waits, and ends after)."""
         with self._lock:
             return self._thread is not None
-
-    def nudge(self) -> None:
-        """The log grew (a commit of this process): read the head now. Thread-safe; never
-        blocks."""
-        self._nudged.set()
 
     async def wait_past(self, position: int, timeout_s: float) -> bool:
         """Wait until the log's head is past ``position``.
@@ -100,20 +96,17 @@ class LogHeadWatch:
 
     def close(self) -> None:
         """Stop the thread (within ``PostgresListener.SLICE_S`` or at once), release the
-        waiters and close the listener's connection."""
+        waiters and close ``wake`` (a listener's connection)."""
         with self._lock:
             self._closed = True
             thread = self._thread
             waiters = list(self._waiters)
-        if self._listener is not None:
-            self._listener.interrupt()
-        self._nudged.set()
+        self._wake.interrupt()
         if thread is not None:
             thread.join(5.0)
         for future in waiters:
             _release(future, False)
-        if self._listener is not None:
-            self._listener.close()
+        self._wake.close()
 
     def _run(self) -> None:
         while True:
@@ -121,7 +114,6 @@ class LogHeadWatch:
                 if not self._waiters or self._closed:
                     self._thread = None
                     return
-            self._nudged.clear()  # before the read: a commit after it makes the next wait short
             head = self._read()
             with self._lock:
                 self.reads += 1
@@ -132,10 +124,7 @@ class LogHeadWatch:
                     del self._waiters[future]
             for future in ready:
                 _release(future, True)
-            if self._listener is not None:
-                self._listener.wait(self.poll_s)  # a NOTIFY, or poll_s (failures waited out)
-            else:
-                self._nudged.wait(self.poll_s)
+            self._wake.wait(self.poll_s)  # a commit (one during the read too), or poll_s
 
     def _read(self) -> int | None:
         """The head, or ``None`` when it cannot be read (logged once per failing streak)."""
@@ -162,15 +151,15 @@ def _release(future: asyncio.Future[bool], past: bool) -> None:
 
 
 def build_log_head_watch(runtime: Runtime) -> LogHeadWatch:
-    """The ``LogHeadWatch`` of an API process: on PostgreSQL with a ``LISTEN`` connection of its
-    own (opened when a tail first waits); on SQLite nudged by ``runtime.writer`` after each
+    """The ``LogHeadWatch`` of an API process: on PostgreSQL woken by a ``LISTEN`` connection
+    of its own (opened when a tail first waits); on SQLite by ``runtime.writer`` after each
     commit. Polls every ``settings.tail_poll_interval_s``."""
     settings = runtime.settings
-    listener = None
+    wake: PostgresListener | LocalSignal
     if settings.database_url is not None:
         channel: str = runtime.ledger.recorder.channel_name  # type: ignore[attr-defined]
-        listener = PostgresListener(settings.database_url, channel)
-    watch = LogHeadWatch(runtime.log.head, listener=listener, poll_s=settings.tail_poll_interval_s)
-    if listener is None:
-        runtime.writer.on_commit.append(watch.nudge)
-    return watch
+        wake = PostgresListener(settings.database_url, channel)
+    else:
+        wake = LocalSignal()
+        runtime.writer.on_commit.append(wake.notify)
+    return LogHeadWatch(runtime.log.head, wake=wake, poll_s=settings.tail_poll_interval_s)

@@ -10,6 +10,9 @@ milliseconds instead of a poll interval (``projections.runner.Wake``).
   append sends ``NOTIFY`` (eventsourcing's recorder and runledger's append function both do), so
   commits of every process wake it (PostgreSQL: ``serve`` and ``runledger project``).
 
+``LocalSignal`` wakes a waiter in the same process only (the live tails' ``api.tail.LogHeadWatch``
+on SQLite).
+
 Either way the projector still polls every ``projector_poll_interval_s``: a lost wake-up (a broken
 connection, a socket another projector took over) costs at most that long.
 """
@@ -122,6 +125,33 @@ class DatagramSignal:
         with contextlib.suppress(OSError):
             if os.stat(self.path).st_ino == self._inode:
                 self.path.unlink()
+
+
+class LocalSignal:
+    """A wake-up within one process: ``notify`` from any thread (the group-commit writer, after
+    a commit), ``wait`` on one (``api.tail.LogHeadWatch`` on SQLite, where ``DatagramSignal``'s
+    one socket belongs to the projector). Commits of other processes are not seen: the waiter's
+    poll covers them."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def notify(self) -> None:
+        """The log grew: end the current (or next) ``wait``. Never blocks, never raises."""
+        self._event.set()
+
+    def wait(self, timeout_s: float) -> None:
+        """Return after a ``notify`` (all pending ones are consumed), after ``interrupt``, or
+        after ``timeout_s``."""
+        self._event.wait(timeout_s)
+        self._event.clear()
+
+    def interrupt(self) -> None:
+        """End the current (or next) ``wait`` now."""
+        self._event.set()
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 class PostgresListener:

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
-from api.coding import decode_content
+from api.coding import ACCEPTED_CODINGS, decode_content
 from api.deps import PROJECT_PARAMETERS, ingest_context
 from api.hooks import map_hook
 from api.offload import make_offload
@@ -86,8 +86,6 @@ async def read_decoded_body(request: Request, runtime: Runtime) -> bytes:
     """
     body = await read_body(request, runtime)
     encoding = request.headers.get("content-encoding")
-    if encoding is None:
-        return body
     return decode_content(body, encoding, runtime.settings.max_body_bytes)
 
 
@@ -211,7 +209,7 @@ async def post_events(request: Request) -> Response:
                     }
                 }
             },
-            "description": "Content-Encoding: gzip or deflate accepted",
+            "description": ACCEPTED_CODINGS,
         },
     },
     summary="Any Claude Code hook payload, as Claude Code's HTTP hooks post it",
@@ -270,8 +268,7 @@ _OTLP_CONTENT = {
         "requestBody": {
             "required": True,
             "content": _OTLP_CONTENT,
-            "description": "opentelemetry-proto ExportTraceServiceRequest; "
-            "Content-Encoding: gzip or deflate accepted",
+            "description": f"opentelemetry-proto ExportTraceServiceRequest; {ACCEPTED_CODINGS}",
         },
     },
     summary="OTLP/HTTP ExportTraceServiceRequest (application/x-protobuf or application/json, gzip)",

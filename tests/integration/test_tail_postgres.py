@@ -23,7 +23,7 @@ def test_a_notify_on_the_logs_channel_wakes_the_waiting_tails(
     channel = f"{pg_schema}_tail_test"
     head = {"value": 7}
     watch = LogHeadWatch(
-        lambda: head["value"], listener=PostgresListener(postgres_url, channel), poll_s=60.0
+        lambda: head["value"], wake=PostgresListener(postgres_url, channel), poll_s=60.0
     )
 
     def another_process_appends() -> None:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.datastructures import DefaultPlaceholder
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
+from pydantic import ValidationError
 
 from api import problems
 from api.app import create_app
@@ -20,6 +21,15 @@ from api.deps import resolve_project
 from api.head import UNENDING
 from api.problems import MEDIA_TYPE, BadRequestError
 from api.routes import audit, ingest, ops, reads
+from api.schemas import (
+    ApprovalDecidedBody,
+    ChainStatusChangedBody,
+    SessionStatusChangedBody,
+    StageTransitionedBody,
+    WorkspaceBaselineCapturedBody,
+)
+from domain.chain import CHAIN_TRANSITIONS, STAGE_TRANSITIONS
+from domain.session import STATUSES
 from infra.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -60,12 +70,6 @@ def test_typed_event_bodies_are_documented_for_post_events() -> None:
 
 
 def test_status_fields_list_the_domains_states_and_refuse_others() -> None:
-    from pydantic import ValidationError
-
-    from api.schemas import ChainStatusChangedBody, SessionStatusChangedBody, StageTransitionedBody
-    from domain.chain import CHAIN_TRANSITIONS, STAGE_TRANSITIONS
-    from domain.session import STATUSES
-
     schemas = create_app(Settings()).openapi()["components"]["schemas"]
     for model, field, states in (
         (StageTransitionedBody, "to_status", STAGE_TRANSITIONS),
@@ -78,10 +82,6 @@ def test_status_fields_list_the_domains_states_and_refuse_others() -> None:
 
 
 def test_the_documented_decision_words_are_the_accepted_ones() -> None:
-    from pydantic import ValidationError
-
-    from api.schemas import ApprovalDecidedBody
-
     schemas = create_app(Settings()).openapi()["components"]["schemas"]
     words = schemas["ApprovalDecidedBody"]["properties"]["decision"]["enum"]
     assert {"approve", "deny", "allow", "approved", "rejected", "accept", "reject"} <= set(words)
@@ -126,6 +126,14 @@ def test_every_error_answer_is_documented_as_a_problem() -> None:
     assert declared[("/healthz", "get")] == set()
 
 
+def test_every_v1_route_of_a_project_documents_the_header_and_the_query() -> None:
+    document = create_app(Settings()).openapi()
+    for path, _, op in _operations(document):
+        if path.startswith("/v1/") and path not in ("/v1/blobs/{sha256}", "/v1/projections"):
+            names = {p["name"].lower() for p in op.get("parameters", [])}
+            assert {"project", "x-runledger-project"} <= names, path
+
+
 @pytest.mark.parametrize(
     "value",
     ["", "a", "default", "team-a.prod_1", "a" * 64, "a" * 65, "-a", "a b", "abc\n", "ü", "a/b"],
@@ -138,10 +146,6 @@ def test_the_documented_project_pattern_is_what_the_api_accepts(value: str) -> N
         for p in op.get("parameters", [])
         if p["name"].lower() in ("project", "x-runledger-project")
     ]
-    for path, _, op in _operations(document):
-        if path.startswith("/v1/") and path not in ("/v1/blobs/{sha256}", "/v1/projections"):
-            names = {p["name"].lower() for p in op.get("parameters", [])}
-            assert {"project", "x-runledger-project"} <= names, path
     runtime = SimpleNamespace(settings=SimpleNamespace(default_project="fallback"))
     try:
         resolved = resolve_project(runtime, None, value)  # type: ignore[arg-type]
@@ -159,10 +163,6 @@ def test_the_documented_project_pattern_is_what_the_api_accepts(value: str) -> N
 
 
 def test_a_baseline_line_with_a_trailing_newline_is_refused() -> None:
-    from pydantic import ValidationError
-
-    from api.schemas import WorkspaceBaselineCapturedBody
-
     line = "M  " + "d" * 64 + " a.py"
     body = {"type": "session.workspace_baseline_captured", "session_id": "s1"}
     assert WorkspaceBaselineCapturedBody.model_validate({**body, "files": [line]}).lines() == [line]

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from api.tail import LogHeadWatch
+from infra.wake import LocalSignal
 
 pytestmark = pytest.mark.unit
 
@@ -34,7 +35,7 @@ def wait_until(check: object, timeout_s: float = 10.0) -> None:
 
 
 def test_one_read_of_the_head_serves_every_waiting_tail() -> None:
-    watch = LogHeadWatch(Head(5), poll_s=0.25)
+    watch = LogHeadWatch(Head(5), wake=LocalSignal(), poll_s=0.25)
 
     async def fifty_tails() -> list[bool]:
         return list(await asyncio.gather(*(watch.wait_past(5, 1.0) for _ in range(50))))
@@ -47,12 +48,13 @@ def test_one_read_of_the_head_serves_every_waiting_tail() -> None:
 
 def test_a_commit_wakes_the_waiting_tails_without_waiting_for_the_poll() -> None:
     head = Head(5)
-    watch = LogHeadWatch(head, poll_s=60.0)
+    commits = LocalSignal()
+    watch = LogHeadWatch(head, wake=commits, poll_s=60.0)
 
     def commit() -> None:
         wait_until(lambda: watch.reads >= 1)
         head.value = 6
-        watch.nudge()  # what the group-commit writer does after a commit
+        commits.notify()  # what the group-commit writer does after a commit
 
     async def tails() -> tuple[list[bool], float]:
         started = time.monotonic()
@@ -62,7 +64,7 @@ def test_a_commit_wakes_the_waiting_tails_without_waiting_for_the_poll() -> None
 
     woken, waited = asyncio.run(tails())
     assert woken == [True] * 3
-    assert waited < 10  # the nudge, not the 60 s poll nor the 30 s timeout
+    assert waited < 10  # the commit's signal, not the 60 s poll nor the 30 s timeout
     reads = watch.reads
 
     async def behind() -> bool:
@@ -76,7 +78,7 @@ def test_a_commit_wakes_the_waiting_tails_without_waiting_for_the_poll() -> None
 def test_while_the_head_cannot_be_read_tails_time_out_and_then_follow_again() -> None:
     head = Head(5)
     head.failing = True
-    watch = LogHeadWatch(head, poll_s=0.05)
+    watch = LogHeadWatch(head, wake=LocalSignal(), poll_s=0.05)
 
     async def wait() -> bool:
         return await watch.wait_past(4, 0.3)
@@ -88,7 +90,7 @@ def test_while_the_head_cannot_be_read_tails_time_out_and_then_follow_again() ->
 
 
 def test_close_releases_the_waiting_tails_and_later_ones_do_not_wait() -> None:
-    watch = LogHeadWatch(Head(5), poll_s=60.0)
+    watch = LogHeadWatch(Head(5), wake=LocalSignal(), poll_s=60.0)
 
     async def wait() -> tuple[bool, float]:
         started = time.monotonic()
