@@ -3,6 +3,7 @@ mypy on every package and ``bench`` (``domain`` and ``projections`` under ``--st
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +33,22 @@ def test_the_code_passes_its_static_checks(command: list[str]) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_setting_is_in_the_readme_configuration_table_with_its_default() -> None:
+    from infra.settings import Settings
+
+    rows: dict[str, str] = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `RUNLEDGER_") and len(cells) >= 3:
+            names = re.findall(r"`(RUNLEDGER_[A-Z0-9_]+)`", cells[0])
+            defaults = re.findall(r"`([^`]*)`", cells[1])
+            if len(defaults) != len(names):  # one default for several names ("unset")
+                defaults = [cells[1].strip("`")] * len(names)
+            rows.update(zip(names, defaults, strict=True))
+    for field, info in Settings.model_fields.items():
+        name = f"RUNLEDGER_{field.upper()}"
+        assert name in rows, f"{name} is not in the README's configuration table"
+        if type(info.default) in (int, float):
+            assert rows[name] == str(info.default), (name, rows[name], info.default)
