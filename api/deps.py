@@ -118,11 +118,17 @@ def ingest_context(request: Request) -> tuple[Runtime, str]:
     dependency machinery: the hot ingest routes resolve these per request themselves (the
     dependency solver cost ~20% of a small request's CPU).
 
+    A process whose writer is saturated refuses the request here, before its body is read
+    (``GroupCommitWriter.check_admission``; the writer's ``submit`` decides for certain).
+
     Raises:
         UnauthorizedError, BadRequestError: as ``check_token`` / ``resolve_project``.
+        WriterOverloadedError: the writer holds ``max_pending_events`` commands already (503).
     """
     runtime: Runtime = request.app.state.runtime
     headers = request.headers
     check_token(runtime, headers.get("authorization"))
     query = request.query_params.get("project") if request.scope.get("query_string") else None
-    return runtime, resolve_project(runtime, headers.get("x-runledger-project"), query)
+    project = resolve_project(runtime, headers.get("x-runledger-project"), query)
+    runtime.writer.check_admission()
+    return runtime, project

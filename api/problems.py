@@ -28,6 +28,7 @@ from api.hooks import HookPayloadError
 from api.otlp import OTLPDecodeError, PayloadTooLargeError, UnsupportedMediaTypeError
 from domain import errors as e
 from infra.blobs import BlobNotFoundError, BlobStoreUnavailableError
+from infra.writer import WriterOverloadedError
 
 PROBLEM_BASE = "https://runledger.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
@@ -82,6 +83,7 @@ PROBLEMS: dict[type[Exception], tuple[int, str, str]] = {
     UnauthorizedError: (401, "unauthorized", "Unauthorized"),
     BlobNotFoundError: (404, "blob-not-found", "Blob not found"),
     BlobStoreUnavailableError: (503, "blob-store-unavailable", "Blob store unavailable"),
+    WriterOverloadedError: (503, "overloaded", "Ledger overloaded, retry later"),
     IntegrityError: (503, "write-contention", "Write contention, retry"),
     OperationalError: (503, "store-unavailable", "Event store unavailable"),
 }
@@ -120,6 +122,14 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "description": description,
             "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
+        if status == 503:
+            responses[status]["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying (RFC 9110 §10.2.3)",
+                    "schema": {"type": "integer", "minimum": 0},
+                    "required": True,
+                }
+            }
     return responses
 
 

@@ -233,6 +233,7 @@ def build_runtime(
         writer=GroupCommitWriter(
             ledger,
             max_batch_commands=settings.max_group_commit_commands,
+            max_pending_commands=settings.max_pending_events or None,
             on_commit=[wake.notify] if isinstance(wake, DatagramSignal) else [],
         ),
         wake=wake,

@@ -140,6 +140,14 @@ class Settings(BaseSettings):
     max_group_commit_commands: int = Field(
         default=5000, ge=1, description="Most commands the writer merges into one transaction."
     )
+    max_pending_events: int = Field(
+        default=20_000,
+        ge=0,
+        description="Most events (commands) waiting for this process's writer, the transaction "
+        "being saved included (0: no limit). A request that would pass it is refused with 503 "
+        "(problem type `overloaded`, `Retry-After`) and appends nothing; while nothing waits, a "
+        "request of any size is let in. Each waiting event holds ~1.3 KB of memory.",
+    )
     write_cache_streams: int = Field(
         default=10_000,
         ge=0,

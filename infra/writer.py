@@ -9,6 +9,12 @@ by themselves (DESIGN.md §3: 100 aggregates per save reach ~10x the events/s of
 A rule violation or an idempotency conflict is a per-command outcome and never fails the other
 requests of a batch. If a merged batch fails as a whole for an unexpected reason, each request is
 retried on its own, so only the culprit sees the error. Acknowledgement still means committed.
+
+Admission: at most ``max_pending_commands`` commands wait for the writer (the transaction being
+saved included). A request that would take more is refused at once with ``WriterOverloadedError``
+(the API answers 503 with ``Retry-After``) and nothing of it is appended, so an overloaded process
+sheds load instead of queueing without bound (memory, and latency past every client's timeout).
+A request is let in whatever its size while nothing is pending, so no request is refused forever.
 """
 
 from __future__ import annotations
@@ -28,6 +34,24 @@ from domain.ledger import Command, Ledger, Outcome
 log = logging.getLogger("runledger.writer")
 
 
+class WriterOverloadedError(RuntimeError):
+    """The writer holds as many commands as it may take (``max_pending_commands``); the request
+    was refused before anything of it was queued, so retrying it later is safe.
+
+    Attributes:
+        pending: commands waiting for the writer when the request came.
+        limit: ``max_pending_commands``.
+    """
+
+    def __init__(self, pending: int, limit: int) -> None:
+        super().__init__(
+            f"{pending} events are waiting to be committed by this process and it takes at most "
+            f"{limit}; nothing of this request was appended, retry later"
+        )
+        self.pending, self.limit = pending, limit
+        self.fields = {"pending": pending, "limit": limit}
+
+
 @dataclass
 class _Request:
     commands: Sequence[Command]
@@ -44,6 +68,8 @@ class GroupCommitWriter:
     Args:
         ledger: the application whose ``handle`` saves each batch.
         max_batch_commands: most commands merged into one transaction.
+        max_pending_commands: most commands waiting for the writer, the transaction being saved
+            included (None: no limit); see the module docstring.
         on_commit: each called after a transaction that appended events, before its
             requests are answered (``infra.wake``, ``api.tail``); more may be appended to
             ``self.on_commit``. They must not block or raise.
@@ -54,10 +80,17 @@ class GroupCommitWriter:
         ledger: Ledger,
         *,
         max_batch_commands: int = 5000,
+        max_pending_commands: int | None = None,
         on_commit: Sequence[Callable[[], None]] = (),
     ) -> None:
         self.ledger = ledger
         self.max_batch_commands = max_batch_commands
+        self.max_pending_commands = max_pending_commands
+        #: Commands submitted and not yet answered (guarded by ``_pending_lock``).
+        self.pending = 0
+        self._pending_lock = threading.Lock()
+        #: Requests refused by admission (``WriterOverloadedError``), for diagnostics.
+        self.refused = 0
         self.on_commit = list(on_commit)
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -83,10 +116,24 @@ class GroupCommitWriter:
             self._queue.put(None)
             thread.join(timeout_s)
 
+    def check_admission(self) -> None:
+        """Refuse a request before its body is even read when the writer holds
+        ``max_pending_commands`` already (``submit`` decides for certain).
+
+        Raises:
+            WriterOverloadedError: the writer is saturated.
+        """
+        limit = self.max_pending_commands
+        if limit is not None and self.pending >= limit:
+            with self._pending_lock:
+                self.refused += 1
+            raise WriterOverloadedError(self.pending, limit)
+
     async def submit(self, commands: Sequence[Command]) -> list[Outcome]:
         """Save ``commands`` with whatever else is pending; resolve when they are committed.
 
         Raises:
+            WriterOverloadedError: admission refused (nothing queued).
             IntegrityError, OperationalError: the batch could not be committed.
         """
         if not commands:
@@ -101,7 +148,8 @@ class GroupCommitWriter:
         return await future
 
     def submit_sync(self, commands: Sequence[Command]) -> list[Outcome]:
-        """``submit`` for callers outside an event loop (blocks the calling thread)."""
+        """``submit`` for callers outside an event loop (blocks the calling thread); raises
+        as ``submit``."""
         if not commands:
             return []
         done = threading.Event()
@@ -116,7 +164,19 @@ class GroupCommitWriter:
     def _enqueue(self, request: _Request) -> None:
         if self._thread is None:
             self.start()
+        size = len(request.commands)
+        with self._pending_lock:
+            limit = self.max_pending_commands
+            if limit is not None and self.pending and self.pending + size > limit:
+                self.refused += 1
+                raise WriterOverloadedError(self.pending, limit)
+            self.pending += size
         self._queue.put(request)
+
+    def _finish(self, request: _Request, result: list[Outcome] | BaseException) -> None:
+        with self._pending_lock:
+            self.pending -= len(request.commands)
+        _deliver(request, result)
 
     def _run(self) -> None:
         while True:
@@ -146,12 +206,12 @@ class GroupCommitWriter:
             outcomes = self.ledger.handle(commands)
         except (IntegrityError, OperationalError) as error:
             for request in batch:
-                _finish(request, error)
+                self._finish(request, error)
             return
         except Exception as error:
             if len(batch) == 1:
                 log.exception("write failed")
-                _finish(batch[0], error)
+                self._finish(batch[0], error)
                 return
             for request in batch:
                 self._save([request])
@@ -163,11 +223,11 @@ class GroupCommitWriter:
                 notify()  # the projector and the live tails awake
         offset = 0
         for request in batch:
-            _finish(request, outcomes[offset : offset + len(request.commands)])
+            self._finish(request, outcomes[offset : offset + len(request.commands)])
             offset += len(request.commands)
 
 
-def _finish(request: _Request, result: list[Outcome] | BaseException) -> None:
+def _deliver(request: _Request, result: list[Outcome] | BaseException) -> None:
     if request.deliver is not None:
         request.deliver(result)
         return

@@ -66,6 +66,18 @@ def pg_schema(postgres_url: str) -> Iterator[str]:
             conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """A server's store settings, once the embedded SQLite default (``{}``), once PostgreSQL in
+    a fresh schema; request it before ``make_server``, so that the schema outlives the server."""
+    if request.param == "sqlite":
+        return {}
+    return {
+        "RUNLEDGER_DATABASE_URL": request.getfixturevalue("postgres_url"),
+        "RUNLEDGER_DATABASE_SCHEMA": request.getfixturevalue("pg_schema"),
+    }
+
+
 @dataclass(frozen=True)
 class S3Server:
     """An S3-compatible endpoint and credentials it accepts."""

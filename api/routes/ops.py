@@ -28,8 +28,11 @@ async def healthz() -> dict[str, str]:
     responses=problem_responses(503),
 )
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """200 with head position and projection lag when the event store and the blob store (S3:
-    the bucket; local: the directory) answer; 503 problem+json otherwise."""
+    """200 when the event store and the blob store (S3: the bucket; local: the directory)
+    answer: ``{"status": "ready", "head": position, "projections": [{"name", "position",
+    "head", "lag"}], "writer": {"pending", "max_pending", "refused"}}``, ``writer`` being this
+    process's group-commit writer (events waiting to be committed, the most it takes, requests
+    it refused as overloaded since start); 503 problem+json otherwise."""
     try:
         status = await run_in_threadpool(runtime.projector.status)
         head = await run_in_threadpool(runtime.log.head)
@@ -39,8 +42,21 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
             {"type": "about:blank", "title": "Not ready", "status": 503, "detail": str(error)},
             status_code=503,
             media_type="application/problem+json",
+            headers={"Retry-After": "1"},
         )
-    return JSONResponse({"status": "ready", "head": head, "projections": status})
+    writer = runtime.writer
+    return JSONResponse(
+        {
+            "status": "ready",
+            "head": head,
+            "projections": status,
+            "writer": {
+                "pending": writer.pending,
+                "max_pending": writer.max_pending_commands,
+                "refused": writer.refused,
+            },
+        }
+    )
 
 
 @router.get("/v1/projections", summary="Projection positions and lag")

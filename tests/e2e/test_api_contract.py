@@ -59,18 +59,6 @@ def run_schemathesis(server: Server, examples: int) -> str:
     return report
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    """The server's store settings (requested before ``make_server``, so that the PostgreSQL
-    schema outlives the server)."""
-    if request.param == "sqlite":
-        return {}
-    return {
-        "RUNLEDGER_DATABASE_URL": request.getfixturevalue("postgres_url"),
-        "RUNLEDGER_DATABASE_SCHEMA": request.getfixturevalue("pg_schema"),
-    }
-
-
 def test_every_answer_to_generated_requests_is_documented_and_none_is_a_server_error(
     store_env: dict[str, str], make_server: Callable[..., Server]
 ) -> None:

@@ -9,6 +9,8 @@ import json
 import re
 import time
 import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -686,10 +688,12 @@ def test_when_s3_refuses_a_blob_the_request_is_503_and_appends_nothing(
         not_ready = client.get("/readyz")
         assert not_ready.status_code == 503
         assert s3_bucket in not_ready.json()["detail"]
+        assert not_ready.headers["retry-after"] == "1"
         refused = client.post("/v1/events", json=event)
         assert refused.status_code == 503
         assert refused.headers["content-type"].startswith("application/problem+json")
         assert refused.json()["type"].endswith("/blob-store-unavailable")
+        assert refused.headers["retry-after"] == "1"
         assert client.get("/v1/streams/session/s3-down/events").status_code == 404
         # Values below the threshold never touch S3: the same call with a small input lands.
         event["tool_input"] = {"content": "small"}
@@ -794,20 +798,15 @@ def test_the_log_tail_streams_commits_as_server_sent_events_and_resumes(
         assert last.json()["items"] == [] and last.json()["next_after_version"] is None
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgres"])
 def test_a_commit_reaches_a_waiting_tail_at_once_from_any_worker(
-    store: str, make_server: Any, request: pytest.FixtureRequest
+    store_env: dict[str, str], make_server: Any
 ) -> None:
     # Tails poll the log's head only every 60 s here: each event arrives because its commit
     # woke the tail (SQLite: the writer of the one worker; PostgreSQL: NOTIFY, from whichever
     # of the two workers took the POST).
-    env = {"RUNLEDGER_TAIL_POLL_INTERVAL_S": "60"}
-    if store == "postgres":
-        env.update(
-            RUNLEDGER_DATABASE_URL=request.getfixturevalue("postgres_url"),
-            RUNLEDGER_DATABASE_SCHEMA=request.getfixturevalue("pg_schema"),
-            RUNLEDGER_WORKERS="2",
-        )
+    env = {"RUNLEDGER_TAIL_POLL_INTERVAL_S": "60", **store_env}
+    if store_env:
+        env["RUNLEDGER_WORKERS"] = "2"
     server = make_server(**env)
     with httpx.Client(base_url=server.url, timeout=10) as client:
         with client.stream("GET", "/v1/log/tail") as tail:
@@ -912,3 +911,144 @@ def test_integers_beyond_64_bits_are_kept_exact_from_hook_to_history(sqlite_serv
     assert inputs["toolu_big_numbers"] == payload["tool_input"]
     assert inputs["toolu_typed_big"] == big
     assert all(type(v) is int for v in inputs["toolu_typed_big"].values())
+
+
+def hold_the_log(store_env: dict[str, str], tmp_path: Path) -> Callable[[], None]:
+    """Take the log's write lock from outside the server, as a long transaction of another
+    process would (PostgreSQL: ``LOCK TABLE ... IN EXCLUSIVE MODE``, which lets reads through;
+    SQLite: ``BEGIN IMMEDIATE``); returns what releases it."""
+    if store_env:
+        import psycopg
+
+        conn = psycopg.connect(store_env["RUNLEDGER_DATABASE_URL"])
+        schema = store_env["RUNLEDGER_DATABASE_SCHEMA"]
+        conn.execute(f'LOCK TABLE "{schema}"."runledger_events" IN EXCLUSIVE MODE')
+
+        def release() -> None:
+            conn.commit()
+            conn.close()
+
+        return release
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "var" / "runledger.sqlite", isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+
+    def release_sqlite() -> None:
+        db.execute("COMMIT")
+        db.close()
+
+    return release_sqlite
+
+
+def test_an_overloaded_writer_answers_503_and_appends_nothing_it_refused(
+    store_env: dict[str, str], make_server: Any, tmp_path: Path
+) -> None:
+    server = make_server(RUNLEDGER_MAX_PENDING_EVENTS="4", **store_env)
+
+    def chain(name: str) -> dict[str, str]:
+        return {"type": "chain.created", "chain_id": name}
+
+    def post(body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(f"{server.url}/v1/events", json=body, timeout=60)
+
+    def writer() -> dict[str, Any]:
+        state: dict[str, Any] = httpx.get(f"{server.url}/readyz", timeout=10).json()["writer"]
+        return state
+
+    def wait_pending(count: int) -> None:
+        deadline = time.monotonic() + 20
+        while writer()["pending"] != count:
+            assert time.monotonic() < deadline, writer()
+            time.sleep(0.02)
+
+    release = hold_the_log(store_env, tmp_path)
+    with ThreadPoolExecutor(4) as pool, httpx.Client(base_url=server.url, timeout=60) as client:
+        try:
+            held = [pool.submit(post, chain(f"held-{n}")) for n in range(3)]
+            wait_pending(3)  # one in the writer's transaction, blocked on the lock; two queued
+            # 3 + 2 > 4: the batch is refused whole, after its body was read
+            batch = client.post("/v1/events", json={"events": [chain("late-a"), chain("late-b")]})
+            held.append(pool.submit(post, chain("held-3")))
+            wait_pending(4)
+            # saturated: every ingest route refuses before reading the body
+            single = client.post("/v1/events", json=chain("late-c"))
+            hook = client.post(
+                "/v1/hooks/claude-code",
+                json={"session_id": "late-hook", "hook_event_name": "Notification", "message": "x"},
+            )
+            otlp = client.post(
+                "/v1/traces", content=b"", headers={"content-type": "application/x-protobuf"}
+            )
+            assert not any(f.done() for f in held)  # nothing answered before its commit
+            assert writer() == {"pending": 4, "max_pending": 4, "refused": 4}
+        finally:
+            release()
+        assert [f.result().status_code for f in held] == [201] * 4
+        for refused in (batch, single, hook, otlp):
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["content-type"].startswith("application/problem+json")
+            assert refused.headers["retry-after"] == "1"
+            problem = refused.json()
+            assert problem["type"].endswith("/overloaded")
+            assert problem["limit"] == 4 and problem["pending"] >= 3
+        # What was refused left no trace; what was acknowledged is there.
+        for name in ("late-a", "late-b", "late-c"):
+            assert client.get(f"/v1/streams/chain/{name}/events").status_code == 404
+        assert client.get("/v1/streams/session/late-hook/events").status_code == 404
+        for n in range(4):
+            assert client.get(f"/v1/streams/chain/held-{n}/events").status_code == 200
+        assert len(client.get("/v1/log", params={"limit": 100}).json()["items"]) == 4
+        # Drained, it takes requests again: the client's retry lands.
+        assert writer()["pending"] == 0
+        again = client.post("/v1/events", json={"events": [chain("late-a"), chain("late-b")]})
+        assert again.status_code == 200 and again.json()["created"] == 2
+
+
+def test_the_otlp_sdk_exporter_rides_out_an_overload_by_retrying_the_503(
+    make_server: Any, tmp_path: Path
+) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    server = make_server(RUNLEDGER_MAX_PENDING_EVENTS="1")
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    with provider.get_tracer("runledger-e2e").start_as_current_span("agent.run") as root:
+        with provider.get_tracer("runledger-e2e").start_as_current_span("tool.bash"):
+            pass
+    trace_id = format(root.get_span_context().trace_id, "032x")
+    exporter = OTLPSpanExporter(endpoint=f"{server.url}/v1/traces", timeout=30)
+
+    def refused() -> int:
+        count: int = httpx.get(f"{server.url}/readyz", timeout=10).json()["writer"]["refused"]
+        return count
+
+    release = hold_the_log({}, tmp_path)
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            held = pool.submit(
+                httpx.post,
+                f"{server.url}/v1/events",
+                json={"type": "chain.created", "chain_id": "holds-the-writer"},
+                timeout=60,
+            )
+            deadline = time.monotonic() + 20
+            while httpx.get(f"{server.url}/readyz", timeout=10).json()["writer"]["pending"] != 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            exported = pool.submit(exporter.export, spans.get_finished_spans())
+            while refused() == 0:  # the SDK's first attempt was a 503
+                assert time.monotonic() < deadline and not exported.done()
+                time.sleep(0.02)
+        finally:
+            release()
+        assert held.result().status_code == 201
+        assert exported.result() is SpanExportResult.SUCCESS  # its retry landed
+    assert refused() == 1
+    server.wait_projected()
+    trace = httpx.get(f"{server.url}/v1/traces/{trace_id}", timeout=10).raise_for_status().json()
+    assert trace["span_count"] == 2

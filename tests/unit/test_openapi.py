@@ -124,6 +124,14 @@ def test_every_error_answer_is_documented_as_a_problem() -> None:
     assert declared[("/v1/blobs/{sha256}", "get")] == {400, 401, 404, 422, 503}
     assert declared[("/readyz", "get")] == {503}
     assert declared[("/healthz", "get")] == set()
+    # every 503 (overloaded, write contention, a store down, not ready) says when to retry
+    retry_after = {
+        (path, method): op["responses"]["503"]["headers"]["Retry-After"]["schema"]
+        for path, method, op in _operations(document)
+        if "503" in op["responses"]
+    }
+    assert set(retry_after) == {k for k, v in declared.items() if 503 in v}
+    assert all(schema == {"type": "integer", "minimum": 0} for schema in retry_after.values())
 
 
 def test_every_v1_route_of_a_project_documents_the_header_and_the_query() -> None:

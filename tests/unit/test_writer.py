@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from domain import errors
 from domain.base import EventMeta, content_sha256
 from domain.ledger import Command, Ledger
-from infra.writer import GroupCommitWriter
+from infra.writer import GroupCommitWriter, WriterOverloadedError
 
 pytestmark = pytest.mark.unit
 
@@ -98,6 +99,79 @@ def test_an_unexpected_failure_is_confined_to_the_request_that_caused_it() -> No
     writer.stop()
     assert isinstance(results[-1], ValueError)
     assert all(r[0].status == "created" for r in results[:-1])
+    assert writer.pending == 0  # a failed request leaves the admission count too
+
+
+class GatedLedger(CountingLedger):
+    """``handle`` waits until ``gate`` is set: the writer is busy with a transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def handle(self, commands: Any) -> Any:
+        self.entered.set()
+        assert self.gate.wait(30), "test gate never opened"
+        return super().handle(commands)
+
+
+def test_a_saturated_writer_refuses_requests_whole_and_takes_them_again_once_drained() -> None:
+    ledger = GatedLedger()
+    writer = GroupCommitWriter(ledger, max_pending_commands=5)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(writer.submit([command("s", f"a{i}") for i in range(3)]))
+        await asyncio.sleep(0)
+        assert await asyncio.to_thread(ledger.entered.wait, 10)  # the writer holds it
+        second = asyncio.ensure_future(writer.submit([command("s", "b0"), command("s", "b1")]))
+        await asyncio.sleep(0)
+        assert writer.pending == 5
+        with pytest.raises(WriterOverloadedError) as refused:
+            await writer.submit([command("s", "c0")])
+        assert (refused.value.pending, refused.value.limit) == (5, 5)
+        with pytest.raises(WriterOverloadedError):
+            writer.check_admission()  # what the API asks before reading a body
+        assert writer.pending == 5 and writer.refused == 2
+        ledger.gate.set()
+        outcomes = [*(await first), *(await second)]
+        assert [o.status for o in outcomes] == ["created"] * 5
+        assert writer.pending == 0
+        writer.check_admission()  # drained: admitted again
+        [again] = await writer.submit([command("s", "c0")])
+        assert again.status == "created"
+
+    asyncio.run(main())
+    writer.stop()
+    messages = [e for e in ledger.history("session", "s") if e.event_id.startswith("c")]
+    assert len(messages) == 1  # the refused request appended nothing; its retry did
+
+
+def test_a_request_larger_than_the_limit_is_taken_while_nothing_waits() -> None:
+    ledger = GatedLedger()
+    ledger.gate.set()
+    writer = GroupCommitWriter(ledger, max_pending_commands=2)
+    outcomes = writer.submit_sync([command("s", f"e{i}") for i in range(6)])
+    writer.stop()
+    assert [o.status for o in outcomes] == ["created"] * 6
+    assert writer.pending == 0
+
+
+def test_without_a_limit_nothing_is_refused() -> None:
+    ledger = GatedLedger()
+    writer = GroupCommitWriter(ledger)
+
+    async def main() -> list[Any]:
+        requests = [writer.submit([command("s", f"e{i}")]) for i in range(50)]
+        tasks = [asyncio.ensure_future(r) for r in requests]
+        await asyncio.sleep(0)
+        writer.check_admission()
+        ledger.gate.set()
+        return await asyncio.gather(*tasks)
+
+    results = asyncio.run(main())
+    writer.stop()
+    assert all(r[0].status == "created" for r in results)
 
 
 def test_submit_sync_waits_for_the_commit() -> None:
