@@ -123,7 +123,7 @@ def ingest_context(request: Request) -> tuple[Runtime, str]:
 
     Raises:
         UnauthorizedError, BadRequestError: as ``check_token`` / ``resolve_project``.
-        WriterOverloadedError: the writer holds ``max_pending_events`` commands already (503).
+        WriterOverloadedError: ``max_pending_events`` commands wait for the writer already (503).
     """
     runtime: Runtime = request.app.state.runtime
     headers = request.headers

@@ -16,7 +16,7 @@ import time
 
 from bench.common import DEFAULT_DATABASE_URL, ROOT
 
-BENCHMARKS = ("ingest_batch", "single_event", "otlp", "rebuild", "stream_state", "rss")
+BENCHMARKS = ("ingest_batch", "single_event", "otlp", "rebuild", "stream_state", "rss", "overload")
 #: Time limit of one benchmark, seconds (full run; a quick run gets a quarter).
 TIME_LIMIT_S = 3600
 

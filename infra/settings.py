@@ -143,10 +143,12 @@ class Settings(BaseSettings):
     max_pending_events: int = Field(
         default=20_000,
         ge=0,
-        description="Most events (commands) waiting for this process's writer, the transaction "
-        "being saved included (0: no limit). A request that would pass it is refused with 503 "
-        "(problem type `overloaded`, `Retry-After`) and appends nothing; while nothing waits, a "
-        "request of any size is let in. Each waiting event holds ~1.3 KB of memory.",
+        description="Ingest requests are let in while fewer events (commands) than this wait for "
+        "this process's writer, the transaction being saved included, whatever their size; "
+        "otherwise they are refused with 503 (problem type `overloaded`, `Retry-After`) and "
+        "append nothing (0: no limit). Each waiting event holds ~1.3 KB of memory. Keep it above "
+        "the events a process commits in a second (the `Retry-After`), so that the writer "
+        "stays busy while refused clients wait.",
     )
     write_cache_streams: int = Field(
         default=10_000,

@@ -10,11 +10,11 @@ A rule violation or an idempotency conflict is a per-command outcome and never f
 requests of a batch. If a merged batch fails as a whole for an unexpected reason, each request is
 retried on its own, so only the culprit sees the error. Acknowledgement still means committed.
 
-Admission: at most ``max_pending_commands`` commands wait for the writer (the transaction being
-saved included). A request that would take more is refused at once with ``WriterOverloadedError``
-(the API answers 503 with ``Retry-After``) and nothing of it is appended, so an overloaded process
-sheds load instead of queueing without bound (memory, and latency past every client's timeout).
-A request is let in whatever its size while nothing is pending, so no request is refused forever.
+Admission: a request is let in while fewer than ``max_pending_commands`` commands wait for the
+writer (the transaction being saved included), whatever its size, so the writer holds at most
+that many plus one request's. Otherwise it is refused at once with ``WriterOverloadedError`` (the
+API answers 503 with ``Retry-After``) and nothing of it is appended: an overloaded process sheds
+load instead of queueing without bound (memory, and waits past every client's timeout).
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ class GroupCommitWriter:
     Args:
         ledger: the application whose ``handle`` saves each batch.
         max_batch_commands: most commands merged into one transaction.
-        max_pending_commands: most commands waiting for the writer, the transaction being saved
-            included (None: no limit); see the module docstring.
+        max_pending_commands: requests are let in while fewer commands than this wait for the
+            writer, the transaction being saved included (None: no limit); see the module
+            docstring.
         on_commit: each called after a transaction that appended events, before its
             requests are answered (``infra.wake``, ``api.tail``); more may be appended to
             ``self.on_commit``. They must not block or raise.
@@ -118,7 +119,8 @@ class GroupCommitWriter:
 
     def check_admission(self) -> None:
         """Refuse a request before its body is even read when the writer holds
-        ``max_pending_commands`` already (``submit`` decides for certain).
+        ``max_pending_commands`` already (``submit`` checks again: others may have come in
+        while the body was read).
 
         Raises:
             WriterOverloadedError: the writer is saturated.
@@ -164,13 +166,12 @@ class GroupCommitWriter:
     def _enqueue(self, request: _Request) -> None:
         if self._thread is None:
             self.start()
-        size = len(request.commands)
         with self._pending_lock:
             limit = self.max_pending_commands
-            if limit is not None and self.pending and self.pending + size > limit:
+            if limit is not None and self.pending >= limit:
                 self.refused += 1
                 raise WriterOverloadedError(self.pending, limit)
-            self.pending += size
+            self.pending += len(request.commands)
         self._queue.put(request)
 
     def _finish(self, request: _Request, result: list[Outcome] | BaseException) -> None:

@@ -181,6 +181,7 @@ async def post_events(request: Request) -> Response:
         )
     offload = make_offload(runtime.blobs, runtime.settings.blob_threshold_bytes)
     commands = to_commands(events, project, offload)
+    del body, parsed, events  # not held while the commands wait for the writer
     outcomes = await runtime.writer.submit(commands)
     content = event_results(outcomes)
     status = 200
@@ -297,6 +298,7 @@ async def post_traces(request: Request) -> Response:
         request.headers.get("content-encoding"),
         max_decompressed_bytes=runtime.settings.max_body_bytes * 4,
     )
+    del body  # not held while the commands wait for the writer
     commands = [span_command(span, project) for span in decoded.spans]
     outcomes = await runtime.writer.submit(commands)
     reasons = [f"span {r.span_id}: {r.reason}" for r in decoded.rejected]

@@ -967,11 +967,11 @@ def test_an_overloaded_writer_answers_503_and_appends_nothing_it_refused(
         try:
             held = [pool.submit(post, chain(f"held-{n}")) for n in range(3)]
             wait_pending(3)  # one in the writer's transaction, blocked on the lock; two queued
-            # 3 + 2 > 4: the batch is refused whole, after its body was read
+            # 3 < 4 wait: let in, whatever its size
+            held.append(pool.submit(post, {"events": [chain("held-3"), chain("held-4")]}))
+            wait_pending(5)
+            # saturated: every ingest route refuses, before reading the body
             batch = client.post("/v1/events", json={"events": [chain("late-a"), chain("late-b")]})
-            held.append(pool.submit(post, chain("held-3")))
-            wait_pending(4)
-            # saturated: every ingest route refuses before reading the body
             single = client.post("/v1/events", json=chain("late-c"))
             hook = client.post(
                 "/v1/hooks/claude-code",
@@ -981,24 +981,24 @@ def test_an_overloaded_writer_answers_503_and_appends_nothing_it_refused(
                 "/v1/traces", content=b"", headers={"content-type": "application/x-protobuf"}
             )
             assert not any(f.done() for f in held)  # nothing answered before its commit
-            assert writer() == {"pending": 4, "max_pending": 4, "refused": 4}
+            assert writer() == {"pending": 5, "max_pending": 4, "refused": 4}
         finally:
             release()
-        assert [f.result().status_code for f in held] == [201] * 4
+        assert [f.result().status_code for f in held] == [201, 201, 201, 200]  # 200: the batch
         for refused in (batch, single, hook, otlp):
             assert refused.status_code == 503, refused.text
             assert refused.headers["content-type"].startswith("application/problem+json")
             assert refused.headers["retry-after"] == "1"
             problem = refused.json()
             assert problem["type"].endswith("/overloaded")
-            assert problem["limit"] == 4 and problem["pending"] >= 3
+            assert (problem["pending"], problem["limit"]) == (5, 4)
         # What was refused left no trace; what was acknowledged is there.
         for name in ("late-a", "late-b", "late-c"):
             assert client.get(f"/v1/streams/chain/{name}/events").status_code == 404
         assert client.get("/v1/streams/session/late-hook/events").status_code == 404
-        for n in range(4):
+        for n in range(5):
             assert client.get(f"/v1/streams/chain/held-{n}/events").status_code == 200
-        assert len(client.get("/v1/log", params={"limit": 100}).json()["items"]) == 4
+        assert len(client.get("/v1/log", params={"limit": 100}).json()["items"]) == 5
         # Drained, it takes requests again: the client's retry lands.
         assert writer()["pending"] == 0
         again = client.post("/v1/events", json={"events": [chain("late-a"), chain("late-b")]})
