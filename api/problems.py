@@ -158,10 +158,17 @@ def problem_body(error: BaseException, *, instance: str | None = None) -> dict[s
     return body
 
 
+#: Seconds a 503 asks the client to wait before retrying (``Retry-After``, RFC 9110 §10.2.3).
+RETRY_AFTER_S = 1
+
+
 def problem_response(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """A JSONResponse with the problem+json media type."""
+    """A JSONResponse with the problem+json media type; a 503 carries ``Retry-After``
+    (``RETRY_AFTER_S``), as ``problem_responses`` documents it."""
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
@@ -171,8 +178,6 @@ def install(app: FastAPI) -> None:
     async def known(request: Request, error: Exception) -> JSONResponse:
         body = problem_body(error, instance=request.url.path)
         headers = {"WWW-Authenticate": "Bearer"} if body["status"] == 401 else None
-        if body["status"] == 503:
-            headers = {"Retry-After": "1"}
         return problem_response(body["status"], body, headers)
 
     for cls in PROBLEMS:

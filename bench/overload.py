@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import math
 import tempfile
 import time
 import uuid
@@ -50,7 +52,6 @@ from bench.common import (
     wait_projected,
 )
 from bench.ingest_batch import check_batch_response, make_batches, warm_up
-from bench.workload import Batch
 from infra.settings import Settings
 
 DEFAULT_LIMIT = Settings.model_fields["max_pending_events"].default
@@ -66,10 +67,24 @@ class OverloadRound:
     refusals_per_batch: float
 
 
+#: Most events/s one server is expected to commit: sizes the default pool of a round.
+MAX_EXPECTED_EVENTS_S = 25_000
+
+
+def encoded_pool(count: int, label: str) -> list[tuple[bytes, int]]:
+    """``count`` batches of 1,000 events, ids unique to ``label``, encoded before any timing:
+    ``[(POST /v1/events body, log events it implies), ...]``."""
+    return [(batch.body(), batch.log_events) for batch in make_batches(count, label)]
+
+
 def overload_round(
-    server: ServerProcess, pool: list[Batch], seconds: float, concurrency: int, database: str
+    server: ServerProcess,
+    pool: list[tuple[bytes, int]],
+    seconds: float,
+    concurrency: int,
+    database: str,
 ) -> OverloadRound:
-    """Post batches of ``pool`` back to back from ``concurrency`` clients for ``seconds`` (a 503
+    """Post the bodies of ``pool`` (``encoded_pool``) back to back from ``concurrency`` clients for ``seconds`` (a 503
     retried after its ``Retry-After``; one that could only be retried after the window is given
     up). Counts the events committed within the window; then, once every answer is in, checks
     that the log holds exactly the acknowledged batches' events.
@@ -94,10 +109,10 @@ def overload_round(
         async def worker(client: httpx.AsyncClient) -> None:
             nonlocal refusals, acked_events
             while time.perf_counter() < deadline:
-                batch = next(batches, None)
-                if batch is None:
+                body, log_events = next(batches, (b"", 0))
+                if not body:
                     raise RuntimeError(f"the pool of {len(pool)} batches ran out; raise --batches")
-                body, first = batch.body(), time.perf_counter()
+                first = time.perf_counter()
                 while True:
                     sent = time.perf_counter()
                     response = await client.post(url, content=body, headers=headers)
@@ -111,7 +126,7 @@ def overload_round(
                     await asyncio.sleep(wait)
                 check_batch_response(response)
                 acks.append(time.perf_counter() - first)
-                acked_events += batch.log_events
+                acked_events += log_events
 
         async def window() -> int:
             await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
@@ -146,7 +161,10 @@ def options(parser: argparse.ArgumentParser) -> None:
         "--duration", type=float, default=None, help="seconds per round (30; quick 10)"
     )
     parser.add_argument(
-        "--batches", type=int, default=None, help="batches ready per round (500; quick 200)"
+        "--batches",
+        type=int,
+        default=None,
+        help="batches encoded per round (enough for 25,000 events/s over the duration)",
     )
     parser.add_argument("--concurrency", type=int, default=64, help="client connections (64)")
 
@@ -155,8 +173,8 @@ def main() -> None:
     """Run the benchmark (see the module docstring)."""
     args = parse_args(__doc__.splitlines()[0], rounds=3, quick_rounds=1, add=options)
     unwind_on_sigterm()
-    pool_size = args.batches or (200 if args.quick else 500)
     seconds = args.duration or (10.0 if args.quick else 30.0)
+    pool_size = args.batches or math.ceil(seconds * MAX_EXPECTED_EVENTS_S / 1000)
     banner(
         "overload: POST /v1/events, 1,000-event batches, more clients than the writer keeps up with",
         rounds=args.rounds,
@@ -164,34 +182,30 @@ def main() -> None:
         concurrency=args.concurrency,
         reference="the same server with admission off (RUNLEDGER_MAX_PENDING_EVENTS=0)",
     )
+    #: server name -> RUNLEDGER_MAX_PENDING_EVENTS
     configs = {"admission": str(DEFAULT_LIMIT), "off": "0"}
     results: dict[str, list[OverloadRound]] = {name: [] for name in configs}
     with (
         tempfile.TemporaryDirectory(prefix="bench-overload-") as tmp,
-        fresh_schema(args.database_url, "overload_on") as on_schema,
-        fresh_schema(args.database_url, "overload_off") as off_schema,
-        running(
-            runledger_server(
-                args.database_url,
-                on_schema,
-                Path(tmp),
-                name="admission",
-                max_pending_events=configs["admission"],
-            ),
-            runledger_server(
-                args.database_url,
-                off_schema,
-                Path(tmp),
-                name="off",
-                max_pending_events=configs["off"],
-            ),
-        ) as servers,
+        contextlib.ExitStack() as stack,
     ):
+        made = [
+            runledger_server(
+                args.database_url,
+                stack.enter_context(fresh_schema(args.database_url, f"overload_{name}")),
+                Path(tmp),
+                name=name,
+                max_pending_events=limit,
+            )
+            for name, limit in configs.items()
+        ]
+        servers = stack.enter_context(running(*made))
         for server in servers:
             warm_up(server, concurrency=2)
         for number in range(args.rounds):
+            # one pool per round: the servers' schemas differ, so both may take the same ids
+            pool = encoded_pool(pool_size, f"o{number}{uuid.uuid4().hex[:6]}")
             for server in servers if number % 2 == 0 else reversed(servers):
-                pool = make_batches(pool_size, f"o{number}{server.name}{uuid.uuid4().hex[:6]}")
                 for other in servers:
                     wait_projected(other.url)
                 result = overload_round(server, pool, seconds, args.concurrency, args.database_url)

@@ -146,9 +146,8 @@ class LocalSignal:
         self._event.wait(timeout_s)
         self._event.clear()
 
-    def interrupt(self) -> None:
-        """End the current (or next) ``wait`` now."""
-        self._event.set()
+    #: End the current (or next) ``wait`` now (``PostgresListener``'s interface).
+    interrupt = notify
 
     def close(self) -> None:
         """Nothing to release."""

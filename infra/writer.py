@@ -125,11 +125,8 @@ class GroupCommitWriter:
         Raises:
             WriterOverloadedError: the writer is saturated.
         """
-        limit = self.max_pending_commands
-        if limit is not None and self.pending >= limit:
-            with self._pending_lock:
-                self.refused += 1
-            raise WriterOverloadedError(self.pending, limit)
+        with self._pending_lock:
+            self._admit(0)
 
     async def submit(self, commands: Sequence[Command]) -> list[Outcome]:
         """Save ``commands`` with whatever else is pending; resolve when they are committed.
@@ -167,12 +164,21 @@ class GroupCommitWriter:
         if self._thread is None:
             self.start()
         with self._pending_lock:
-            limit = self.max_pending_commands
-            if limit is not None and self.pending >= limit:
-                self.refused += 1
-                raise WriterOverloadedError(self.pending, limit)
-            self.pending += len(request.commands)
+            self._admit(len(request.commands))
         self._queue.put(request)
+
+    def _admit(self, size: int) -> None:
+        """Count ``size`` more pending commands, or refuse them (the caller holds
+        ``_pending_lock``).
+
+        Raises:
+            WriterOverloadedError: ``max_pending_commands`` commands are pending already.
+        """
+        limit = self.max_pending_commands
+        if limit is not None and self.pending >= limit:
+            self.refused += 1
+            raise WriterOverloadedError(self.pending, limit)
+        self.pending += size
 
     def _finish(self, request: _Request, result: list[Outcome] | BaseException) -> None:
         with self._pending_lock:

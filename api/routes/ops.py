@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.deps import RuntimeDep
-from api.problems import problem_responses
+from api.problems import problem_response, problem_responses
 
 router = APIRouter(tags=["ops"])
 
@@ -38,11 +38,8 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         head = await run_in_threadpool(runtime.log.head)
         await run_in_threadpool(runtime.blobs.check)
     except Exception as error:
-        return JSONResponse(
-            {"type": "about:blank", "title": "Not ready", "status": 503, "detail": str(error)},
-            status_code=503,
-            media_type="application/problem+json",
-            headers={"Retry-After": "1"},
+        return problem_response(
+            503, {"type": "about:blank", "title": "Not ready", "status": 503, "detail": str(error)}
         )
     writer = runtime.writer
     return JSONResponse(
