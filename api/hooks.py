@@ -517,10 +517,16 @@ def _occurred_at(timestamp: Any, received_at: datetime) -> datetime:
             parsed = datetime.fromisoformat(timestamp.upper())
         except ValueError:  # e.g. a leap second or month 13: well-formed but not a datetime
             parsed = None
-    moment = parsed if parsed is not None else received_at
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    if parsed is not None:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        try:
+            return parsed.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00: no such instant in UTC
+            pass
+    if received_at.tzinfo is None:
+        return received_at.replace(tzinfo=UTC)
+    return received_at.astimezone(UTC)
 
 
 def _subagent_tool_name(plain: Mapping[str, Any]) -> str:

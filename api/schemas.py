@@ -12,7 +12,7 @@ import base64
 import binascii
 import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -68,8 +68,23 @@ def _rfc3339(value: Any) -> Any:
     raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-11-22T09:30:00Z")
 
 
-#: A timestamp as an RFC 3339 ``date-time`` string with an offset; read as an aware ``datetime``.
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+def _in_range(value: datetime) -> datetime:
+    """Let only instants that exist in UTC through: ``0001-01-01T00:00:00+14:00`` is well-formed
+    but before ``datetime.min`` once in UTC, and every comparison or conversion of it (the
+    projections store UTC) would raise ``OverflowError``."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            "must be an RFC 3339 date-time between 0001-01-01T00:00:00Z and "
+            "9999-12-31T23:59:59.999999Z once in UTC"
+        ) from None
+    return value
+
+
+#: A timestamp as an RFC 3339 ``date-time`` string with an offset; read as an aware ``datetime``
+#: whose instant lies within ``datetime``'s range in UTC (years 1-9999).
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_in_range)]
 _TIMESTAMP: TypeAdapter[datetime] = TypeAdapter(Timestamp)
 
 

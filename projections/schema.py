@@ -525,7 +525,13 @@ def to_utc(value: datetime) -> datetime:
         return value  # what astimezone(UTC) returns for it
     if tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # An instant outside datetime's range in UTC (e.g. 0001-01-01T00:00:00+14:00), which the
+        # API has refused since 2026-11-22 but an older log may hold: the nearest representable
+        # one, so that one such event cannot stop the projections for good.
+        return (datetime.min if value.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 def iso(value: datetime | None) -> str | None:

@@ -214,6 +214,9 @@ def test_bad_input_gets_problem_json_and_appends_nothing(sqlite_server: Server) 
                     "1767225600",
                     "2026-01-01T00:00:00",
                     "2026-01-01T00:00Z",
+                    # well-formed, but no such instant in UTC
+                    "0001-01-01T00:00:00+14:00",
+                    "9999-12-31T23:59:59-14:00",
                 )
             ),
             (
@@ -247,7 +250,7 @@ def test_bad_input_gets_problem_json_and_appends_nothing(sqlite_server: Server) 
         assert client.get("/v1/sessions/nope").status_code == 404
         assert client.get("/v1/streams/session/nope/events").status_code == 404
         assert client.get("/v1/sessions", params={"cursor": "%%%"}).status_code == 400
-        for as_of in ("1767225600", "2026-01-01T00:00:00"):
+        for as_of in ("1767225600", "2026-01-01T00:00:00", "0001-01-01T00:00:00+14:00"):
             at = client.get("/v1/streams/session/nope/state", params={"as_of": as_of})
             assert at.status_code == 422 and "RFC 3339" in at.text, at.text
 

@@ -705,8 +705,20 @@ def test_a_payload_with_missing_or_mistyped_fields_is_refused_naming_each_field(
         ("2026-02-10", RECEIVED_AT),
         ("2026-13-10T15:35:19Z", RECEIVED_AT),
         (1770737719, RECEIVED_AT),
+        ("0001-01-01T00:00:00+14:00", RECEIVED_AT),
+        ("9999-12-31T23:59:59-14:00", RECEIVED_AT),
     ],
-    ids=["utc-z", "offset", "naive-is-utc", "not-a-time", "date-only", "month-13", "epoch-number"],
+    ids=[
+        "utc-z",
+        "offset",
+        "naive-is-utc",
+        "not-a-time",
+        "date-only",
+        "month-13",
+        "epoch-number",
+        "before-year-1-in-utc",
+        "after-year-9999-in-utc",
+    ],
 )
 def test_occurred_at_is_the_payloads_rfc3339_timestamp_else_the_receive_time(
     timestamp: object, expected: datetime

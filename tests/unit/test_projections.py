@@ -15,7 +15,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -682,6 +682,28 @@ def test_incremental_projection_equals_a_rebuild_row_for_row_on_sqlite(
     in_memory = fold_events(PROJECTIONS, log_events(sqlite_ledger))
     assert incremental == in_memory
     assert positions(sqlite_db) == dict.fromkeys(NAMES, head)
+
+
+def test_an_event_whose_occurred_at_has_no_utc_instant_is_folded_at_the_nearest_one(
+    sqlite_ledger: Ledger, sqlite_db: SQLiteDatabase
+) -> None:
+    # The API refuses such timestamps now; a log written before may hold them, and one of them
+    # once stopped every projection for good (OverflowError on the way to UTC, on each retry).
+    projector = Projector(sqlite_ledger, sqlite_db)
+    projector.create_tables()
+    early = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))
+    late = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-14)))
+    for number, occurred in enumerate((early, late)):
+        meta = EventMeta(f"ev-{number}", content_sha256(number), occurred, "api")
+        (outcome,) = sqlite_ledger.handle([Command("session", f"s{number}", "start", meta, {})])
+        assert outcome.status == "created", outcome.error
+
+    assert projector.run_once() == 2
+    views = Views(sqlite_db)
+    first, second = views.get_session("default", "s0"), views.get_session("default", "s1")
+    assert first is not None and second is not None
+    assert first["started_at"].startswith("0001-01-01T00:00:00")
+    assert second["started_at"].startswith("9999-12-31T23:59:59.999999")
 
 
 def test_the_realistic_mix_projects_to_the_expected_rows(
