@@ -49,6 +49,11 @@ BASELINE_LINE = re.compile(r"^[ MADRCU?!T]{2} ([0-9a-f]{64}|deleted|unreadable) 
 
 Id = Annotated[str, Field(min_length=1, max_length=512)]
 
+#: Integers are signed 64-bit, as the read models (BIGINT, SQLite INTEGER) and JSON parsers
+#: other than Python's hold them: a larger one is a 422, not a value the read models clamp.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+
 #: RFC 3339 ``date-time`` (§5.6): full date, ``T`` (or ``t`` or a space, as §5.6's NOTE allows),
 #: time with seconds and optional fraction, and an offset (``Z`` or ``±hh:mm``).
 RFC3339_DATE_TIME = re.compile(
@@ -257,7 +262,7 @@ class ChainCreatedBody(EventBody):
     source_type: Literal["github_issue", "message", "email", "manual", "eval_suite"] | None = None
     source_ref: str | None = None
     github_repo: str | None = None
-    github_issue_number: int | None = None
+    github_issue_number: Int64 | None = None
     workspace: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
 
@@ -292,7 +297,7 @@ class StageAddedBody(_StageBody):
     ACTION = "add_stage"
     type: Literal["chain.stage_added"]
     agent_id: Id
-    stage_number: int | None = Field(default=None, ge=1)
+    stage_number: int | None = Field(default=None, ge=1, le=INT64_MAX)
     provider: str | None = None
     handoff_to: str | None = None
 
@@ -333,7 +338,7 @@ class StageApprovalRecordedBody(_StageBody):
     approval_id: Id | None = None
     approval_type: Literal["tool", "merge", "handoff", "merge_handoff"] | None = None
     human_feedback: str | None = None
-    iteration: int | None = Field(default=None, ge=1)
+    iteration: int | None = Field(default=None, ge=1, le=INT64_MAX)
 
     def args(self, offload: Offload) -> dict[str, Any]:
         return _fields(
@@ -502,13 +507,13 @@ class CommandExecutedBody(_SessionBody):
     type: Literal["session.command_executed"]
     command: str
     args_: list[str] = Field(default_factory=list, alias="args")
-    exit_code: int | None = None
+    exit_code: Int64 | None = None
     duration_ms: float | None = Field(default=None, ge=0)
     duration_ns: int | None = Field(
-        default=None, ge=0, description="Go time.Duration (integer nanoseconds)"
+        default=None, ge=0, le=INT64_MAX, description="Go time.Duration (integer nanoseconds)"
     )
     working_dir: str | None = None
-    pid: int | None = None
+    pid: Int64 | None = None
     output: Any = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -534,7 +539,7 @@ class NetworkRequestRecordedBody(_SessionBody):
     type: Literal["session.network_request_recorded"]
     method: str
     url: str
-    status_code: int | None = None
+    status_code: Int64 | None = None
     duration_ms: float | None = Field(default=None, ge=0)
     error: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)

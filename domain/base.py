@@ -64,8 +64,9 @@ def stream_id(project: str, kind: str, external_id: str) -> UUID:
 def canonical_json(value: Any) -> bytes:
     """Sorted-key compact UTF-8 JSON: the bytes a content hash is taken over.
 
-    orjson with sorted keys; values orjson cannot encode (integers beyond 64 bits, NaN) fall
-    back to the standard library's encoder with the same layout, deterministically per input.
+    orjson with sorted keys; values orjson cannot encode (integers beyond 64 bits) fall back
+    to the standard library's encoder with the same layout, deterministically per input. (The
+    API refuses NaN and infinities, which orjson would write as ``null``.)
     """
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)

@@ -8,6 +8,7 @@ and answers only after the commit.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -97,14 +98,21 @@ def _parse_json(body: bytes) -> Any:
     """
     try:
         if may_hold_big_int(body):  # orjson would round it into a float
-            return json.loads(body, parse_constant=_refuse_constant)
-        return orjson.loads(body)
+            return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+        return orjson.loads(body)  # refuses NaN, Infinity and numbers beyond a double itself
     except ValueError as error:  # orjson's and json's decode errors, bad UTF-8, NaN
         raise BadRequestError(f"body is not valid JSON: {error}") from None
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # e.g. 1e400, which a double cannot hold
+        raise ValueError(f"number {text[:40]} is beyond a double's range")
+    return value
 
 
 def event_results(outcomes: list[Outcome]) -> bytes:
@@ -139,14 +147,17 @@ def event_results(outcomes: list[Outcome]) -> bytes:
                 "error": problem_body(outcome.error) if outcome.error is not None else None,
             }
         )
-    return orjson.dumps(
-        {
-            "results": results,
-            "created": counts["created"],
-            "duplicates": counts["duplicate"],
-            "rejected": counts["rejected"],
-        }
-    )
+    answer = {
+        "results": results,
+        "created": counts["created"],
+        "duplicates": counts["duplicate"],
+        "rejected": counts["rejected"],
+    }
+    try:
+        return orjson.dumps(answer)
+    except TypeError:  # an integer beyond 64 bits in a rejection's fields: the events are
+        # committed by now, so the answer must not fail (a 500 would say they were not)
+        return json.dumps(answer, separators=(",", ":"), default=str).encode()
 
 
 @router.post(
@@ -169,8 +180,9 @@ async def post_events(request: Request) -> Response:
     """
     runtime, project = ingest_context(request)
     body = await read_decoded_body(request, runtime)
+    document = _parse_json(body)
     try:
-        parsed = _events_body.validate_json(body)
+        parsed = _events_body.validate_python(document)
     except ValidationError as error:
         raise RequestValidationError(error.errors(include_url=False)) from None
     single = not isinstance(parsed, EventBatch)
@@ -181,7 +193,7 @@ async def post_events(request: Request) -> Response:
         )
     offload = make_offload(runtime.blobs, runtime.settings.blob_threshold_bytes)
     commands = to_commands(events, project, offload)
-    del body, parsed, events  # not held while the commands wait for the writer
+    del body, document, parsed, events  # not held while the commands wait for the writer
     outcomes = await runtime.writer.submit(commands)
     content = event_results(outcomes)
     status = 200

@@ -230,7 +230,48 @@ def test_bad_input_gets_problem_json_and_appends_nothing(sqlite_server: Server) 
                 ).encode(),
                 422,
             ),
+            # RFC 8259 has no NaN or Infinity, and a double cannot hold 1e400: stored, they
+            # became null (and three bodies of one content); also through the exact-integer
+            # parser a 20-digit number sends the body to
+            *(
+                ("/v1/events", body, 400)
+                for value in (b"NaN", b"Infinity", b"-Infinity", b"1e400", b"[1e400, 1e20]")
+                for body in (
+                    b'{"type": "approval.requested", "approval_id": "nan", "tool_input": %s}'
+                    % value,
+                    b'{"events": [{"type": "chain.created", "chain_id": "nan", '
+                    b'"attributes": {"n": 12345678901234567890123, "x": %s}}]}' % value,
+                )
+            ),
+            # integers the read models hold (64-bit signed), not clamped there
+            *(
+                (
+                    "/v1/events",
+                    json.dumps({"type": "chain.created", "chain_id": "i", **f}).encode(),
+                    422,
+                )
+                for f in ({"github_issue_number": 2**70 + 1}, {"github_issue_number": -(2**63) - 1})
+            ),
+            (
+                "/v1/events",
+                json.dumps(
+                    {
+                        "type": "chain.stage_added",
+                        "chain_id": "i",
+                        "stage_id": "a",
+                        "agent_id": "x",
+                        "stage_number": 2**64 + 5,
+                    }
+                ).encode(),
+                422,
+            ),
             ("/v1/hooks/claude-code", json.dumps({"hook_event_name": "PreToolUse"}).encode(), 422),
+            (
+                "/v1/hooks/claude-code",
+                b'{"session_id": "s", "hook_event_name": "Notification", "message": "m", '
+                b'"n": 12345678901234567890123, "x": 1e400}',
+                400,
+            ),
             ("/v1/hooks/claude-code", json.dumps([1, 2]).encode(), 422),
             ("/v1/hooks/claude-code", b"\x00\x01", 400),
         ]
@@ -253,6 +294,18 @@ def test_bad_input_gets_problem_json_and_appends_nothing(sqlite_server: Server) 
         for as_of in ("1767225600", "2026-01-01T00:00:00", "0001-01-01T00:00:00+14:00"):
             at = client.get("/v1/streams/session/nope/state", params={"as_of": as_of})
             assert at.status_code == 422 and "RFC 3339" in at.text, at.text
+
+
+def test_integers_of_any_size_in_free_values_are_kept_exact(sqlite_server: Server) -> None:
+    huge = 2**70 + 1  # a float would come back as 1180591620717411303424
+    body = {"type": "chain.created", "chain_id": "exact", "attributes": {"n": huge, "m": -huge}}
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        created = client.post("/v1/events", json=body)
+        assert created.status_code == 201, created.text
+        again = client.post("/v1/events", json=body)
+        assert again.status_code == 200 and again.json()["duplicates"] == 1
+        (event,) = client.get("/v1/streams/chain/exact/events").json()["items"]
+    assert event["payload"]["attributes"] == {"n": huge, "m": -huge}
 
 
 def test_json_ingest_bodies_may_be_gzip_or_deflate_encoded(sqlite_server: Server) -> None:
