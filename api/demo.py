@@ -118,8 +118,11 @@ def run_demo(
         headers["Authorization"] = f"Bearer {token}"
     with httpx.Client(base_url=base_url, headers=headers, timeout=30.0) as client:
         head_before = client.get("/readyz").raise_for_status().json()["head"]
-        for path, body in requests:
-            response = client.post(path, json=body)
+        for index, (path, body) in enumerate(requests):
+            # A recorded run resent: each hook names its occurrence, so that a second demo run
+            # is a duplicate of the first (Stop payloads repeat, and alone would be recorded).
+            key = {"Idempotency-Key": f"demo-{session_id}-{index}"} if "hooks" in path else {}
+            response = client.post(path, json=body, headers=key)
             if response.status_code >= 400 and response.status_code != 409:
                 response.raise_for_status()
         deadline = time.monotonic() + timeout_s

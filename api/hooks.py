@@ -25,10 +25,14 @@ Fields a command has no parameter for go to its ``attributes``, so nothing the h
 (Claude Code adds fields over versions: ``prompt_id``, ``effort``, ``scratchpad_dir``, ...).
 
 Idempotency (DESIGN.md §2): ``event_id`` is ``cc:<session_id>:<hook_event_name>:<tool_use_id>``,
-for subagent hooks ``cc:<session_id>:<hook_event_name>:<agent_id>``, else
-``cc:<session_id>:<hook_event_name>:sha256:<content_sha256>``; ``content_sha256`` is taken over
-the whole payload. A retried payload is a duplicate; a different one under the same
-``tool_use_id`` is a conflict.
+for subagent hooks ``cc:<session_id>:<hook_event_name>:<agent_id>``, with a ``prompt_id``
+(newer Claude Code) ``cc:<session_id>:<hook_event_name>:<prompt_id>:sha256:<content_sha256>``,
+else ``cc:<session_id>:<hook_event_name>:sha256:<content_sha256>``; ``content_sha256`` is taken
+over the whole payload. A retried payload is a duplicate; a different one under the same
+``tool_use_id`` is a conflict. A payload named by its content alone (``Stop``, ``Notification``,
+a repeated prompt, 2025-era tool hooks without ``tool_use_id``: Claude Code sends the same
+``Stop`` payload at the end of every turn) is a ``repeatable`` command: a duplicate only while it
+is the session's last event, otherwise a new occurrence (``LedgerAggregate.occurrence``).
 
 Sources:
     - Claude Code hooks reference, "Hook input": https://code.claude.com/docs/en/hooks
@@ -219,6 +223,7 @@ def map_hook(
     project: str,
     received_at: datetime,
     offload: Offload = _identity,
+    idempotency_key: str | None = None,
 ) -> list[Command]:
     """Map one Claude Code hook payload to the ledger commands that record it.
 
@@ -233,6 +238,9 @@ def map_hook(
             content, attribute values that are strings, objects or arrays) with their media type
             (``application/json`` or ``text/plain``); what it returns is stored instead. Never
             applied to ``session_id`` or ``hook_event_name``.
+        idempotency_key: the sender's name for this occurrence (HTTP ``Idempotency-Key``): the
+            event id is then ``cc:<session_id>:<hook_event_name>:key:<idempotency_key>``, a
+            natural key (not ``repeatable``) whatever the payload.
 
     Returns:
         The commands recording the hook (one per hook event), in the order to handle them; see
@@ -246,8 +254,13 @@ def map_hook(
     """
     plain = _validated(payload)
     sha = content_sha256(plain)
+    if idempotency_key is not None:
+        event_id = f"cc:{plain['session_id']}:{plain['hook_event_name']}:key:{idempotency_key}"
+        repeatable = False
+    else:
+        event_id, repeatable = _event_id(plain, sha)
     meta = EventMeta(
-        event_id=_event_id(plain, sha),
+        event_id=event_id,
         content_sha256=sha,
         occurred_at=_occurred_at(plain.get("timestamp"), received_at),
         source=SOURCE,
@@ -258,6 +271,7 @@ def map_hook(
         # payload, so a retry lands on the same stream and is a duplicate there.
         kind, external_id = "approval", "cc-perm-" + sha[:32]
         action, args = _approval_request(plain, offload)
+        repeatable = False  # its stream is its content: a repeat is that approval again
     else:
         kind, external_id = "session", plain["session_id"]
         action, args = _session_command(name, plain, offload)
@@ -269,6 +283,7 @@ def map_hook(
             meta=meta,
             args=args,
             project=project,
+            repeatable=repeatable,
         )
     ]
 
@@ -500,13 +515,17 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _event_id(plain: Mapping[str, Any], sha: str) -> str:
+def _event_id(plain: Mapping[str, Any], sha: str) -> tuple[str, bool]:
+    """``(event_id, repeatable)``: repeatable when only the content names the hook."""
     prefix = f"cc:{plain['session_id']}:{plain['hook_event_name']}"
     if plain.get("tool_use_id") is not None:
-        return f"{prefix}:{plain['tool_use_id']}"
+        return f"{prefix}:{plain['tool_use_id']}", False
     if plain["hook_event_name"] in _SUBAGENT_HOOKS and plain.get("agent_id") is not None:
-        return f"{prefix}:{plain['agent_id']}"
-    return f"{prefix}:sha256:{sha}"
+        return f"{prefix}:{plain['agent_id']}", False
+    prompt_id = plain.get("prompt_id")
+    if isinstance(prompt_id, str) and prompt_id:
+        return f"{prefix}:{prompt_id}:sha256:{sha}", False
+    return f"{prefix}:sha256:{sha}", True
 
 
 def _occurred_at(timestamp: Any, received_at: datetime) -> datetime:

@@ -150,6 +150,7 @@ class LedgerEvent(DomainEvent):
         aggregate._modified_on = self.timestamp
         if aggregate.event_ids is not None:
             aggregate.event_ids[self.event_id] = [self.originator_version, self.content_sha256]
+        aggregate.last_event_id = self.event_id
         return aggregate
 
     def apply(self, aggregate: Any) -> None:
@@ -196,6 +197,8 @@ class LedgerAggregate:
         #: Restored from a snapshot for writing: keys up to ``keys_stored_through`` are in the
         #: key index only, and a command's keys not in memory must be asked for there.
         self.keys_partial = False
+        #: ``event_id`` of the stream's last event (what ``occurrence`` compares with).
+        self.last_event_id: str | None = None
 
     @property
     def id(self) -> UUID:
@@ -241,6 +244,32 @@ class LedgerAggregate:
                 event_id=meta.event_id, stream_id=str(self.id), version=int(prior[0])
             )
         return int(prior[0])
+
+    def occurrence(self, meta: EventMeta) -> tuple[int | None, EventMeta]:
+        """Idempotency for an event whose ``event_id`` is made of its content alone (a
+        ``Command`` marked ``repeatable``): the same content may rightly come again (Claude
+        Code sends the same ``Stop`` payload at the end of every turn), and nothing in it tells
+        a retry from the next occurrence. A retry is taken to come before anything else is
+        recorded on the stream: the command is a duplicate when the stream's last event is an
+        occurrence of it; otherwise it is recorded, under ``meta.event_id`` the first time and
+        ``<event_id>@<version>`` (its own version, so unique) after that.
+
+        Returns:
+            ``(version, meta)``: the version of the occurrence it duplicates (None: it is to be
+            recorded) and the meta to record it with.
+
+        Raises:
+            IdempotencyConflictError: as ``seen``, for an explicit id that collides.
+        """
+        if self.event_ids is None:
+            raise RuntimeError("a stream restored from a snapshot has no idempotency index")
+        base = meta.event_id
+        last = getattr(self, "last_event_id", None)  # None in snapshots from before it existed
+        if last is not None and (last == base or last.startswith(base + "@")):
+            return self.version, meta
+        if base in self.event_ids:
+            meta = meta._replace(event_id=f"{base}@{self.version + 1}")
+        return self.seen(meta), meta
 
     # -- write-side keys ---------------------------------------------------------------------
     # What a writer must know of a stream's whole history grows with it: the idempotency index,

@@ -91,6 +91,10 @@ class Command(NamedTuple):
         meta: ``event_id``, ``content_sha256``, ``occurred_at``, ``source``.
         args: keyword arguments of the command method.
         project: the tenant.
+        repeatable: ``meta.event_id`` is made of the content alone (no natural key tells one
+            occurrence from the next, e.g. Claude Code's ``Stop`` hook, the same payload every
+            turn): the command is a duplicate only of the stream's last event, and another
+            occurrence is recorded under ``<event_id>@<version>`` (``LedgerAggregate.occurrence``).
     """
 
     kind: str
@@ -99,6 +103,7 @@ class Command(NamedTuple):
     meta: EventMeta
     args: Mapping[str, Any] = MappingProxyType({})
     project: str = DEFAULT_PROJECT
+    repeatable: bool = False
 
 
 @dataclass
@@ -374,13 +379,19 @@ class Ledger(Application[UUID]):
             outcomes.append(outcome)
             try:
                 aggregate = stream(command, sid)
-                prior = aggregate.seen(command.meta)
+                meta = command.meta
+                if command.repeatable:
+                    prior, meta = aggregate.occurrence(meta)
+                    if meta is not command.meta:
+                        outcome.command = command = command._replace(meta=meta)
+                else:
+                    prior = aggregate.seen(meta)
                 if prior is not None:
                     outcome.status, outcome.version = "duplicate", prior
                     continue
                 method = _command_method(aggregate, command.action)
                 before = aggregate.version
-                method(command.meta, **command.args)
+                method(meta, **command.args)
             except LedgerError as error:
                 outcome.error = error
                 if sid in cached:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -53,7 +54,7 @@ class DirectRoute(APIRoute):
 # Auth and project are resolved by ``ingest_context`` inside each route (not dependencies).
 router = APIRouter(prefix="/v1", tags=["ingest"], route_class=DirectRoute)
 
-# One event, or {"events": [...]}; validated straight from the bytes (pydantic-core parses).
+# One event, or {"events": [...]}; validated from the parsed document (``_parse_json``).
 _events_body: TypeAdapter[Any] = TypeAdapter(TypedEvent | EventBatch)
 
 
@@ -206,10 +207,45 @@ async def post_events(request: Request) -> Response:
     return Response(content, status_code=status, media_type="application/json")
 
 
+#: ``Idempotency-Key`` (IETF draft-ietf-httpapi-idempotency-key-header): 1-255 visible ASCII.
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+IDEMPOTENCY_KEY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,255}$"},
+    "description": "A relay's name for this hook occurrence (IETF draft "
+    "httpapi-idempotency-key-header): the payload is then a duplicate of the one sent under the "
+    "same key whenever it is resent, and never of another; without it, a payload that has no "
+    "tool_use_id, agent_id or prompt_id is a duplicate only while it is its session's last event",
+}
+
+
+def _idempotency_key(request: Request) -> str | None:
+    """The request's ``Idempotency-Key``, if any.
+
+    Raises:
+        RequestValidationError: not 1-255 visible ASCII characters (422).
+    """
+    key = request.headers.get("idempotency-key")
+    if key is None or _IDEMPOTENCY_KEY.fullmatch(key):
+        return key
+    raise RequestValidationError(
+        [
+            {
+                "loc": ("header", "Idempotency-Key"),
+                "msg": "must be 1-255 visible ASCII characters",
+                "type": "value_error",
+                "input": key,
+            }
+        ]
+    )
+
+
 @router.post(
     "/hooks/claude-code",
     openapi_extra={
-        "parameters": PROJECT_PARAMETERS,
+        "parameters": [*PROJECT_PARAMETERS, IDEMPOTENCY_KEY_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {
@@ -245,7 +281,13 @@ async def post_claude_code_hook(request: Request) -> Response:
     runtime, project = ingest_context(request)
     payload = _parse_json(await read_decoded_body(request, runtime))
     offload = make_offload(runtime.blobs, runtime.settings.blob_threshold_bytes)
-    commands = map_hook(payload, project=project, received_at=datetime.now(UTC), offload=offload)
+    commands = map_hook(
+        payload,
+        project=project,
+        received_at=datetime.now(UTC),
+        offload=offload,
+        idempotency_key=_idempotency_key(request),
+    )
     outcomes = await runtime.writer.submit(commands)
     for outcome in outcomes:
         if outcome.error is not None:

@@ -296,6 +296,36 @@ def test_bad_input_gets_problem_json_and_appends_nothing(sqlite_server: Server) 
             assert at.status_code == 422 and "RFC 3339" in at.text, at.text
 
 
+def test_a_hook_sent_with_an_idempotency_key_is_a_duplicate_whenever_it_is_resent(
+    sqlite_server: Server,
+) -> None:
+    stop = {"session_id": "s-key", "hook_event_name": "Stop", "stop_hook_active": False}
+    prompt = {"session_id": "s-key", "hook_event_name": "UserPromptSubmit", "prompt": "go"}
+    url = "/v1/hooks/claude-code"
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+
+        def events() -> list[dict[str, Any]]:
+            return client.get("/v1/streams/session/s-key/events").json()["items"]
+
+        for turn in range(2):  # the same payloads, two occurrences each: two keys
+            for kind, body in (("p", prompt), ("s", stop)):
+                sent = client.post(url, json=body, headers={"Idempotency-Key": f"{kind}{turn}"})
+                assert sent.status_code == 200, sent.text
+        recorded = events()
+        # resent later, after the session moved on: still duplicates, by their keys
+        for turn in range(2):
+            for kind, body in (("p", prompt), ("s", stop)):
+                again = client.post(url, json=body, headers={"Idempotency-Key": f"{kind}{turn}"})
+                assert again.status_code == 200, again.text
+        assert events() == recorded
+        assert sum(e["payload"].get("reason") == "Stop" for e in recorded) == 2
+        assert {e["event_id"] for e in recorded} >= {"cc:s-key:Stop:key:s0", "cc:s-key:Stop:key:s1"}
+        for bad in ("two words", "x" * 256, "caf\u00e9".encode("latin-1")):
+            refused = client.post(url, json=stop, headers={"Idempotency-Key": bad})
+            assert refused.status_code == 422, (bad, refused.text)
+        assert events() == recorded
+
+
 def test_integers_of_any_size_in_free_values_are_kept_exact(sqlite_server: Server) -> None:
     huge = 2**70 + 1  # a float would come back as 1180591620717411303424
     body = {"type": "chain.created", "chain_id": "exact", "attributes": {"n": huge, "m": -huge}}

@@ -97,24 +97,36 @@ def expected_results(records: list[dict[str, Any]]) -> list[str]:
     """Per record, what DESIGN.md §2 says posting it in order does, derived from the data alone.
 
     The idempotency key of a hook is its session + hook event + ``tool_use_id`` (for subagent
-    hooks ``agent_id``), else the payload itself: the same key with the same content is a
-    duplicate, with other content a conflict. A repeated SessionEnd is kept (Claude Code logs it
-    more than once), not refused.
+    hooks ``agent_id``; with a ``prompt_id``, that and the payload): the same key with the same
+    content is a duplicate, with other content a conflict. A payload with none of these (the
+    same ``Stop`` every turn) is a duplicate only of the session's last recorded hook, and
+    recorded again otherwise; a PermissionRequest (an approval stream of its own content) is a
+    duplicate whenever it was seen. A repeated SessionEnd is kept (Claude Code logs it more than
+    once), not refused.
     """
     content_by_key: dict[tuple[str, str, str], str] = {}
+    last_recorded: dict[str, tuple[str, str, str]] = {}  # session -> key of its last event
     results: list[str] = []
     for record in records:
         session_id, name, text = record["session_id"], record["hook_event_name"], canonical(record)
         natural = record.get("tool_use_id")
         if natural is None and name in ("SubagentStart", "SubagentStop"):
             natural = record.get("agent_id")
+        if natural is None and record.get("prompt_id"):
+            natural = f"{record['prompt_id']}:{text}"
         key = (session_id, name, natural if natural is not None else text)
-        if key in content_by_key:
+        by_content = natural is None and name != "PermissionRequest"
+        if by_content and last_recorded.get(session_id) != key:
+            results.append("created")
+        elif key in content_by_key:
             same = content_by_key[key] == text
             results.append("duplicate" if same else "IdempotencyConflictError")
             continue
+        else:
+            results.append("created")
         content_by_key[key] = text
-        results.append("created")
+        if name != "PermissionRequest":
+            last_recorded[session_id] = key
     return results
 
 
@@ -250,11 +262,11 @@ def test_2025_post_tool_use_without_tool_use_id_pairs_with_the_latest_unfinished
                 starts[(session_id, event.tool_name)].append(event.tool_use_id)
     started_ids = {tool_use_id for ids in starts.values() for tool_use_id in ids}
     expected: list[tuple[str, str | None]] = []
-    seen: set[str] = set()
+    last: dict[str, str] = {}  # session -> its last recorded payload
     for record in post_records:
-        if canonical(record) in seen:  # a retried identical payload appends nothing
+        if last.get(record["session_id"]) == canonical(record):  # a retry appends nothing
             continue
-        seen.add(canonical(record))
+        last[record["session_id"]] = canonical(record)
         open_calls = starts[(record["session_id"], record["tool_name"])]
         expected.append(("latest_unfinished", open_calls.pop()) if open_calls else ("orphan", None))
 
@@ -321,7 +333,35 @@ def test_2025_subagent_stop_without_agent_id_is_an_orphan_end_of_a_subagent() ->
 
 
 @pytest.mark.unit
-def test_posting_the_same_payloads_twice_appends_nothing_the_second_time() -> None:
+def test_every_turn_of_a_session_is_recorded_though_its_stop_payload_is_the_same() -> None:
+    # Claude Code sends the same Stop payload at the end of every turn, and a user may send the
+    # same prompt twice ("continue"); keyed on content alone, the second turn's Stop was a
+    # duplicate and the session stayed "running" while it waited for input.
+    stop = originals(f"{AF}/raw-all-sessions/stop.json")[0]
+    session_id = stop["session_id"]
+    prompt = {**{k: stop[k] for k in ("session_id", "transcript_path", "cwd")},
+              "hook_event_name": "UserPromptSubmit", "prompt": "continue"}  # fmt: skip
+    ledger = new_ledger()
+    statuses = []
+    for _turn in range(3):
+        for payload in (prompt, stop):
+            (outcome,) = post(ledger, [payload])
+            assert outcome.status == "created", outcome
+            statuses.append(ledger.load("session", session_id, project=PROJECT).status)
+    (retried,) = post(ledger, [stop])  # a retry of the last Stop: nothing new
+
+    assert statuses == ["running", "waiting_input"] * 3
+    assert retried.status == "duplicate"
+    session = ledger.load("session", session_id, project=PROJECT)
+    assert (session.message_count, session.status) == (3, "waiting_input")
+    history = ledger.history("session", session_id, project=PROJECT)
+    stops = [e.event_id for e in history if getattr(e, "reason", None) == "Stop"]
+    assert len(stops) == len(set(stops)) == 3
+    assert {event_id.split("@")[0] for event_id in stops} == {one(stop).meta.event_id}
+
+
+@pytest.mark.unit
+def test_a_retry_appends_nothing_and_a_later_resend_only_what_its_content_alone_names() -> None:
     payloads = [
         payload
         for relative in (
@@ -339,14 +379,28 @@ def test_posting_the_same_payloads_twice_appends_nothing_the_second_time() -> No
         for payload in originals(relative)
     ]
     ledger = new_ledger()
-    first = post(ledger, payloads)
+    first: list[Outcome] = []
+    for payload in payloads:  # each sent twice in a row: the second is a retry
+        sent, retried = post(ledger, [payload, payload])
+        assert retried.status == "duplicate" and retried.version == sent.version, payload
+        first.append(sent)
     assert {o.status for o in first} <= {"created", "duplicate"}
     events_after_first = event_count(ledger)
 
     second = post(ledger, payloads)
 
-    assert {o.status for o in second} == {"duplicate"}
-    assert event_count(ledger) == events_after_first
+    # Sent again after the session moved on, a payload with a natural key (tool_use_id,
+    # agent_id) is a duplicate; one named by its content alone is another occurrence: nothing
+    # in it tells a late resend from Claude Code's next identical Stop or Notification.
+    # (and two identical ones in a row, e.g. a file of Stops, are one: the second is a retry)
+    expected = expected_results(payloads + payloads)[len(payloads) :]
+    assert [result(o) for o in second] == expected
+    assert "created" in expected and "duplicate" in expected
+    resent = [p for p, status in zip(payloads, expected, strict=True) if status == "created"]
+    assert all(one(p).repeatable for p in resent)
+    # (one of them appends an implied status change as well)
+    assert event_count(ledger) - events_after_first == sum(o.appended for o in second)
+    assert [o.appended >= 1 for o in second if o.status == "created"] == [True] * len(resent)
 
 
 @pytest.mark.unit
