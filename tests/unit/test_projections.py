@@ -793,6 +793,16 @@ def test_cursor_pages_walk_every_item_once_newest_first(
         base64.urlsafe_b64encode(json.dumps({"k": "sessions", "v": ["1", "x"]}).encode()).decode(),
         base64.urlsafe_b64encode(json.dumps({"k": "sessions", "v": [1]}).encode()).decode(),
         base64.urlsafe_b64encode(json.dumps([1, "x"]).encode()).decode(),
+        # values no store can bind: beyond signed 64 bits, a lone surrogate; and JSON nested
+        # beyond the recursion limit
+        base64.urlsafe_b64encode(
+            json.dumps({"k": "sessions", "v": [2**63, "x"]}).encode()
+        ).decode(),
+        base64.urlsafe_b64encode(
+            json.dumps({"k": "sessions", "v": [-(2**63) - 1, "x"]}).encode()
+        ).decode(),
+        base64.urlsafe_b64encode(b'{"k":"sessions","v":[1,"\\ud800"]}').decode(),
+        base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).decode(),
     ],
 )
 def test_a_malformed_or_foreign_cursor_is_an_invalid_cursor_error(
