@@ -134,8 +134,8 @@ class Views:
 
         Args:
             project: the tenant.
-            status: only sessions in this status (HumanLayer vocabulary: ``running``,
-                ``waiting_input``, ``completed``...).
+            status: only sessions in this status (``projections.sessions.STATUSES``, HumanLayer
+                vocabulary: ``running``, ``waiting_input``, ``completed``...).
             limit: page size (clamped to 1..1000).
             cursor: ``next_cursor`` of the previous page.
 
@@ -243,7 +243,8 @@ class Views:
         """Execution chains' summaries, newest first.
 
         Args:
-            status: ``active``, ``pending_approval``, ``completed`` or ``failed`` (AILANG).
+            status: ``active``, ``pending_approval``, ``completed`` or ``failed`` (AILANG;
+                ``projections.chains.STATUSES``).
 
         Returns:
             ``{"items": [summary...], "next_cursor"}``; a summary is ``get_chain``'s dict without

@@ -14,7 +14,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import ProjectDep, RuntimeDep
 from api.problems import BadRequestError, problem_responses
+from api.schemas import enum_of, member_of
 from domain.errors import NotFoundError
+from projections import chains, sessions
 from projections.views import InvalidCursorError
 
 # 400: a bad project or cursor; 422: a query parameter of the wrong type or range.
@@ -29,6 +31,18 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
 Cursor = Annotated[
     str | None,
     Query(description="next_cursor of the previous page; absent or empty: the first page"),
+]
+
+#: ``status`` filters: exactly the values the read model's ``status`` column can hold (derived
+#: from the domain's status machines by ``projections.sessions``/``projections.chains``), so a
+#: typo is a 422 naming them, not an empty page.
+SessionStatus = Annotated[
+    Annotated[str, member_of(sessions.STATUSES), enum_of(sessions.STATUSES)] | None,
+    Query(description="only sessions in this status (HumanLayer's statuses)"),
+]
+ChainStatus = Annotated[
+    Annotated[str, member_of(chains.STATUSES), enum_of(chains.STATUSES)] | None,
+    Query(description="only chains in this status (AILANG's chain statuses)"),
 ]
 
 
@@ -55,11 +69,12 @@ def _found(value: T | None, what: str, ident: str) -> T:
 async def list_sessions(
     runtime: RuntimeDep,
     project: ProjectDep,
-    status: str | None = None,
+    status: SessionStatus = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> dict[str, Any]:
-    """Sessions (status, agent, model, workspace, started/ended, counts, cost, tokens)."""
+    """Sessions (status, agent, model, workspace, started/ended, counts, cost, tokens).
+    ``status`` outside its enum is a 422 naming the allowed values."""
     return await _call(
         runtime.views.list_sessions, project, status=status, limit=limit, cursor=cursor
     )
@@ -117,11 +132,12 @@ async def list_approvals(
 async def list_chains(
     runtime: RuntimeDep,
     project: ProjectDep,
-    status: str | None = None,
+    status: ChainStatus = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> dict[str, Any]:
-    """Chain summaries (status, current stage, totals, ``agent_flow``)."""
+    """Chain summaries (status, current stage, totals, ``agent_flow``). ``status`` outside its
+    enum is a 422 naming the allowed values."""
     return await _call(
         runtime.views.list_chains, project, status=status, limit=limit, cursor=cursor
     )

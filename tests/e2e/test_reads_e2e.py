@@ -66,3 +66,88 @@ def test_hand_made_cursors_no_store_can_bind_are_a_400_on_every_list_route(
             edge = cursor_of({"k": listing, "v": [2**63 - 1, *key[1:]]})
             answer = client.get(path, params={"cursor": edge})
             assert answer.status_code == 200, (path, answer.text)
+
+
+def paths_to_every_status(
+    transitions: dict[Any, tuple[str, ...]], start: Any
+) -> dict[str, list[str]]:
+    """For each status reachable from ``start`` along ``transitions``, the shortest list of
+    moves reaching it (breadth first)."""
+    paths: dict[Any, list[str]] = {start: []}
+    queue = [start]
+    while queue:
+        current = queue.pop(0)
+        for target in transitions.get(current, ()):
+            if target not in paths:
+                paths[target] = [*paths[current], target]
+                queue.append(target)
+    return {status: moves for status, moves in paths.items() if status is not None}
+
+
+def test_status_filters_accept_every_status_the_read_models_hold_and_refuse_others_with_a_422(
+    store_env: dict[str, str], make_server: Callable[..., Server]
+) -> None:
+    from domain.chain import CHAIN_TRANSITIONS
+    from domain.session import STATUS_TRANSITIONS
+    from projections import chains, sessions
+
+    # one session per status the domain's machine reaches from a new stream (None), one more
+    # started and one ended; one chain per status reached from a created (active) one
+    events: list[dict[str, Any]] = []
+    expected_sessions: dict[str, set[str]] = {}
+    for status, moves in paths_to_every_status(STATUS_TRANSITIONS, None).items():
+        session_id = f"s-{status}"
+        expected_sessions.setdefault(status, set()).add(session_id)
+        events += [
+            {"type": "session.status_changed", "session_id": session_id, "status": move}
+            for move in moves
+        ]
+    events += [
+        {"type": "session.started", "session_id": "s-started"},
+        {"type": "session.started", "session_id": "s-ended"},
+        {"type": "session.ended", "session_id": "s-ended"},
+    ]
+    expected_sessions["running"].add("s-started")
+    expected_sessions["completed"].add("s-ended")
+    expected_chains: dict[str, set[str]] = {}
+    for status, moves in paths_to_every_status(CHAIN_TRANSITIONS, "active").items():
+        chain_id = f"c-{status}"
+        expected_chains[status] = {chain_id}
+        events.append({"type": "chain.created", "chain_id": chain_id})
+        events += [
+            {"type": "chain.status_changed", "chain_id": chain_id, "status": move} for move in moves
+        ]
+    # exactly the statuses the projections declare, none left out, none they cannot hold
+    assert set(expected_sessions) == set(sessions.STATUSES)
+    assert set(expected_chains) == set(chains.STATUSES)
+
+    server = make_server(**store_env)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        answer = client.post("/v1/events", json={"events": events}).raise_for_status().json()
+        assert answer["created"] == len(events), answer
+        server.wait_projected()
+        for path, expected, key in (
+            ("/v1/sessions", expected_sessions, "session_id"),
+            ("/v1/chains", expected_chains, "chain_id"),
+        ):
+            for status, ids in expected.items():
+                page = client.get(path, params={"status": status}).raise_for_status().json()
+                assert {item[key] for item in page["items"]} == ids, (path, status)
+                assert {item["status"] for item in page["items"]} == {status}
+            refused = client.get(path, params={"status": "weird"})
+            assert refused.status_code == 422, (path, refused.text)
+            assert refused.headers["content-type"] == PROBLEM
+            problem = refused.json()
+            assert problem["type"] == "https://runledger.dev/problems/validation-error"
+            assert problem["errors"][0]["loc"] == ["query", "status"]
+            assert all(status in problem["detail"] for status in expected), problem["detail"]
+        # the enum is the OpenAPI document's too
+        document = client.get("/openapi.json").json()
+        for path, statuses in (
+            ("/v1/sessions", sessions.STATUSES),
+            ("/v1/chains", chains.STATUSES),
+        ):
+            (parameter,) = [
+                p for p in document["paths"][path]["get"]["parameters"] if p["name"] == "status"
+            ]
+            assert parameter["schema"]["anyOf"][0]["enum"] == list(statuses), path
