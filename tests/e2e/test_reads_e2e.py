@@ -151,3 +151,113 @@ def test_status_filters_accept_every_status_the_read_models_hold_and_refuse_othe
                 p for p in document["paths"][path]["get"]["parameters"] if p["name"] == "status"
             ]
             assert parameter["schema"]["anyOf"][0]["enum"] == list(statuses), path
+
+
+def started(n: int, prefix: str) -> dict[str, Any]:
+    """A session start: one event (a message would add its session's implied status change)."""
+    return {"type": "session.started", "session_id": f"{prefix}-{n}", "event_id": f"{prefix}-{n}"}
+
+
+def post_to(client: httpx.Client, project: str, events: list[dict[str, Any]]) -> list[int]:
+    """Post ``events`` to ``project`` in batches of 5,000; their positions."""
+    positions: list[int] = []
+    for start in range(0, len(events), 5000):
+        answer = client.post(
+            "/v1/events",
+            json={"events": events[start : start + 5000]},
+            headers={"X-Runledger-Project": project},
+            timeout=120,
+        ).raise_for_status()
+        positions += [r["position"] for r in answer.json()["results"]]
+    return positions
+
+
+def walk_log(
+    client: httpx.Client, project: str, limit: int
+) -> tuple[list[list[int]], dict[str, Any]]:
+    """Every page of ``/v1/log`` for ``project`` from the start, until ``next_after`` reaches
+    ``head``: the positions of each page's items, and the last page."""
+    pages: list[list[int]] = []
+    after = 0
+    while True:
+        page = (
+            client.get("/v1/log", params={"project": project, "after": after, "limit": limit})
+            .raise_for_status()
+            .json()
+        )
+        pages.append([item["position"] for item in page["items"]])
+        assert page["next_after"] > after or page["next_after"] == page["head"]
+        after = page["next_after"]
+        if after == page["head"]:
+            return pages, page
+
+
+def test_a_log_page_counts_the_projects_events_and_reads_on_past_other_projects(
+    store_env: dict[str, str], make_server: Callable[..., Server]
+) -> None:
+    server = make_server(**store_env)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        # otel's events among default's: 2, then 7 of default, 1, 12 of default, 3, 5 of default
+        mine: list[int] = []
+        n = 0
+        for own, others in ((2, 7), (1, 12), (3, 5)):
+            mine += post_to(client, "otel", [started(n + i, "o") for i in range(own)])
+            post_to(client, "default", [started(n + i, "d") for i in range(others)])
+            n += own + others
+        pages, last = walk_log(client, "otel", limit=3)
+        # every page but the one reaching the head holds `limit` of otel's events (the first
+        # page used to hold 2 and the second none, with more to come)
+        assert pages == [mine[0:3], mine[3:6], []]
+        assert last["next_after"] == last["head"] == mine[-1] + 5
+        pages, last = walk_log(client, "default", limit=5)
+        read = [position for page in pages for position in page]
+        assert read == sorted(set(range(1, last["head"] + 1)) - set(mine))
+        assert all(len(page) == 5 for page in pages[:-1])
+
+
+def test_a_log_page_reads_at_most_ten_thousand_positions_and_the_tail_reads_on_past_them(
+    store_env: dict[str, str], make_server: Callable[..., Server]
+) -> None:
+    from api.routes.audit import LOG_SCAN_MAX_POSITIONS
+
+    assert LOG_SCAN_MAX_POSITIONS == 10_000  # as README.md and the OpenAPI description say
+    server = make_server(**store_env)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        (first,) = post_to(client, "sparse", [started(0, "s")])
+        post_to(client, "default", [started(i, "d") for i in range(LOG_SCAN_MAX_POSITIONS + 10)])
+        (second,) = post_to(client, "sparse", [started(1, "s")])
+        page = client.get("/v1/log", params={"project": "sparse", "limit": 5}).json()
+        assert [item["position"] for item in page["items"]] == [first]
+        assert page["next_after"] == 0 + LOG_SCAN_MAX_POSITIONS < page["head"]  # after=0
+        page = client.get(
+            "/v1/log", params={"project": "sparse", "limit": 5, "after": page["next_after"]}
+        ).json()
+        assert [item["position"] for item in page["items"]] == [second]
+        assert page["next_after"] == page["head"] == second
+
+        # the live tail reads the log with the same pages, and skips the gap without a stall
+        with client.stream("GET", "/v1/log/tail", params={"project": "sparse", "after": 0}) as tail:
+            assert tail.status_code == 200
+            received = read_sse(tail.iter_lines(), 2)
+        assert [int(m["id"]) for m in received] == [first, second]
+        assert [m["data"]["event_id"] for m in received] == ["s-0", "s-1"]
+
+
+def read_sse(lines: Any, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` messages of a Server-Sent Events stream (``iter_lines()``), each as
+    ``{"id", "event", "data"}`` (``data`` parsed as JSON); comment and ``retry`` lines skipped."""
+    messages: list[dict[str, Any]] = []
+    fields: dict[str, Any] = {}
+    for line in lines:
+        if line == "":
+            if "data" in fields:
+                fields["data"] = json.loads(fields["data"])
+                messages.append(fields)
+                if len(messages) == count:
+                    return messages
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            if name != "retry":
+                fields[name] = value
+    raise AssertionError(f"the stream ended after {len(messages)} of {count} messages")
