@@ -37,6 +37,10 @@ from projections.schema import INT64_MAX
 router = APIRouter(prefix="/v1", tags=["audit"], responses=problem_responses(400, 422))
 
 Kind = Literal["session", "trace", "approval", "chain"]
+#: A stream's upstream id in a path: it may hold ``/`` (Starlette decodes ``%2F`` before routing,
+#: so the route takes the id with the ``path`` convertor; the fixed suffix after it, ``/events``
+#: or ``/state``, is the path's last segment, so any id reads back).
+ExternalId = Annotated[str, Path(description="the upstream id; may hold `/`, sent raw or as `%2F`")]
 
 # Positions and versions are 64-bit signed in both stores (BIGINT; SQLite INTEGER), which refuse
 # a larger parameter: query values are bounded by INT64_MAX, so that one is a 422.
@@ -109,7 +113,7 @@ def stream_state(
 
 
 @router.get(
-    "/streams/{kind}/{external_id}/events",
+    "/streams/{kind}/{external_id:path}/events",
     summary="A stream's history",
     responses=problem_responses(404),
 )
@@ -117,7 +121,7 @@ async def get_stream_events(
     runtime: RuntimeDep,
     project: ProjectDep,
     kind: Kind,
-    external_id: str,
+    external_id: ExternalId,
     after_version: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:
@@ -128,7 +132,7 @@ async def get_stream_events(
 
 
 @router.get(
-    "/streams/{kind}/{external_id}/state",
+    "/streams/{kind}/{external_id:path}/state",
     summary="A stream's state at a version or time",
     responses=problem_responses(404),
 )
@@ -136,7 +140,7 @@ async def get_stream_state(
     runtime: RuntimeDep,
     project: ProjectDep,
     kind: Kind,
-    external_id: str,
+    external_id: ExternalId,
     version: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
     as_of: Annotated[Timestamp | None, Query(description="RFC 3339 date-time with offset")] = None,
 ) -> dict[str, Any]:

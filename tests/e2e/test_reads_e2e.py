@@ -261,3 +261,82 @@ def read_sse(lines: Any, count: int) -> list[dict[str, Any]]:
             if name != "retry":
                 fields[name] = value
     raise AssertionError(f"the stream ended after {len(messages)} of {count} messages")
+
+
+def test_ids_holding_a_slash_read_back_on_every_by_id_route_encoded_or_raw(
+    store_env: dict[str, str], make_server: Callable[..., Server]
+) -> None:
+    events = [
+        {"type": "session.started", "session_id": "a/b"},
+        {"type": "session.tool_call_started", "session_id": "a/b", "tool_name": "Bash",
+         "tool_use_id": "tu/1", "tool_input": {"command": "ls"}},
+        # an id whose last segment is a suffix of a session route
+        {"type": "session.started", "session_id": "c/tool-calls"},
+        {"type": "session.tool_call_started", "session_id": "c/tool-calls", "tool_name": "Read",
+         "tool_use_id": "tu-2", "tool_input": {}},
+        {"type": "session.started", "session_id": "c"},
+        {"type": "chain.created", "chain_id": "c/d", "title": "slashed"},
+        {"type": "approval.requested", "approval_id": "e/f", "session_id": "a/b",
+         "tool_name": "Bash", "tool_input": {"command": "ls"}},
+    ]  # fmt: skip
+    server = make_server(**store_env)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        answer = client.post("/v1/events", json={"events": events}).raise_for_status().json()
+        assert answer["created"] == len(events), answer
+        server.wait_projected()
+
+        for slash in ("%2F", "/"):  # the ids percent-encoded, then raw
+
+            def get(template: str, *ids: str, slash: str = slash) -> dict[str, Any]:
+                url = template.format(*(i.replace("/", slash) for i in ids))
+                got = client.get(url)
+                assert got.status_code == 200, (url, got.text)
+                return got.json()
+
+            assert get("/v1/sessions/{}", "a/b")["session_id"] == "a/b"
+            calls = get("/v1/sessions/{}/tool-calls", "a/b")["items"]
+            assert [c["tool_use_id"] for c in calls] == ["tu/1"]
+            assert get("/v1/sessions/{}/criteria", "a/b") == {
+                "criterion_states": {},
+                "phase_blocks": {},
+            }
+            history = get("/v1/streams/session/{}/events", "a/b")
+            assert [e["type"] for e in history["items"]] == ["SessionStarted", "ToolCallStarted"]
+            state = get("/v1/streams/session/{}/state", "a/b")["state"]
+            assert state["open_tool_calls"] == [{"tool_use_id": "tu/1", "tool_name": "Bash"}]
+            assert get("/v1/chains/{}", "c/d")["title"] == "slashed"
+            assert get("/v1/streams/chain/{}/state", "c/d")["state"]["status"] == "active"
+            approval = get("/v1/streams/approval/{}/state", "e/f")["state"]
+            assert (approval["status"], approval["request"]["session_id"]) == ("pending", "a/b")
+            assert len(get("/v1/streams/approval/{}/events", "e/f")["items"]) == 1
+
+            # "c/tool-calls": the suffix routes and the stream routes take it whole (a fixed
+            # suffix is the path's last segment) ...
+            calls = get("/v1/sessions/{}/tool-calls", "c/tool-calls")["items"]
+            assert [c["tool_use_id"] for c in calls] == ["tu-2"]
+            state = get("/v1/streams/session/{}/state", "c/tool-calls")["state"]
+            assert state["open_tool_calls"] == [{"tool_use_id": "tu-2", "tool_name": "Read"}]
+            # ... and /v1/sessions/c%2Ftool-calls is session c's tool calls (README.md)
+            assert get("/v1/sessions/{}", "c/tool-calls") == {"items": [], "next_cursor": None}
+
+        # unknown ids holding a slash: 404 problems from the routes, not "Not Found" (no route)
+        for path in ("/v1/sessions/x%2Fy", "/v1/chains/x%2Fy", "/v1/streams/session/x%2Fy/state"):
+            missing = client.get(path)
+            assert missing.status_code == 404, path
+            assert missing.headers["content-type"] == PROBLEM
+            assert missing.json()["type"] != "about:blank", (path, missing.json())
+        # HEAD and a 405's Allow at such paths
+        head = client.head("/v1/sessions/a%2Fb")
+        assert head.status_code == 200 and head.content == b""
+        assert (
+            head.headers["content-length"]
+            == client.get("/v1/sessions/a%2Fb").headers["content-length"]
+        )
+        for path in (
+            "/v1/sessions/a/b",
+            "/v1/sessions/a%2Fb/tool-calls",
+            "/v1/streams/chain/c/d/state",
+        ):
+            refused = client.post(path)
+            assert refused.status_code == 405, path
+            assert refused.headers["allow"] == "GET, HEAD", path
