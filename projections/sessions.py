@@ -13,7 +13,8 @@ Columns:
   ``running``, ``SessionStatusChanged`` -> its status, ``SessionEnded`` -> ``completed``; a later
   start keeps the first ``started_at``; ``occurred_at`` times, UTC).
 - ``event_count``: events of the session stream; ``message_count``: ``MessageRecorded``;
-  ``tool_call_count``: distinct tool calls (starts, plus ends paired ``orphan``);
+  ``tool_call_count``: distinct tool calls (starts, plus ends paired ``orphan``, less the late
+  starts of those orphans);
   ``tool_error_count``: ends with ``success`` false.
 - ``cost_usd`` (USD), ``input_tokens``, ``output_tokens``: sums over linked spans of
   ``gen_ai.usage.cost_usd``/``cost_usd``, ``gen_ai.usage.input_tokens``,
@@ -125,7 +126,8 @@ def fold(event: LedgerEvent, position: int, rows: Rows) -> None:
     else:
         row["event_count"] += 1
         if kind == _TOOL_START:
-            row["tool_call_count"] += 1
+            if not event.late:  # type: ignore[attr-defined]  # a late start's end counted it
+                row["tool_call_count"] += 1
         elif kind == _TOOL_END:
             ended: ToolCallEnded = event  # type: ignore[assignment]
             if ended.pairing == "orphan":

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -340,3 +343,47 @@ def test_ids_holding_a_slash_read_back_on_every_by_id_route_encoded_or_raw(
             refused = client.post(path)
             assert refused.status_code == 405, path
             assert refused.headers["allow"] == "GET, HEAD", path
+
+
+RAW_HOOKS = Path(__file__).resolve().parents[1] / (
+    "fixtures/claude-code-hooks/agentic-framework-2026-02/raw-all-sessions"
+)
+
+
+def test_a_pre_tool_use_arriving_after_its_post_tool_use_pairs_the_call_live_and_rebuilt(
+    store_env: dict[str, str], make_server: Callable[..., Server]
+) -> None:
+    pre = json.loads((RAW_HOOKS / "pre_tool_use.json").read_text())
+    post = {p["tool_use_id"]: p for p in json.loads(
+        (RAW_HOOKS / "post_tool_use.matching-pre.small.json").read_text()
+    )}  # fmt: skip
+    start = next(p for p in pre if p["tool_use_id"] in post)
+    end = post[start["tool_use_id"]]
+    session_id, tool_use_id = start["session_id"], start["tool_use_id"]
+    server = make_server(**store_env)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+
+        def the_call() -> dict[str, Any]:
+            server.wait_projected()
+            calls = client.get(f"/v1/sessions/{session_id}/tool-calls").raise_for_status()
+            [call] = calls.json()["items"]
+            return dict(call)
+
+        client.post("/v1/hooks/claude-code", json=end).raise_for_status()
+        assert the_call()["pairing"] == "orphan"  # its start has not arrived (yet)
+        client.post("/v1/hooks/claude-code", json=start).raise_for_status()
+        live = the_call()
+        assert live["tool_use_id"] == tool_use_id
+        assert live["pairing"] == "tool_use_id"
+        assert live["start_position"] > live["end_position"] is not None
+        assert live["tool_name"] == start["tool_name"] and live["success"] is True
+        session = client.get(f"/v1/sessions/{session_id}").raise_for_status().json()
+        assert session["tool_call_count"] == 1
+
+        rebuild = subprocess.run(
+            [str(Path(sys.executable).with_name("runledger")), "rebuild", "--all"],
+            env=server.env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert rebuild.returncode == 0, rebuild.stderr
+        assert the_call() == live
+        assert client.get(f"/v1/sessions/{session_id}").json()["tool_call_count"] == 1
