@@ -22,7 +22,8 @@ Modelled on AILANG's observatory (``internal/observatory/schema_chains.sql``: ta
   ``completed_at`` the move to ``completed``/``failed``.
 
 The summary keeps its own per-stage index (internal column ``stage_index``) instead of reading
-``chain_stages``, so each of the two projections rebuilds on its own.
+``chain_stages``, so each of the two projections rebuilds on its own. ``STATUSES`` are the
+values a summary's ``status`` can hold.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 
 from domain.base import LedgerEvent
 from domain.chain import (
+    CHAIN_TRANSITIONS,
     ChainCreated,
     ChainEvent,
     ChainStatusChanged,
@@ -54,6 +56,16 @@ _CURRENT = ("running", "awaiting_approval")
 _TERMINAL = ("completed", "failed")
 
 AGENT_FLOW_SEPARATOR = " -> "
+
+#: A summary's ``status`` after ``ChainCreated`` (as ``Chain.apply`` sets it).
+CREATED_STATUS = "active"
+#: Every ``status`` a summary can hold, in ``CHAIN_TRANSITIONS`` order: the one above and every
+#: target of a ``ChainStatusChanged`` move. (``pending`` is a stage's status, never a chain's.)
+STATUSES: tuple[str, ...] = tuple(
+    status
+    for status in CHAIN_TRANSITIONS
+    if status == CREATED_STATUS or any(status in targets for targets in CHAIN_TRANSITIONS.values())
+)
 
 
 def add_metrics(row: Row, metrics: Mapping[str, Any] | None) -> None:
@@ -191,7 +203,7 @@ def fold_summaries(event: LedgerEvent, position: int, rows: Rows) -> None:
         )
         stages[stage_id] = stage
     if isinstance(event, ChainCreated):
-        row["status"] = "active"
+        row["status"] = CREATED_STATUS
         row["created_at"] = occurred
         for name in (
             "title",

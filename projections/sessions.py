@@ -13,7 +13,8 @@ Columns:
   ``running``, ``SessionStatusChanged`` -> its status, ``SessionEnded`` -> ``completed``; a later
   start keeps the first ``started_at``; ``occurred_at`` times, UTC).
 - ``event_count``: events of the session stream; ``message_count``: ``MessageRecorded``;
-  ``tool_call_count``: distinct tool calls (starts, plus ends paired ``orphan``);
+  ``tool_call_count``: distinct tool calls (starts, plus ends paired ``orphan``, less the late
+  starts of those orphans);
   ``tool_error_count``: ends with ``success`` false.
 - ``cost_usd`` (USD), ``input_tokens``, ``output_tokens``: sums over linked spans of
   ``gen_ai.usage.cost_usd``/``cost_usd``, ``gen_ai.usage.input_tokens``,
@@ -22,6 +23,7 @@ Columns:
   linked span) that touched the row; ``last_event_at``: the latest ``occurred_at`` among them.
 
 A linked span may arrive before any session event: it creates the row (``status`` None).
+``STATUSES`` are the values ``status`` can hold besides None.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Iterable
 
 from domain.base import LedgerEvent
 from domain.session import (
+    STATUS_TRANSITIONS,
     MessageRecorded,
     SessionEnded,
     SessionEvent,
@@ -41,6 +44,21 @@ from domain.session import (
 from domain.trace import SpanRecorded
 from projections.base import Key, Projection, Rows, later, span_facts, span_session_id, utc
 from projections.schema import SESSIONS, clamp_int64
+
+#: ``status`` after ``SessionStarted`` and after ``SessionEnded`` (as ``Session.apply`` sets it).
+STARTED_STATUS = "running"
+ENDED_STATUS = "completed"
+#: Every ``status`` a row can hold (None aside), in ``STATUS_TRANSITIONS`` order: the two above
+#: and every target of a ``SessionStatusChanged`` move (not ``draft``: no move enters it).
+STATUSES: tuple[str, ...] = tuple(
+    status
+    for status in STATUS_TRANSITIONS
+    if status is not None
+    and (
+        status in (STARTED_STATUS, ENDED_STATUS)
+        or any(status in targets for targets in STATUS_TRANSITIONS.values())
+    )
+)
 
 # What fold does for an event class (worked out once per class, as isinstance would decide).
 _OTHER, _STARTED, _STATUS, _MESSAGE, _TOOL_START, _TOOL_END, _ENDED, _SPAN, _NONE = range(9)
@@ -108,7 +126,8 @@ def fold(event: LedgerEvent, position: int, rows: Rows) -> None:
     else:
         row["event_count"] += 1
         if kind == _TOOL_START:
-            row["tool_call_count"] += 1
+            if not event.late:  # type: ignore[attr-defined]  # a late start's end counted it
+                row["tool_call_count"] += 1
         elif kind == _TOOL_END:
             ended: ToolCallEnded = event  # type: ignore[assignment]
             if ended.pairing == "orphan":
@@ -119,7 +138,7 @@ def fold(event: LedgerEvent, position: int, rows: Rows) -> None:
             row["message_count"] += 1
         elif kind == _STARTED:
             started: SessionStarted = event  # type: ignore[assignment]
-            row["status"] = "running"
+            row["status"] = STARTED_STATUS
             row["agent"] = started.agent or row["agent"]
             row["model"] = started.model or row["model"]
             row["workspace"] = started.cwd or row["workspace"]
@@ -128,7 +147,7 @@ def fold(event: LedgerEvent, position: int, rows: Rows) -> None:
         elif kind == _STATUS:
             row["status"] = event.status  # type: ignore[attr-defined]
         elif kind == _ENDED:
-            row["status"] = "completed"
+            row["status"] = ENDED_STATUS
             row["ended_at"] = utc(event.occurred_at)
             row["end_reason"] = event.reason  # type: ignore[attr-defined]
     # the event (session event or linked span) touched the row

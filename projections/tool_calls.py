@@ -8,7 +8,9 @@ The domain already paired each end with its start (``pairing``: ``tool_use_id``,
 latest unfinished call of the same tool, or ``orphan`` for an end with no start), and an end
 always names the resolved ``tool_use_id``. So a row is keyed by ``(project, session_id,
 tool_use_id)``; an orphan end creates a row with no start (``started_at``, ``start_position``
-None).
+None). A start arriving after its orphan end (same ``tool_use_id``; the domain records it as
+``ToolCallStarted.late``) pairs the call: its row's ``pairing`` becomes ``tool_use_id``, as had
+the start come first.
 
 ``duration_ms`` (ms): the end event's ``duration_ms`` when given, else ``ended_at - started_at``
 (both the writers' ``occurred_at``); None while either side is missing. ``first_position`` is the
@@ -62,6 +64,8 @@ def fold(event: LedgerEvent, position: int, rows: Rows) -> None:
         row["agent_id"] = event.agent_id
         row["started_at"] = utc(event.occurred_at)
         row["start_position"] = position
+        if row["pairing"] == "orphan":  # its end came first: this start pairs it by id
+            row["pairing"] = "tool_use_id"
         if row["end_position"] is not None and row["duration_ms"] is None:
             row["duration_ms"] = _duration_ms(None, row)
     else:

@@ -28,6 +28,8 @@ from projections.schema import (
     CHAIN_STAGES,
     CHAIN_SUMMARIES,
     CRITERION_STATES,
+    INT64_MAX,
+    INT64_MIN,
     PHASE_BLOCKS,
     SESSIONS,
     SPANS,
@@ -60,20 +62,26 @@ def encode_cursor(listing: str, values: Sequence[Any]) -> str:
 
 
 def decode_cursor(cursor: str, listing: str, types: Sequence[type]) -> list[Any]:
-    """The sort key a cursor holds.
+    """The sort key a cursor holds, every value checked to be one a query can bind.
 
     Args:
         cursor: what ``encode_cursor`` made.
         listing: the listing it must belong to.
         types: the expected type of each sort-key value (``int`` or ``str``).
 
+    Returns:
+        The values, each of its type: an ``int`` within signed 64 bits (both stores' integer
+        columns), a ``str`` encodable as UTF-8 (no lone surrogate).
+
     Raises:
-        InvalidCursorError: not base64/JSON, another listing's, or a key of the wrong shape.
+        InvalidCursorError: not base64/JSON (or JSON too deeply nested to parse), another
+            listing's, or a key of the wrong shape or out of those ranges.
     """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         decoded = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError) as error:
+    except (binascii.Error, ValueError, TypeError, RecursionError) as error:
+        # RecursionError: JSON nested deeper than the interpreter's recursion limit.
         raise InvalidCursorError(f"malformed cursor: {error}") from None
     if not isinstance(decoded, dict) or decoded.get("k") != listing:
         raise InvalidCursorError(f"the cursor does not belong to the {listing} listing")
@@ -81,10 +89,26 @@ def decode_cursor(cursor: str, listing: str, types: Sequence[type]) -> list[Any]
     if (
         not isinstance(values, list)
         or len(values) != len(types)
-        or not all(type(v) is t for v, t in zip(values, types, strict=True))
+        or not all(_bindable(v, t) for v, t in zip(values, types, strict=True))
     ):
         raise InvalidCursorError(f"the cursor does not hold a {listing} sort key")
     return values
+
+
+def _bindable(value: Any, expected: type) -> bool:
+    """Whether ``value`` is exactly of type ``expected`` and a value SQLite and PostgreSQL
+    accept as a parameter: an int within signed 64 bits (SQLite raises ``OverflowError`` on a
+    larger one), a str without lone surrogates (both drivers encode text as UTF-8)."""
+    if type(value) is not expected:  # exactly: a bool is no int here
+        return False
+    if isinstance(value, int):
+        return INT64_MIN <= value <= INT64_MAX
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+    return True
 
 
 def _json_value(value: Any) -> Any:
@@ -110,8 +134,8 @@ class Views:
 
         Args:
             project: the tenant.
-            status: only sessions in this status (HumanLayer vocabulary: ``running``,
-                ``waiting_input``, ``completed``...).
+            status: only sessions in this status (``projections.sessions.STATUSES``, HumanLayer
+                vocabulary: ``running``, ``waiting_input``, ``completed``...).
             limit: page size (clamped to 1..1000).
             cursor: ``next_cursor`` of the previous page.
 
@@ -219,7 +243,8 @@ class Views:
         """Execution chains' summaries, newest first.
 
         Args:
-            status: ``active``, ``pending_approval``, ``completed`` or ``failed`` (AILANG).
+            status: ``active``, ``pending_approval``, ``completed`` or ``failed`` (AILANG;
+                ``projections.chains.STATUSES``).
 
         Returns:
             ``{"items": [summary...], "next_cursor"}``; a summary is ``get_chain``'s dict without

@@ -4,7 +4,9 @@
   ``recorded_at``, ``occurred_at``, type and payload.
 - ``GET /v1/streams/{kind}/{external_id}/state?version=N`` or ``?as_of=<RFC 3339>``: the stream's
   state then (``as_of`` is the ledger's clock: what the ledger knew at that time).
-- ``GET /v1/log?after=<position>&limit=``: the application log in position order.
+- ``GET /v1/log?after=<position>&limit=``: the request's project's events in the application
+  log, in position order (``log_page``: ``limit`` counts the project's events; at most
+  ``LOG_SCAN_MAX_POSITIONS`` positions read per request).
 - ``GET /v1/log/tail``: the same as a live tail (Server-Sent Events, resumable with
   ``Last-Event-ID``).
 - ``GET /v1/blobs/{sha256}``: a large value an event references.
@@ -35,6 +37,10 @@ from projections.schema import INT64_MAX
 router = APIRouter(prefix="/v1", tags=["audit"], responses=problem_responses(400, 422))
 
 Kind = Literal["session", "trace", "approval", "chain"]
+#: A stream's upstream id in a path: it may hold ``/`` (Starlette decodes ``%2F`` before routing,
+#: so the route takes the id with the ``path`` convertor; the fixed suffix after it, ``/events``
+#: or ``/state``, is the path's last segment, so any id reads back).
+ExternalId = Annotated[str, Path(description="the upstream id; may hold `/`, sent raw or as `%2F`")]
 
 # Positions and versions are 64-bit signed in both stores (BIGINT; SQLite INTEGER), which refuse
 # a larger parameter: query values are bounded by INT64_MAX, so that one is a 422.
@@ -107,7 +113,7 @@ def stream_state(
 
 
 @router.get(
-    "/streams/{kind}/{external_id}/events",
+    "/streams/{kind}/{external_id:path}/events",
     summary="A stream's history",
     responses=problem_responses(404),
 )
@@ -115,7 +121,7 @@ async def get_stream_events(
     runtime: RuntimeDep,
     project: ProjectDep,
     kind: Kind,
-    external_id: str,
+    external_id: ExternalId,
     after_version: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:
@@ -126,7 +132,7 @@ async def get_stream_events(
 
 
 @router.get(
-    "/streams/{kind}/{external_id}/state",
+    "/streams/{kind}/{external_id:path}/state",
     summary="A stream's state at a version or time",
     responses=problem_responses(404),
 )
@@ -134,7 +140,7 @@ async def get_stream_state(
     runtime: RuntimeDep,
     project: ProjectDep,
     kind: Kind,
-    external_id: str,
+    external_id: ExternalId,
     version: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
     as_of: Annotated[Timestamp | None, Query(description="RFC 3339 date-time with offset")] = None,
 ) -> dict[str, Any]:
@@ -144,20 +150,52 @@ async def get_stream_state(
     )
 
 
+#: Most log positions one ``log_page`` reads (events of every project, one per position), however
+#: few of them are the request's project's: a read on a sparse project stays bounded.
+LOG_SCAN_MAX_POSITIONS = 10_000
+
+
 def log_page(
     runtime: Runtime, after: int, limit: int, project: str | None
 ) -> tuple[list[dict[str, Any]], int]:
-    """``(rendered events, last position read)``: up to ``limit`` positions after ``after``,
-    the events of ``project`` among them (``None``: all; positions stay global)."""
-    notifications = runtime.ledger.recorder.select_notifications(
-        start=after, limit=limit, inclusive_of_start=False
-    )
-    items = []
-    for notification in notifications:
-        event = runtime.ledger.mapper.to_domain_event(notification)
-        if project is None or getattr(event, "project", None) == project:
-            items.append(render_event(event, notification.id))  # type: ignore[arg-type]
-    return items, notifications[-1].id if notifications else after
+    """The first ``limit`` events of ``project`` after position ``after``, in position order.
+
+    Reads the log in growing pages until ``limit`` events of ``project`` are found, the log's
+    head is reached, or ``LOG_SCAN_MAX_POSITIONS`` positions were read.
+
+    Args:
+        after: the position (``notification_id``) to read after.
+        limit: most events to return (1 or more).
+        project: the tenant whose events are returned; None: every project's. Positions stay
+            global.
+
+    Returns:
+        ``(rendered events, last position scanned)``: the position of the ``limit``-th event
+        when that many were found, else the last position read (``after`` when none). Reading
+        on after it misses nothing; fewer than ``limit`` events (even none) with a last
+        position below the head only means the scan bound was met.
+    """
+    items: list[dict[str, Any]] = []
+    last = after
+    scanned = 0
+    size = limit  # the first read: enough when every event is the project's
+    while len(items) < limit and scanned < LOG_SCAN_MAX_POSITIONS:
+        wanted = min(size, LOG_SCAN_MAX_POSITIONS - scanned)
+        notifications = runtime.ledger.recorder.select_notifications(
+            start=last, limit=wanted, inclusive_of_start=False
+        )
+        for notification in notifications:
+            scanned += 1
+            last = notification.id
+            event = runtime.ledger.mapper.to_domain_event(notification)
+            if project is None or getattr(event, "project", None) == project:
+                items.append(render_event(event, notification.id))  # type: ignore[arg-type]
+                if len(items) == limit:
+                    break
+        if len(notifications) < wanted:  # the head: nothing more to read now
+            break
+        size = min(size * 2, LOG_SCAN_MAX_POSITIONS)  # a sparse project: read more at a time
+    return items, last
 
 
 def read_log(runtime: Runtime, after: int, limit: int, project: str | None) -> dict[str, Any]:
@@ -166,16 +204,30 @@ def read_log(runtime: Runtime, after: int, limit: int, project: str | None) -> d
     return {"items": items, "next_after": last, "head": runtime.log.head()}
 
 
-@router.get("/log", summary="The global log after a position")
+@router.get(
+    "/log",
+    summary="The project's events in the global log after a position",
+    description=(
+        '`{"items": [...], "next_after": position, "head": position}`: the first `limit` '
+        "events of the request's project after position `after`, in position order (positions "
+        "are the global log's). One request reads at most "
+        f"{LOG_SCAN_MAX_POSITIONS:,} positions of the log (events of every project), so a page "
+        "may hold fewer than `limit` events, even none, while more follow. `next_after` is the "
+        "last position read: pass it as `after` for the next page. The log is read to its end "
+        "when `next_after` reaches `head`."
+    ),
+)
 async def get_log(
     runtime: RuntimeDep,
     project: ProjectDep,
     after: Annotated[
         int, Query(ge=0, le=INT64_MAX, description="position (notification_id) to read after")
     ] = 0,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    limit: Annotated[
+        int, Query(ge=1, le=10_000, description="most events of the project to return")
+    ] = 100,
 ) -> dict[str, Any]:
-    """``{"items": [...], "next_after": position, "head": position}`` for the request's project."""
+    """The request's project's events after ``after``: see ``log_page`` (and the description)."""
     return await run_in_threadpool(read_log, runtime, after, limit, project)
 
 

@@ -2,6 +2,13 @@
 
 Lists are cursor-paginated: ``{"items": [...], "next_cursor": str | null}``; pass ``cursor`` back
 to get the next page. Read models are eventually consistent with the log (see ``/readyz`` for lag).
+
+An id in a path may hold ``/`` (sent raw or as ``%2F``, which Starlette decodes before routing):
+the routes take it with the ``path`` convertor, and a session's routes with a fixed suffix
+(``/tool-calls``, ``/criteria``) are registered before the bare ``/sessions/{session_id}``, so
+they win for a path ending in one; the id before the suffix is taken whole. The one ambiguity:
+``/v1/sessions/{session_id}`` cannot name a session whose id ends in ``/tool-calls`` or
+``/criteria`` (that path is the shorter id's listing); ``/v1/streams/session/{id}/state`` can.
 """
 
 from __future__ import annotations
@@ -9,12 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import ProjectDep, RuntimeDep
 from api.problems import BadRequestError, problem_responses
+from api.schemas import enum_of, member_of
 from domain.errors import NotFoundError
+from projections import chains, sessions
 from projections.views import InvalidCursorError
 
 # 400: a bad project or cursor; 422: a query parameter of the wrong type or range.
@@ -30,6 +39,22 @@ Cursor = Annotated[
     str | None,
     Query(description="next_cursor of the previous page; absent or empty: the first page"),
 ]
+
+#: ``status`` filters: exactly the values the read model's ``status`` column can hold (derived
+#: from the domain's status machines by ``projections.sessions``/``projections.chains``), so a
+#: typo is a 422 naming them, not an empty page.
+SessionStatus = Annotated[
+    Annotated[str, member_of(sessions.STATUSES), enum_of(sessions.STATUSES)] | None,
+    Query(description="only sessions in this status (HumanLayer's statuses)"),
+]
+ChainStatus = Annotated[
+    Annotated[str, member_of(chains.STATUSES), enum_of(chains.STATUSES)] | None,
+    Query(description="only chains in this status (AILANG's chain statuses)"),
+]
+
+#: The description of an id path parameter (``path`` convertor).
+SLASHES = "may hold `/`, sent raw or as `%2F`"
+SessionId = Annotated[str, Path(description=SLASHES)]
 
 
 class ReadModelNotFoundError(NotFoundError):
@@ -55,29 +80,24 @@ def _found(value: T | None, what: str, ident: str) -> T:
 async def list_sessions(
     runtime: RuntimeDep,
     project: ProjectDep,
-    status: str | None = None,
+    status: SessionStatus = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> dict[str, Any]:
-    """Sessions (status, agent, model, workspace, started/ended, counts, cost, tokens)."""
+    """Sessions (status, agent, model, workspace, started/ended, counts, cost, tokens).
+    ``status`` outside its enum is a 422 naming the allowed values."""
     return await _call(
         runtime.views.list_sessions, project, status=status, limit=limit, cursor=cursor
     )
 
 
-@router.get("/sessions/{session_id}", summary="One session", responses=NOT_FOUND)
-async def get_session(runtime: RuntimeDep, project: ProjectDep, session_id: str) -> dict[str, Any]:
-    """One session's row. 404 problem+json when unknown."""
-    return _found(
-        await _call(runtime.views.get_session, project, session_id), "session", session_id
-    )
-
-
-@router.get("/sessions/{session_id}/tool-calls", summary="A session's tool calls, in start order")
+@router.get(
+    "/sessions/{session_id:path}/tool-calls", summary="A session's tool calls, in start order"
+)
 async def list_tool_calls(
     runtime: RuntimeDep,
     project: ProjectDep,
-    session_id: str,
+    session_id: SessionId,
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> dict[str, Any]:
@@ -87,10 +107,24 @@ async def list_tool_calls(
     )
 
 
-@router.get("/sessions/{session_id}/criteria", summary="scafld criterion states and phase blocks")
-async def get_criteria(runtime: RuntimeDep, project: ProjectDep, session_id: str) -> dict[str, Any]:
+@router.get(
+    "/sessions/{session_id:path}/criteria", summary="scafld criterion states and phase blocks"
+)
+async def get_criteria(
+    runtime: RuntimeDep, project: ProjectDep, session_id: SessionId
+) -> dict[str, Any]:
     """``{"criterion_states": {criterion_id: StateRecord}, "phase_blocks": {phase_id: StateRecord}}``."""
     return await _call(runtime.views.get_criteria, project, session_id)
+
+
+@router.get("/sessions/{session_id:path}", summary="One session", responses=NOT_FOUND)
+async def get_session(
+    runtime: RuntimeDep, project: ProjectDep, session_id: SessionId
+) -> dict[str, Any]:
+    """One session's row. 404 problem+json when unknown."""
+    return _found(
+        await _call(runtime.views.get_session, project, session_id), "session", session_id
+    )
 
 
 @router.get("/approvals", summary="Approvals; ?status=pending is the queue")
@@ -117,18 +151,21 @@ async def list_approvals(
 async def list_chains(
     runtime: RuntimeDep,
     project: ProjectDep,
-    status: str | None = None,
+    status: ChainStatus = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> dict[str, Any]:
-    """Chain summaries (status, current stage, totals, ``agent_flow``)."""
+    """Chain summaries (status, current stage, totals, ``agent_flow``). ``status`` outside its
+    enum is a 422 naming the allowed values."""
     return await _call(
         runtime.views.list_chains, project, status=status, limit=limit, cursor=cursor
     )
 
 
-@router.get("/chains/{chain_id}", summary="One chain with its stages", responses=NOT_FOUND)
-async def get_chain(runtime: RuntimeDep, project: ProjectDep, chain_id: str) -> dict[str, Any]:
+@router.get("/chains/{chain_id:path}", summary="One chain with its stages", responses=NOT_FOUND)
+async def get_chain(
+    runtime: RuntimeDep, project: ProjectDep, chain_id: Annotated[str, Path(description=SLASHES)]
+) -> dict[str, Any]:
     """The chain summary plus ``stages`` in stage-number order."""
     return _found(await _call(runtime.views.get_chain, project, chain_id), "chain", chain_id)
 

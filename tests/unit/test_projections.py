@@ -706,6 +706,36 @@ def test_an_event_whose_occurred_at_has_no_utc_instant_is_folded_at_the_nearest_
     assert second["started_at"].startswith("9999-12-31T23:59:59.999999")
 
 
+def test_a_start_arriving_after_its_orphan_end_pairs_the_call_live_and_after_a_rebuild(
+    sqlite_ledger: Ledger, sqlite_db: SQLiteDatabase
+) -> None:
+    projector = Projector(sqlite_ledger, sqlite_db)
+    projector.create_tables()
+    writer = Writer(sqlite_ledger)
+    writer.add("session", "s1", "start", at=0, agent="claude-code")
+    writer.add("session", "s1", "end_tool_call", at=12, tool_use_id="tu1", tool_name="Bash",
+               success=True)  # fmt: skip
+    writer.flush()
+    projector.run_once()  # the live projector sees the end alone: an orphan, for now
+    [orphan] = Views(sqlite_db).list_tool_calls("default", "s1")["items"]
+    assert (orphan["pairing"], orphan["start_position"]) == ("orphan", None)
+    writer.add("session", "s1", "start_tool_call", at=10, tool_use_id="tu1", tool_name="Bash",
+               tool_input={}, tool_input_sha256="a" * 64)  # fmt: skip
+    writer.flush()
+    projector.run_once()
+    for when in ("live", "rebuilt"):
+        views = Views(sqlite_db)
+        [call] = views.list_tool_calls("default", "s1")["items"]
+        assert call["pairing"] == "tool_use_id", when
+        assert (call["start_position"], call["end_position"]) == (3, 2), when
+        assert call["duration_ms"] == 2000.0, when  # ended 12 s - started 10 s
+        # one call, as the aggregate counts it
+        session = sqlite_ledger.load("session", "s1")
+        assert views.get_session("default", "s1")["tool_call_count"] == 1, when  # type: ignore[index]
+        assert session.state()["tool_call_count"] == 1
+        projector.rebuild()
+
+
 def test_the_realistic_mix_projects_to_the_expected_rows(
     sqlite_ledger: Ledger, sqlite_db: SQLiteDatabase
 ) -> None:
@@ -815,6 +845,16 @@ def test_cursor_pages_walk_every_item_once_newest_first(
         base64.urlsafe_b64encode(json.dumps({"k": "sessions", "v": ["1", "x"]}).encode()).decode(),
         base64.urlsafe_b64encode(json.dumps({"k": "sessions", "v": [1]}).encode()).decode(),
         base64.urlsafe_b64encode(json.dumps([1, "x"]).encode()).decode(),
+        # values no store can bind: beyond signed 64 bits, a lone surrogate; and JSON nested
+        # beyond the recursion limit
+        base64.urlsafe_b64encode(
+            json.dumps({"k": "sessions", "v": [2**63, "x"]}).encode()
+        ).decode(),
+        base64.urlsafe_b64encode(
+            json.dumps({"k": "sessions", "v": [-(2**63) - 1, "x"]}).encode()
+        ).decode(),
+        base64.urlsafe_b64encode(b'{"k":"sessions","v":[1,"\\ud800"]}').decode(),
+        base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).decode(),
     ],
 )
 def test_a_malformed_or_foreign_cursor_is_an_invalid_cursor_error(
