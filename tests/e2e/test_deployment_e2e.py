@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import yaml
+from psycopg import sql
 
 from infra.settings import Settings
 from infra.wake import socket_path_for
@@ -118,6 +120,42 @@ def test_compose_processes_run_directly_migrate_api_and_a_separate_projector(
         projector.terminate()
         projector.wait(timeout=20)
     assert projector.returncode == 0
+
+
+def test_serve_creates_a_schema_that_does_not_exist_yet_and_refuses_it_without_create_tables(
+    tmp_path: Path, postgres_url: str, new_pg_schema: str
+) -> None:
+    env = base_env(
+        tmp_path, RUNLEDGER_DATABASE_URL=postgres_url, RUNLEDGER_DATABASE_SCHEMA=new_pg_schema
+    )
+    refused = Server(env=dict(env, RUNLEDGER_CREATE_TABLES="false"))
+    refused.log_path = tmp_path / "refused.log"
+    with pytest.raises(RuntimeError, match="server exited"):
+        refused.start()
+    said = refused.log_path.read_text()
+    assert "SchemaMissingError" in said and repr(new_pg_schema) in said, said[-3000:]
+    # The API and its child projector both create tables at start-up, at once.
+    server = Server(env=env)
+    server.log_path = tmp_path / "server.log"
+    try:
+        server.start()  # /readyz answered 200
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            posted = client.post(
+                "/v1/events",
+                json={"type": "session.started", "session_id": "new-schema", "agent": "x"},
+            )
+            assert posted.status_code == 201, posted.text
+            server.wait_projected()
+            assert client.get("/v1/sessions/new-schema").json()["session_id"] == "new-schema"
+    finally:
+        server.stop()
+    with psycopg.connect(postgres_url) as conn:
+        (count,) = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.runledger_events").format(
+                sql.Identifier(new_pg_schema)
+            )
+        ).fetchone() or (0,)
+    assert count == 1
 
 
 def test_command_line_replays_rebuilds_and_reports_status(sqlite_server: Server) -> None:
