@@ -553,7 +553,13 @@ def test_a_token_guards_every_v1_route_and_projects_keep_tenants_apart(make_serv
             )
         assert client.get("/v1/chains").status_code == 401
         assert client.get("/v1/log/tail").status_code == 401
+        projections = client.get("/v1/projections")
+        assert (
+            projections.status_code == 401 and projections.headers["www-authenticate"] == "Bearer"
+        )
+        assert projections.headers["content-type"] == "application/problem+json"
         assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
         # the document names the token on exactly the operations that ask for it
         document = client.get("/openapi.json").json()
         assert document["components"]["securitySchemes"]["bearerToken"]["scheme"] == "bearer"
@@ -563,6 +569,7 @@ def test_a_token_guards_every_v1_route_and_projects_keep_tenants_apart(make_serv
                 declared = operation.get("security") == [{"bearerToken": []}, {}]
                 assert (answer.status_code == 401) == declared, (method, path, answer.status_code)
         auth = {"Authorization": "Bearer s3cret"}
+        assert client.get("/v1/projections", headers=auth).json()[0]["lag"] >= 0
         assert (
             client.post(
                 "/v1/events", json=event, headers={**auth, "X-Runledger-Project": "acme"}
