@@ -176,7 +176,8 @@ class Settings(BaseSettings):
     default_project: str = Field(
         default=DEFAULT_PROJECT,
         pattern=f"^{PROJECT_NAME}$",
-        description="Project (tenant) of requests that name none.",
+        description="Project (tenant) of requests that name none, and of the command line's "
+        "`replay` and `demo` without `--project`.",
     )
     s3_bucket: str | None = Field(
         default=None,

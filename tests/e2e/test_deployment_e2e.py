@@ -221,6 +221,41 @@ def test_command_line_replays_rebuilds_and_reports_status(sqlite_server: Server)
     assert os.environ.get("RUNLEDGER_DATA_DIR") is None  # the test did not leak settings
 
 
+def test_the_command_line_defaults_to_the_configured_default_project(make_server: Any) -> None:
+    # The server and the command line share the configuration, as on one host.
+    server = make_server(RUNLEDGER_DEFAULT_PROJECT="proj1")
+    env = dict(server.env, COLUMNS="200")
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        client.post(  # no project named: filed under proj1
+            "/v1/events", json={"type": "session.started", "session_id": "a", "agent": "x"}
+        ).raise_for_status()
+    replay = subprocess.run(
+        [RUNLEDGER, "replay", "session", "a"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert "SessionStarted" in replay.stdout
+    elsewhere = subprocess.run(
+        [RUNLEDGER, "replay", "session", "a", "--project", "default"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert elsewhere.returncode == 1 and "in project 'default'" in elsewhere.stdout
+    demo = subprocess.run(
+        [RUNLEDGER, "demo", "--url", server.url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        path = "/v1/chains/demo-chain-issue-127"
+        assert client.get(path).status_code == 200
+        assert client.get(path, params={"project": "default"}).status_code == 404
+
+
 def test_the_projector_rebuild_and_status_run_while_s3_is_unreachable(
     sqlite_server: Server,
 ) -> None:
