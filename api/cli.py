@@ -1,7 +1,8 @@
 """The ``runledger`` command line (typer): serve, migrate, project, rebuild, status, replay, demo.
 
 Configuration comes from ``RUNLEDGER_*`` environment variables (``infra.settings.Settings``);
-options given here override them.
+options given here override them: ``--project`` (``replay``, ``demo``) defaults to
+``RUNLEDGER_DEFAULT_PROJECT``, the project the API files requests that name none under.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ app = typer.Typer(
     help="runledger: an event-sourced audit ledger for AI agent runs.", no_args_is_help=True
 )
 console = Console()
+
+#: ``--project`` of the commands that take one: given, or the configured default.
+PROJECT_HELP = "Project (tenant) [default: RUNLEDGER_DEFAULT_PROJECT, else 'default']"
 
 
 @app.command()
@@ -233,13 +237,15 @@ def replay(
             formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"],
         ),
     ] = None,
-    project_: Annotated[str, typer.Option("--project", help="Project (tenant)")] = "default",
+    project_: Annotated[str | None, typer.Option("--project", help=PROJECT_HELP)] = None,
 ) -> None:
     """Print a stream's history and its state (now, at --version, or --as-of)."""
     from api.routes.audit import stream_history, stream_state
     from domain.errors import LedgerError
 
-    runtime = build_runtime(Settings())
+    settings = Settings()
+    project_ = project_ or settings.default_project
+    runtime = build_runtime(settings)
     try:
         history = stream_history(runtime, kind, external_id, project_, limit=1_000_000)
         state = stream_state(runtime, kind, external_id, project_, version, as_of)
@@ -267,13 +273,13 @@ def demo(
     url: Annotated[
         str, typer.Option(help="Base URL of a running runledger")
     ] = "http://127.0.0.1:8000",
-    project_: Annotated[str, typer.Option("--project", help="Project (tenant)")] = "default",
+    project_: Annotated[str | None, typer.Option("--project", help=PROJECT_HELP)] = None,
 ) -> None:
     """Post a real recorded agent run to a running server; print the chain summary and criterion states."""
     from api.demo import run_demo
 
     settings = Settings()
-    result = run_demo(url, project=project_, token=settings.api_token)
+    result = run_demo(url, project=project_ or settings.default_project, token=settings.api_token)
     console.print(
         f"posted {result['requests']} requests; the ledger appended {result['events_written']} events "
         f"(0 when the run was posted before: every request is idempotent)"

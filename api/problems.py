@@ -7,6 +7,7 @@ raise ``HTTPException`` for domain conditions. Problem types are URIs under
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -16,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from api.coding import (
@@ -29,6 +31,8 @@ from api.otlp import OTLPDecodeError, PayloadTooLargeError, UnsupportedMediaType
 from domain import errors as e
 from infra.blobs import BlobNotFoundError, BlobStoreUnavailableError
 from infra.writer import WriterOverloadedError
+
+log = logging.getLogger("runledger.api")
 
 PROBLEM_BASE = "https://runledger.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
@@ -173,7 +177,9 @@ def problem_response(
 
 
 def install(app: FastAPI) -> None:
-    """Register the handlers that render every error as problem+json."""
+    """Register the handlers that render every error as problem+json; a client that disconnects
+    before its request body is complete (``ClientDisconnect``, from any route reading a body) is
+    logged as one warning line, without a traceback."""
 
     async def known(request: Request, error: Exception) -> JSONResponse:
         body = problem_body(error, instance=request.url.path)
@@ -222,6 +228,26 @@ def install(app: FastAPI) -> None:
         return problem_response(error.status_code, body, headers)
 
     app.add_exception_handler(StarletteHTTPException, http_error)
+
+    async def disconnected(request: Request, error: Exception) -> JSONResponse:
+        # The client closed the connection before its body was complete (Starlette raises
+        # ClientDisconnect from request.stream()): the client's doing, not a server error, and
+        # nothing was appended. One line, no traceback; the answer reaches no one.
+        log.warning(
+            "client disconnected before sending the whole body of %s %s",
+            request.method,
+            request.url.path,
+        )
+        body = {
+            "type": "about:blank",
+            "title": "Incomplete request body",
+            "status": 400,
+            "detail": "the client disconnected before the request body was complete",
+            "instance": request.url.path,
+        }
+        return problem_response(400, body)
+
+    app.add_exception_handler(ClientDisconnect, disconnected)
 
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         # Starlette's ServerErrorMiddleware calls this, then re-raises for the server to log.

@@ -32,6 +32,47 @@ def advisory_lock_key(scope: str, name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+class SchemaMissingError(RuntimeError):
+    """The configured PostgreSQL schema does not exist, and tables are not to be created."""
+
+    def __init__(self, schema: str) -> None:
+        super().__init__(
+            f"PostgreSQL schema {schema!r} (RUNLEDGER_DATABASE_SCHEMA) does not exist: run "
+            "`runledger migrate`, or start with RUNLEDGER_CREATE_TABLES=true, to create it"
+        )
+        self.schema = schema
+
+
+def schema_exists(conn: psycopg.Connection[Any], schema: str) -> bool:
+    """Whether ``schema`` exists in ``conn``'s database (``pg_namespace``; case kept)."""
+    found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+    return found is not None
+
+
+def create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Create ``schema`` when it does not exist yet; idempotent, and safe when several
+    processes do it at once.
+
+    Args:
+        conn: an autocommit connection (a failed statement must not abort a transaction).
+        schema: the schema's name, case kept (quoted as an identifier).
+
+    Raises:
+        psycopg.Error: anything but another session creating the same schema at the same
+            time (e.g. ``InsufficientPrivilege`` without ``CREATE`` on the database).
+    """
+    if schema_exists(conn, schema):
+        return
+    try:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateSchema):
+        # IF NOT EXISTS looks before it inserts into pg_namespace: a session whose CREATE
+        # commits in between makes this one fail on the catalog's unique index
+        # (pg_namespace_nspname_index). The schema is there all the same.
+        if not schema_exists(conn, schema):
+            raise
+
+
 class PostgresDatabase:
     """``projections.db.Database`` on PostgreSQL.
 
@@ -137,17 +178,11 @@ class PostgresDatabase:
                         log.warning("could not release advisory lock %r", name, exc_info=True)
 
     def ensure_schema(self) -> None:
-        """Create the configured schema when it does not exist yet."""
+        """Create the configured schema when it does not exist yet (``create_schema``)."""
         if self.schema is None:
             return
         with self._pool.connection() as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
-            ).fetchone()
-            if exists is None:
-                conn.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-                )
+            create_schema(conn, self.schema)
 
     def close(self) -> None:
         """Close the pool and its connections."""

@@ -202,8 +202,13 @@ def build_runtime(
     bucket or S3 being down does not stop them, and a bucket an operator removed is not made
     again behind the API's back.
 
+    On PostgreSQL the configured schema is created first when missing (``create_tables``), or
+    checked (otherwise: ``infra.store.prepare_schema``).
+
     Raises:
         RuntimeError: (``blobs_used``) the blob store is not usable (``build_blob_store``).
+        SchemaMissingError: not ``create_tables``, and the configured PostgreSQL schema is
+            missing.
     """
     tune_gc(settings.gc_young_threshold)
     create = settings.create_tables if create_tables is None else create_tables

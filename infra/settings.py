@@ -1,7 +1,8 @@
 """Configuration: one pydantic-settings class, environment prefix ``RUNLEDGER_``.
 
-Nothing set: an SQLite file under ``./var/``, a local blob directory, the projector in-process,
-bind 127.0.0.1:8000. ``RUNLEDGER_DATABASE_URL=postgresql://...`` selects PostgreSQL;
+Nothing set: an SQLite file under ``./var/``, a local blob directory, the projector in a child
+process that ``runledger serve`` starts and supervises (``projector="process"``), bind
+127.0.0.1:8000. ``RUNLEDGER_DATABASE_URL=postgresql://...`` selects PostgreSQL;
 ``RUNLEDGER_S3_BUCKET`` (with ``RUNLEDGER_S3_*``: endpoint URL, region, path-style, credentials)
 selects S3 for blobs. No other module of runledger reads ``os.environ`` (boto3 reads its own
 ``AWS_*`` variables when no S3 credentials are set here).
@@ -175,7 +176,8 @@ class Settings(BaseSettings):
     default_project: str = Field(
         default=DEFAULT_PROJECT,
         pattern=f"^{PROJECT_NAME}$",
-        description="Project (tenant) of requests that name none.",
+        description="Project (tenant) of requests that name none, and of the command line's "
+        "`replay` and `demo` without `--project`.",
     )
     s3_bucket: str | None = Field(
         default=None,

@@ -4,7 +4,8 @@ write side's key index (``StreamKeys``).
 
 Tables are created once: by ``runledger migrate``, or by the first process under a lock
 (PostgreSQL advisory lock; concurrent ``CREATE TABLE`` otherwise fails with "tuple concurrently
-updated"). ``POSTGRES_ENABLE_DB_FUNCTIONS`` is never set: it drops the table lock that keeps
+updated"), the configured PostgreSQL schema before them (``prepare_schema``).
+``POSTGRES_ENABLE_DB_FUNCTIONS`` is never set: it drops the table lock that keeps
 notification ids gap-safe for tailing readers (DESIGN.md §3).
 """
 
@@ -22,6 +23,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 from psycopg.conninfo import conninfo_to_dict
 
 from domain.ledger import Ledger
+from infra.database import SchemaMissingError, create_schema, schema_exists
 from infra.settings import Settings
 
 #: Advisory lock key serialising table creation across processes (arbitrary, fixed).
@@ -76,6 +78,25 @@ def migration_lock(settings: Settings) -> Iterator[None]:
             yield
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def prepare_schema(settings: Settings, *, create: bool) -> None:
+    """Make sure the configured PostgreSQL schema (``settings.database_schema``) is there before
+    any table goes into it: created when missing and ``create`` (``create_schema``: safe when
+    several processes start at once), else checked. A no-op on SQLite and without a schema
+    setting (``public``).
+
+    Raises:
+        SchemaMissingError: the schema does not exist and ``create`` is false.
+        psycopg.Error: PostgreSQL unreachable, or the schema may not be created.
+    """
+    if settings.database_url is None or not settings.database_schema:
+        return
+    with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10) as conn:
+        if create:
+            create_schema(conn, settings.database_schema)
+        elif not schema_exists(conn, settings.database_schema):
+            raise SchemaMissingError(settings.database_schema)
 
 
 class EventLog:
@@ -305,7 +326,13 @@ class StreamKeys:
 
 def build_ledger(settings: Settings, *, create_table: bool) -> tuple[Ledger, EventLog]:
     """Construct the Ledger on the configured store, with position lookups and the key index
-    (``StreamKeys``) wired in."""
+    (``StreamKeys``) wired in. With ``create_table``, the log's tables (and the PostgreSQL schema
+    they go into, ``prepare_schema``) are created when missing.
+
+    Raises:
+        SchemaMissingError: not ``create_table``, and the configured PostgreSQL schema is missing.
+    """
+    prepare_schema(settings, create=create_table)
     holder: dict[str, EventLog] = {}
     key_index = StreamKeys()
     ledger = Ledger(

@@ -66,6 +66,21 @@ def pg_schema(postgres_url: str) -> Iterator[str]:
             conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
+@pytest.fixture()
+def new_pg_schema(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL schema name that does not exist yet (the code under test creates it);
+    dropped afterwards, whatever was made in it. Request it before ``make_server``, so that it
+    outlives the server."""
+    import psycopg
+
+    name = f"rl_new_{uuid.uuid4().hex[:12]}"
+    try:
+        yield name
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
     """A server's store settings, once the embedded SQLite default (``{}``), once PostgreSQL in

@@ -167,7 +167,7 @@ def event_results(outcomes: list[Outcome]) -> bytes:
     response_model=EventResults,
     summary='Append one typed event, or a batch {"events": [...]}',
     responses={
-        201: {"description": "single event created"},
+        201: {"description": "single event created", "model": EventResults},
         200: {"description": "batch, or a duplicate"},
         **problem_responses(400, 401, 404, 409, 413, 415, 422, 503),
     },

@@ -1,19 +1,27 @@
 """Operations: ``/healthz`` (the process answers), ``/readyz`` (event store and blob store
-reachable, projections' lag),
-``GET /v1/projections`` (each projection's position and lag)."""
+reachable, projections' lag), both open to anyone (probes carry no token);
+``GET /v1/projections`` (each projection's position and lag), which needs the bearer token like
+every ``/v1`` route."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from api.deps import RuntimeDep
+from api.deps import RuntimeDep, check_token
 from api.problems import problem_response, problem_responses
 
 router = APIRouter(tags=["ops"])
+
+
+async def _token_checked(request: Request) -> None:
+    """``check_token`` on the request's ``Authorization`` header, read here rather than declared
+    as a parameter: a declared one would make OpenAPI promise a 422 this route never answers. The
+    document names the token by its security scheme (``api.app``)."""
+    check_token(request.app.state.runtime, request.headers.get("authorization"))
 
 
 @router.get("/healthz", summary="Liveness")
@@ -56,7 +64,16 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     )
 
 
-@router.get("/v1/projections", summary="Projection positions and lag")
+@router.get(
+    "/v1/projections",
+    summary="Projection positions and lag",
+    dependencies=[Depends(_token_checked)],
+    responses=problem_responses(401),
+)
 async def projections_status(runtime: RuntimeDep) -> list[dict[str, Any]]:
-    """``[{"name", "position", "head", "lag"}]``."""
+    """``[{"name", "position", "head", "lag"}]``, positions being notification ids of the log.
+
+    Raises:
+        UnauthorizedError: ``RUNLEDGER_API_TOKEN`` is set and the request lacks it (401).
+    """
     return await run_in_threadpool(runtime.projector.status)

@@ -19,8 +19,10 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
 from tests.servers import Server
@@ -109,3 +111,38 @@ def test_head_answers_the_status_and_headers_of_get_without_the_content(
         tail = client.head("/v1/log/tail")
         assert tail.status_code == 405 and tail.headers["allow"] == "GET"
         assert client.get("/v1/log").json()["items"][0]["type"] == "SessionStarted"
+
+
+def assert_documented(document: dict[str, Any], method: str, answer: httpx.Response) -> None:
+    """``answer`` is what the document declares for its route, method and status: the status,
+    the content type, and a body valid against the declared schema (JSON Schema 2020-12, as
+    OpenAPI 3.1's), not just "some response"."""
+    path = answer.request.url.path
+    declared = document["paths"][path][method]["responses"]
+    assert str(answer.status_code) in declared, (path, answer.status_code, sorted(declared))
+    content = declared[str(answer.status_code)].get("content")
+    assert content, f"{method.upper()} {path} {answer.status_code}: no body declared"
+    media_type = answer.headers["content-type"].split(";")[0]
+    assert media_type in content, (path, answer.status_code, media_type, sorted(content))
+    schema = {**content[media_type]["schema"], "components": document["components"]}
+    jsonschema.Draft202012Validator(schema).validate(answer.json())
+
+
+def test_post_events_answers_what_its_openapi_declares_for_each_status(
+    sqlite_server: Server,
+) -> None:
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        document = client.get("/openapi.json").raise_for_status().json()
+        event = {"type": "session.started", "session_id": "contract-1", "agent": "claude-code"}
+        created = client.post("/v1/events", json=event)
+        duplicate = client.post("/v1/events", json=event)
+        batch = client.post(
+            "/v1/events",
+            json={"events": [event, {"type": "chain.created", "chain_id": "contract-1"}]},
+        )
+        refused = client.post("/v1/events", json={"type": "session.started"})
+    assert [a.status_code for a in (created, duplicate, batch, refused)] == [201, 200, 200, 422]
+    assert created.json()["results"][0]["status"] == "created"
+    assert duplicate.json()["duplicates"] == 1
+    for answer in (created, duplicate, batch, refused):
+        assert_documented(document, "post", answer)

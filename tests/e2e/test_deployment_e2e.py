@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import yaml
+from psycopg import sql
 
 from infra.settings import Settings
 from infra.wake import socket_path_for
@@ -120,6 +122,42 @@ def test_compose_processes_run_directly_migrate_api_and_a_separate_projector(
     assert projector.returncode == 0
 
 
+def test_serve_creates_a_schema_that_does_not_exist_yet_and_refuses_it_without_create_tables(
+    tmp_path: Path, postgres_url: str, new_pg_schema: str
+) -> None:
+    env = base_env(
+        tmp_path, RUNLEDGER_DATABASE_URL=postgres_url, RUNLEDGER_DATABASE_SCHEMA=new_pg_schema
+    )
+    refused = Server(env=dict(env, RUNLEDGER_CREATE_TABLES="false"))
+    refused.log_path = tmp_path / "refused.log"
+    with pytest.raises(RuntimeError, match="server exited"):
+        refused.start()
+    said = refused.log_path.read_text()
+    assert "SchemaMissingError" in said and repr(new_pg_schema) in said, said[-3000:]
+    # The API and its child projector both create tables at start-up, at once.
+    server = Server(env=env)
+    server.log_path = tmp_path / "server.log"
+    try:
+        server.start()  # /readyz answered 200
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            posted = client.post(
+                "/v1/events",
+                json={"type": "session.started", "session_id": "new-schema", "agent": "x"},
+            )
+            assert posted.status_code == 201, posted.text
+            server.wait_projected()
+            assert client.get("/v1/sessions/new-schema").json()["session_id"] == "new-schema"
+    finally:
+        server.stop()
+    with psycopg.connect(postgres_url) as conn:
+        (count,) = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.runledger_events").format(
+                sql.Identifier(new_pg_schema)
+            )
+        ).fetchone() or (0,)
+    assert count == 1
+
+
 def test_command_line_replays_rebuilds_and_reports_status(sqlite_server: Server) -> None:
     with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
         for status in ("fail", "pass"):
@@ -181,6 +219,41 @@ def test_command_line_replays_rebuilds_and_reports_status(sqlite_server: Server)
             == "pass"
         )
     assert os.environ.get("RUNLEDGER_DATA_DIR") is None  # the test did not leak settings
+
+
+def test_the_command_line_defaults_to_the_configured_default_project(make_server: Any) -> None:
+    # The server and the command line share the configuration, as on one host.
+    server = make_server(RUNLEDGER_DEFAULT_PROJECT="proj1")
+    env = dict(server.env, COLUMNS="200")
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        client.post(  # no project named: filed under proj1
+            "/v1/events", json={"type": "session.started", "session_id": "a", "agent": "x"}
+        ).raise_for_status()
+    replay = subprocess.run(
+        [RUNLEDGER, "replay", "session", "a"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert "SessionStarted" in replay.stdout
+    elsewhere = subprocess.run(
+        [RUNLEDGER, "replay", "session", "a", "--project", "default"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert elsewhere.returncode == 1 and "in project 'default'" in elsewhere.stdout
+    demo = subprocess.run(
+        [RUNLEDGER, "demo", "--url", server.url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        path = "/v1/chains/demo-chain-issue-127"
+        assert client.get(path).status_code == 200
+        assert client.get(path, params={"project": "default"}).status_code == 404
 
 
 def test_the_projector_rebuild_and_status_run_while_s3_is_unreachable(

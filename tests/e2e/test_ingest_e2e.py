@@ -639,7 +639,13 @@ def test_a_token_guards_every_v1_route_and_projects_keep_tenants_apart(make_serv
             )
         assert client.get("/v1/chains").status_code == 401
         assert client.get("/v1/log/tail").status_code == 401
+        projections = client.get("/v1/projections")
+        assert (
+            projections.status_code == 401 and projections.headers["www-authenticate"] == "Bearer"
+        )
+        assert projections.headers["content-type"] == "application/problem+json"
         assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
         # the document names the token on exactly the operations that ask for it
         document = client.get("/openapi.json").json()
         assert document["components"]["securitySchemes"]["bearerToken"]["scheme"] == "bearer"
@@ -649,6 +655,7 @@ def test_a_token_guards_every_v1_route_and_projects_keep_tenants_apart(make_serv
                 declared = operation.get("security") == [{"bearerToken": []}, {}]
                 assert (answer.status_code == 401) == declared, (method, path, answer.status_code)
         auth = {"Authorization": "Bearer s3cret"}
+        assert client.get("/v1/projections", headers=auth).json()[0]["lag"] >= 0
         assert (
             client.post(
                 "/v1/events", json=event, headers={**auth, "X-Runledger-Project": "acme"}
@@ -1138,3 +1145,36 @@ def test_the_otlp_sdk_exporter_rides_out_an_overload_by_retrying_the_503(
     server.wait_projected()
     trace = httpx.get(f"{server.url}/v1/traces/{trace_id}", timeout=10).raise_for_status().json()
     assert trace["span_count"] == 2
+
+
+def test_a_client_gone_before_its_body_is_complete_is_one_log_line_and_appends_nothing(
+    sqlite_server: Server,
+) -> None:
+    import socket
+
+    assert sqlite_server.log_path is not None
+    head = httpx.get(f"{sqlite_server.url}/readyz", timeout=10).json()["head"]
+    routes = ("/v1/events", "/v1/hooks/claude-code", "/v1/traces")
+    for path in routes:
+        # Content-Length promises 100 bytes; 2 come, then the connection closes.
+        with socket.create_connection(("127.0.0.1", sqlite_server.port), timeout=10) as raw:
+            raw.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                "Content-Length: 100\r\n\r\n".encode()
+                + b'{"'
+            )
+            time.sleep(0.2)  # the body read has begun
+    deadline = time.monotonic() + 20
+    while True:
+        log = sqlite_server.log_path.read_text()
+        said = [line for line in log.splitlines() if "client disconnected" in line]
+        if len(said) == len(routes) or "Traceback" in log:
+            break
+        assert time.monotonic() < deadline, log[-3000:]
+        time.sleep(0.05)
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
+    assert "ClientDisconnect" not in log
+    assert len(said) == len(routes)  # one line each
+    assert [any(path in line for line in said) for path in routes] == [True] * len(routes)
+    # the server still answers, and nothing was appended
+    assert httpx.get(f"{sqlite_server.url}/readyz", timeout=10).json()["head"] == head

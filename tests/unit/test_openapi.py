@@ -122,6 +122,8 @@ def test_every_error_answer_is_documented_as_a_problem() -> None:
     assert declared[("/v1/sessions", "get")] == {400, 401, 422}
     assert declared[("/v1/sessions/{session_id}", "get")] == {400, 401, 404, 422}
     assert declared[("/v1/blobs/{sha256}", "get")] == {400, 401, 404, 422, 503}
+    assert declared[("/v1/projections", "get")] == {401}
+    assert document["paths"]["/v1/projections"]["get"]["security"] == [{"bearerToken": []}, {}]
     assert declared[("/readyz", "get")] == {503}
     assert declared[("/healthz", "get")] == set()
     # every 503 (overloaded, write contention, a store down, not ready) says when to retry

@@ -52,3 +52,16 @@ def test_every_setting_is_in_the_readme_configuration_table_with_its_default() -
         assert name in rows, f"{name} is not in the README's configuration table"
         if type(info.default) in (int, float):
             assert rows[name] == str(info.default), (name, rows[name], info.default)
+
+
+def test_the_settings_module_docstring_tells_the_defaults_as_they_are() -> None:
+    import infra.settings
+    from infra.settings import Settings
+
+    fields = Settings.model_fields
+    nothing_set = (infra.settings.__doc__ or "").split("Nothing set:")[1].split("``RUNLEDGER_")[0]
+    summary = " ".join(nothing_set.split())
+    assert f"bind {fields['host'].default}:{fields['port'].default}" in summary
+    assert fields["projector"].default == "process"
+    assert 'projector="process"' in summary and "child process" in summary
+    assert "in-process" not in summary
