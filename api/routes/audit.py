@@ -24,6 +24,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from api import convertors  # noqa: F401  # registers {name:id} before the routes below
 from api.deps import ProjectDep, RuntimeDep
 from api.problems import BadRequestError, problem_responses
 from api.render import jsonable, render_event
@@ -38,8 +39,8 @@ router = APIRouter(prefix="/v1", tags=["audit"], responses=problem_responses(400
 
 Kind = Literal["session", "trace", "approval", "chain"]
 #: A stream's upstream id in a path: it may hold ``/`` (Starlette decodes ``%2F`` before routing,
-#: so the route takes the id with the ``path`` convertor; the fixed suffix after it, ``/events``
-#: or ``/state``, is the path's last segment, so any id reads back).
+#: so the route takes the id with the ``api.convertors`` ``id`` convertor; the fixed suffix after
+#: it, ``/events`` or ``/state``, is the path's last segment, so any id reads back).
 ExternalId = Annotated[str, Path(description="the upstream id; may hold `/`, sent raw or as `%2F`")]
 
 # Positions and versions are 64-bit signed in both stores (BIGINT; SQLite INTEGER), which refuse
@@ -113,7 +114,7 @@ def stream_state(
 
 
 @router.get(
-    "/streams/{kind}/{external_id:path}/events",
+    "/streams/{kind}/{external_id:id}/events",
     summary="A stream's history",
     responses=problem_responses(404),
 )
@@ -132,7 +133,7 @@ async def get_stream_events(
 
 
 @router.get(
-    "/streams/{kind}/{external_id:path}/state",
+    "/streams/{kind}/{external_id:id}/state",
     summary="A stream's state at a version or time",
     responses=problem_responses(404),
 )

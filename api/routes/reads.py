@@ -4,7 +4,7 @@ Lists are cursor-paginated: ``{"items": [...], "next_cursor": str | null}``; pas
 to get the next page. Read models are eventually consistent with the log (see ``/readyz`` for lag).
 
 An id in a path may hold ``/`` (sent raw or as ``%2F``, which Starlette decodes before routing):
-the routes take it with the ``path`` convertor, and a session's routes with a fixed suffix
+the routes take it with the ``id`` convertor (``api.convertors``), and a session's routes with a fixed suffix
 (``/tool-calls``, ``/criteria``) are registered before the bare ``/sessions/{session_id}``, so
 they win for a path ending in one; the id before the suffix is taken whole. The one ambiguity:
 ``/v1/sessions/{session_id}`` cannot name a session whose id ends in ``/tool-calls`` or
@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
 
+from api import convertors  # noqa: F401  # registers {name:id} before the routes below
 from api.deps import ProjectDep, RuntimeDep
 from api.problems import BadRequestError, problem_responses
 from api.schemas import enum_of, member_of
@@ -52,7 +53,7 @@ ChainStatus = Annotated[
     Query(description="only chains in this status (AILANG's chain statuses)"),
 ]
 
-#: The description of an id path parameter (``path`` convertor).
+#: The description of an id path parameter (``{name:id}``, ``api.convertors``).
 SLASHES = "may hold `/`, sent raw or as `%2F`"
 SessionId = Annotated[str, Path(description=SLASHES)]
 
@@ -92,7 +93,7 @@ async def list_sessions(
 
 
 @router.get(
-    "/sessions/{session_id:path}/tool-calls", summary="A session's tool calls, in start order"
+    "/sessions/{session_id:id}/tool-calls", summary="A session's tool calls, in start order"
 )
 async def list_tool_calls(
     runtime: RuntimeDep,
@@ -108,7 +109,7 @@ async def list_tool_calls(
 
 
 @router.get(
-    "/sessions/{session_id:path}/criteria", summary="scafld criterion states and phase blocks"
+    "/sessions/{session_id:id}/criteria", summary="scafld criterion states and phase blocks"
 )
 async def get_criteria(
     runtime: RuntimeDep, project: ProjectDep, session_id: SessionId
@@ -117,7 +118,7 @@ async def get_criteria(
     return await _call(runtime.views.get_criteria, project, session_id)
 
 
-@router.get("/sessions/{session_id:path}", summary="One session", responses=NOT_FOUND)
+@router.get("/sessions/{session_id:id}", summary="One session", responses=NOT_FOUND)
 async def get_session(
     runtime: RuntimeDep, project: ProjectDep, session_id: SessionId
 ) -> dict[str, Any]:
@@ -162,7 +163,7 @@ async def list_chains(
     )
 
 
-@router.get("/chains/{chain_id:path}", summary="One chain with its stages", responses=NOT_FOUND)
+@router.get("/chains/{chain_id:id}", summary="One chain with its stages", responses=NOT_FOUND)
 async def get_chain(
     runtime: RuntimeDep, project: ProjectDep, chain_id: Annotated[str, Path(description=SLASHES)]
 ) -> dict[str, Any]:

@@ -278,6 +278,7 @@ def test_ids_holding_a_slash_read_back_on_every_by_id_route_encoded_or_raw(
         {"type": "session.tool_call_started", "session_id": "c/tool-calls", "tool_name": "Read",
          "tool_use_id": "tu-2", "tool_input": {}},
         {"type": "session.started", "session_id": "c"},
+        {"type": "session.started", "session_id": "line\nbreak/x"},
         {"type": "chain.created", "chain_id": "c/d", "title": "slashed"},
         {"type": "approval.requested", "approval_id": "e/f", "session_id": "a/b",
          "tool_name": "Bash", "tool_input": {"command": "ls"}},
@@ -322,6 +323,11 @@ def test_ids_holding_a_slash_read_back_on_every_by_id_route_encoded_or_raw(
             # ... and /v1/sessions/c%2Ftool-calls is session c's tool calls (README.md)
             assert get("/v1/sessions/{}", "c/tool-calls") == {"items": [], "next_cursor": None}
 
+        # line breaks too (Starlette's own path convertor stops at one)
+        session = client.get("/v1/sessions/line%0Abreak%2Fx").raise_for_status().json()
+        assert session["session_id"] == "line\nbreak/x"
+        state = client.get("/v1/streams/session/line%0Abreak%2Fx/state").raise_for_status()
+        assert state.json()["state"]["status"] == "running"
         # unknown ids holding a slash: 404 problems from the routes, not "Not Found" (no route)
         for path in ("/v1/sessions/x%2Fy", "/v1/chains/x%2Fy", "/v1/streams/session/x%2Fy/state"):
             missing = client.get(path)
