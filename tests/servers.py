@@ -4,6 +4,7 @@ Fixtures here are registered by ``tests/conftest.py``."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -117,3 +119,23 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 def sqlite_server(make_server: Callable[..., Server]) -> Server:
     """A server on the embedded SQLite default (a fresh file)."""
     return make_server()
+
+
+def read_sse(lines: Any, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` messages of a Server-Sent Events stream (``iter_lines()``), each as
+    ``{"id", "event", "data"}`` (``data`` parsed as JSON); comment and ``retry`` lines skipped."""
+    messages: list[dict[str, Any]] = []
+    fields: dict[str, Any] = {}
+    for line in lines:
+        if line == "":
+            if "data" in fields:
+                fields["data"] = json.loads(fields["data"])
+                messages.append(fields)
+                if len(messages) == count:
+                    return messages
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            if name != "retry":
+                fields[name] = value
+    raise AssertionError(f"the stream ended after {len(messages)} of {count} messages")

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import Server
+from tests.servers import Server, read_sse
 
 pytestmark = pytest.mark.e2e
 
@@ -798,26 +798,6 @@ def test_when_s3_refuses_a_blob_the_request_is_503_and_appends_nothing(
             (2, "ToolCallStarted"),
         ]
         assert items[1]["payload"]["tool_input"] == {"content": "small"}
-
-
-def read_sse(lines: Any, count: int) -> list[dict[str, Any]]:
-    """The next ``count`` messages of a Server-Sent Events stream (``iter_lines()``), each as
-    ``{"id", "event", "data"}`` (``data`` parsed as JSON); comment and ``retry`` lines skipped."""
-    messages: list[dict[str, Any]] = []
-    fields: dict[str, Any] = {}
-    for line in lines:
-        if line == "":
-            if "data" in fields:
-                fields["data"] = json.loads(fields["data"])
-                messages.append(fields)
-                if len(messages) == count:
-                    return messages
-            fields = {}
-        elif not line.startswith(":"):
-            name, _, value = line.partition(": ")
-            if name != "retry":
-                fields[name] = value
-    raise AssertionError(f"the stream ended after {len(messages)} of {count} messages")
 
 
 def test_the_log_tail_streams_commits_as_server_sent_events_and_resumes(

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import Server
+from tests.servers import Server, read_sse
 
 pytestmark = pytest.mark.e2e
 
@@ -244,26 +244,6 @@ def test_a_log_page_reads_at_most_ten_thousand_positions_and_the_tail_reads_on_p
             received = read_sse(tail.iter_lines(), 2)
         assert [int(m["id"]) for m in received] == [first, second]
         assert [m["data"]["event_id"] for m in received] == ["s-0", "s-1"]
-
-
-def read_sse(lines: Any, count: int) -> list[dict[str, Any]]:
-    """The next ``count`` messages of a Server-Sent Events stream (``iter_lines()``), each as
-    ``{"id", "event", "data"}`` (``data`` parsed as JSON); comment and ``retry`` lines skipped."""
-    messages: list[dict[str, Any]] = []
-    fields: dict[str, Any] = {}
-    for line in lines:
-        if line == "":
-            if "data" in fields:
-                fields["data"] = json.loads(fields["data"])
-                messages.append(fields)
-                if len(messages) == count:
-                    return messages
-            fields = {}
-        elif not line.startswith(":"):
-            name, _, value = line.partition(": ")
-            if name != "retry":
-                fields[name] = value
-    raise AssertionError(f"the stream ended after {len(messages)} of {count} messages")
 
 
 def test_ids_holding_a_slash_read_back_on_every_by_id_route_encoded_or_raw(
