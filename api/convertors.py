@@ -11,6 +11,9 @@ uses ``{name:id}`` (Starlette compiles the path when the route is declared).
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from fastapi import Path
 from starlette.convertors import Convertor, register_url_convertor
 
 
@@ -27,3 +30,6 @@ class IdConvertor(Convertor[str]):
 
 
 register_url_convertor("id", IdConvertor())
+
+#: The path parameter of a ``{name:id}`` segment, as OpenAPI describes it.
+IdPath = Annotated[str, Path(description="the upstream id; may hold `/`, sent raw or as `%2F`")]

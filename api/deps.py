@@ -106,11 +106,15 @@ async def get_project(
 ProjectDep = Annotated[str, Depends(get_project)]
 
 
-async def require_token(
-    runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None
-) -> None:
-    """``check_token`` as a dependency."""
-    check_token(runtime, authorization)
+async def require_token(request: Request) -> None:
+    """``check_token`` as a dependency, on the request's ``Authorization`` header, read here
+    rather than declared as a parameter: OpenAPI names the token by its security scheme
+    (``api.app``), and a declared header would be a second, unscoped description of it.
+
+    Raises:
+        UnauthorizedError: ``RUNLEDGER_API_TOKEN`` is set and the request lacks it (401).
+    """
+    check_token(request.app.state.runtime, request.headers.get("authorization"))
 
 
 def ingest_context(request: Request) -> tuple[Runtime, str]:

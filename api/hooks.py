@@ -254,11 +254,7 @@ def map_hook(
     """
     plain = _validated(payload)
     sha = content_sha256(plain)
-    if idempotency_key is not None:
-        event_id = f"cc:{plain['session_id']}:{plain['hook_event_name']}:key:{idempotency_key}"
-        repeatable = False
-    else:
-        event_id, repeatable = _event_id(plain, sha)
+    event_id, repeatable = _event_id(plain, sha, idempotency_key)
     meta = EventMeta(
         event_id=event_id,
         content_sha256=sha,
@@ -515,9 +511,11 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _event_id(plain: Mapping[str, Any], sha: str) -> tuple[str, bool]:
+def _event_id(plain: Mapping[str, Any], sha: str, idempotency_key: str | None) -> tuple[str, bool]:
     """``(event_id, repeatable)``: repeatable when only the content names the hook."""
     prefix = f"cc:{plain['session_id']}:{plain['hook_event_name']}"
+    if idempotency_key is not None:
+        return f"{prefix}:key:{idempotency_key}", False
     if plain.get("tool_use_id") is not None:
         return f"{prefix}:{plain['tool_use_id']}", False
     if plain["hook_event_name"] in _SUBAGENT_HOOKS and plain.get("agent_id") is not None:

@@ -166,6 +166,22 @@ def problem_body(error: BaseException, *, instance: str | None = None) -> dict[s
 RETRY_AFTER_S = 1
 
 
+def blank_problem(
+    status: int, title: str, detail: str, instance: str | None = None
+) -> dict[str, Any]:
+    """A problem body of no particular type (``about:blank``, RFC 9457 §4.2.1): ``{"type",
+    "title", "status", "detail"}``, and ``instance`` when given (the request's path)."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if instance is not None:
+        body["instance"] = instance
+    return body
+
+
 def problem_response(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -215,13 +231,8 @@ def install(app: FastAPI) -> None:
 
     async def http_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
-        body = {
-            "type": "about:blank",
-            "title": str(error.detail),
-            "status": error.status_code,
-            "detail": str(error.detail),
-            "instance": request.url.path,
-        }
+        text = str(error.detail)
+        body = blank_problem(error.status_code, text, text, request.url.path)
         headers = dict(error.headers or {})
         if error.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(request))
@@ -238,26 +249,16 @@ def install(app: FastAPI) -> None:
             request.method,
             request.url.path,
         )
-        body = {
-            "type": "about:blank",
-            "title": "Incomplete request body",
-            "status": 400,
-            "detail": "the client disconnected before the request body was complete",
-            "instance": request.url.path,
-        }
+        detail = "the client disconnected before the request body was complete"
+        body = blank_problem(400, "Incomplete request body", detail, request.url.path)
         return problem_response(400, body)
 
     app.add_exception_handler(ClientDisconnect, disconnected)
 
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         # Starlette's ServerErrorMiddleware calls this, then re-raises for the server to log.
-        body = {
-            "type": "about:blank",
-            "title": "Internal Server Error",
-            "status": 500,
-            "detail": "the server failed to answer; the error is in its log",
-            "instance": request.url.path,
-        }
+        detail = "the server failed to answer; the error is in its log"
+        body = blank_problem(500, "Internal Server Error", detail, request.url.path)
         return problem_response(500, body)
 
     app.add_exception_handler(Exception, unexpected)

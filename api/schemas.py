@@ -35,6 +35,7 @@ from domain.chain import CHAIN_TRANSITIONS, STAGE_METRICS, STAGE_TRANSITIONS
 from domain.evidence import ENTRY_FIELDS
 from domain.ledger import Command
 from domain.session import STATUSES
+from projections.schema import INT64_MAX, INT64_MIN
 
 #: Source words for a decision, mapped to the neutral ``approved`` / ``denied``
 #: (HumanLayer approve/deny, AILANG approved/rejected, cc-broker allow/deny, Claude Code OTel accept/reject).
@@ -51,7 +52,6 @@ Id = Annotated[str, Field(min_length=1, max_length=512)]
 
 #: Integers are signed 64-bit, as the read models (BIGINT, SQLite INTEGER) and JSON parsers
 #: other than Python's hold them: a larger one is a 422, not a value the read models clamp.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 #: RFC 3339 ``date-time`` (§5.6): full date, ``T`` (or ``t`` or a space, as §5.6's NOTE allows),

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from api import convertors  # noqa: F401  # registers {name:id} before the routes below
+from api.convertors import IdPath  # importing it registers {name:id} before the routes below
 from api.deps import ProjectDep, RuntimeDep
 from api.problems import BadRequestError, problem_responses
 from api.render import jsonable, render_event
@@ -38,10 +38,8 @@ from projections.schema import INT64_MAX
 router = APIRouter(prefix="/v1", tags=["audit"], responses=problem_responses(400, 422))
 
 Kind = Literal["session", "trace", "approval", "chain"]
-#: A stream's upstream id in a path: it may hold ``/`` (Starlette decodes ``%2F`` before routing,
-#: so the route takes the id with the ``api.convertors`` ``id`` convertor; the fixed suffix after
-#: it, ``/events`` or ``/state``, is the path's last segment, so any id reads back).
-ExternalId = Annotated[str, Path(description="the upstream id; may hold `/`, sent raw or as `%2F`")]
+# A stream's upstream id may hold ``/`` (``{external_id:id}``, ``api.convertors``): the fixed
+# suffix after it, ``/events`` or ``/state``, is the path's last segment, so any id reads back.
 
 # Positions and versions are 64-bit signed in both stores (BIGINT; SQLite INTEGER), which refuse
 # a larger parameter: query values are bounded by INT64_MAX, so that one is a 422.
@@ -122,7 +120,7 @@ async def get_stream_events(
     runtime: RuntimeDep,
     project: ProjectDep,
     kind: Kind,
-    external_id: ExternalId,
+    external_id: IdPath,
     after_version: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:
@@ -141,7 +139,7 @@ async def get_stream_state(
     runtime: RuntimeDep,
     project: ProjectDep,
     kind: Kind,
-    external_id: ExternalId,
+    external_id: IdPath,
     version: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
     as_of: Annotated[Timestamp | None, Query(description="RFC 3339 date-time with offset")] = None,
 ) -> dict[str, Any]:

@@ -208,12 +208,12 @@ async def post_events(request: Request) -> Response:
 
 
 #: ``Idempotency-Key`` (IETF draft-ietf-httpapi-idempotency-key-header): 1-255 visible ASCII.
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # fullmatch
 IDEMPOTENCY_KEY_PARAMETER = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,255}$"},
+    "schema": {"type": "string", "pattern": f"^{_IDEMPOTENCY_KEY.pattern}$"},
     "description": "A relay's name for this hook occurrence (IETF draft "
     "httpapi-idempotency-key-header): the payload is then a duplicate of the one sent under the "
     "same key whenever it is resent, and never of another; without it, a payload that has no "

@@ -7,21 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from api.deps import RuntimeDep, check_token
-from api.problems import problem_response, problem_responses
+from api.deps import RuntimeDep, require_token
+from api.problems import blank_problem, problem_response, problem_responses
 
 router = APIRouter(tags=["ops"])
-
-
-async def _token_checked(request: Request) -> None:
-    """``check_token`` on the request's ``Authorization`` header, read here rather than declared
-    as a parameter: a declared one would make OpenAPI promise a 422 this route never answers. The
-    document names the token by its security scheme (``api.app``)."""
-    check_token(request.app.state.runtime, request.headers.get("authorization"))
 
 
 @router.get("/healthz", summary="Liveness")
@@ -46,9 +39,7 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         head = await run_in_threadpool(runtime.log.head)
         await run_in_threadpool(runtime.blobs.check)
     except Exception as error:
-        return problem_response(
-            503, {"type": "about:blank", "title": "Not ready", "status": 503, "detail": str(error)}
-        )
+        return problem_response(503, blank_problem(503, "Not ready", str(error)))
     writer = runtime.writer
     return JSONResponse(
         {
@@ -67,7 +58,7 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
 @router.get(
     "/v1/projections",
     summary="Projection positions and lag",
-    dependencies=[Depends(_token_checked)],
+    dependencies=[Depends(require_token)],
     responses=problem_responses(401),
 )
 async def projections_status(runtime: RuntimeDep) -> list[dict[str, Any]]:

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
-from api import convertors  # noqa: F401  # registers {name:id} before the routes below
+from api.convertors import IdPath  # importing it registers {name:id} before the routes below
 from api.deps import ProjectDep, RuntimeDep
 from api.problems import BadRequestError, problem_responses
 from api.schemas import enum_of, member_of
@@ -52,10 +52,6 @@ ChainStatus = Annotated[
     Annotated[str, member_of(chains.STATUSES), enum_of(chains.STATUSES)] | None,
     Query(description="only chains in this status (AILANG's chain statuses)"),
 ]
-
-#: The description of an id path parameter (``{name:id}``, ``api.convertors``).
-SLASHES = "may hold `/`, sent raw or as `%2F`"
-SessionId = Annotated[str, Path(description=SLASHES)]
 
 
 class ReadModelNotFoundError(NotFoundError):
@@ -98,7 +94,7 @@ async def list_sessions(
 async def list_tool_calls(
     runtime: RuntimeDep,
     project: ProjectDep,
-    session_id: SessionId,
+    session_id: IdPath,
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> dict[str, Any]:
@@ -112,7 +108,7 @@ async def list_tool_calls(
     "/sessions/{session_id:id}/criteria", summary="scafld criterion states and phase blocks"
 )
 async def get_criteria(
-    runtime: RuntimeDep, project: ProjectDep, session_id: SessionId
+    runtime: RuntimeDep, project: ProjectDep, session_id: IdPath
 ) -> dict[str, Any]:
     """``{"criterion_states": {criterion_id: StateRecord}, "phase_blocks": {phase_id: StateRecord}}``."""
     return await _call(runtime.views.get_criteria, project, session_id)
@@ -120,7 +116,7 @@ async def get_criteria(
 
 @router.get("/sessions/{session_id:id}", summary="One session", responses=NOT_FOUND)
 async def get_session(
-    runtime: RuntimeDep, project: ProjectDep, session_id: SessionId
+    runtime: RuntimeDep, project: ProjectDep, session_id: IdPath
 ) -> dict[str, Any]:
     """One session's row. 404 problem+json when unknown."""
     return _found(
@@ -164,9 +160,7 @@ async def list_chains(
 
 
 @router.get("/chains/{chain_id:id}", summary="One chain with its stages", responses=NOT_FOUND)
-async def get_chain(
-    runtime: RuntimeDep, project: ProjectDep, chain_id: Annotated[str, Path(description=SLASHES)]
-) -> dict[str, Any]:
+async def get_chain(runtime: RuntimeDep, project: ProjectDep, chain_id: IdPath) -> dict[str, Any]:
     """The chain summary plus ``stages`` in stage-number order."""
     return _found(await _call(runtime.views.get_chain, project, chain_id), "chain", chain_id)
 

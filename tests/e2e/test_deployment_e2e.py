@@ -27,6 +27,14 @@ pytestmark = pytest.mark.e2e
 RUNLEDGER = str(Path(sys.executable).with_name("runledger"))
 
 
+def cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``runledger <args>`` with ``env``, its output captured as text (never raises on a
+    non-zero exit: the tests assert on it)."""
+    return subprocess.run(
+        [RUNLEDGER, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def compose() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
@@ -176,41 +184,19 @@ def test_command_line_replays_rebuilds_and_reports_status(sqlite_server: Server)
             ).raise_for_status()
         sqlite_server.wait_projected()
     env = dict(sqlite_server.env, COLUMNS="200")
-    replay = subprocess.run(
-        [RUNLEDGER, "replay", "session", "cli-s", "--version", "1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    replay = cli("replay", "session", "cli-s", "--version", "1", env=env)
     assert replay.returncode == 0, replay.stderr
     assert "EvidenceRecorded" in replay.stdout and '"status": "fail"' in replay.stdout
-    missing = subprocess.run(
-        [RUNLEDGER, "replay", "session", "nope"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    missing = cli("replay", "session", "nope", env=env)
     assert missing.returncode == 1 and "no session stream" in missing.stdout
     # here, then in parts (by default on 2 cores or more)
     for jobs in (["--jobs", "1"], []):
-        rebuild = subprocess.run(
-            [RUNLEDGER, "rebuild", "--all", *jobs],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        rebuild = cli("rebuild", "--all", *jobs, env=env, timeout=120)
         assert rebuild.returncode == 0, rebuild.stderr
         assert "rebuilt all projections" in rebuild.stdout
-    unknown = subprocess.run(
-        [RUNLEDGER, "rebuild", "nonsense"], env=env, capture_output=True, text=True, timeout=60
-    )
+    unknown = cli("rebuild", "nonsense", env=env)
     assert unknown.returncode != 0
-    status = subprocess.run(
-        [RUNLEDGER, "status"], env=env, capture_output=True, text=True, timeout=60
-    )
+    status = cli("status", env=env)
     assert status.returncode == 0 and "criterion_states" in status.stdout
     with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
         sqlite_server.wait_projected()
@@ -229,26 +215,12 @@ def test_the_command_line_defaults_to_the_configured_default_project(make_server
         client.post(  # no project named: filed under proj1
             "/v1/events", json={"type": "session.started", "session_id": "a", "agent": "x"}
         ).raise_for_status()
-    replay = subprocess.run(
-        [RUNLEDGER, "replay", "session", "a"], env=env, capture_output=True, text=True, timeout=60
-    )
+    replay = cli("replay", "session", "a", env=env)
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert "SessionStarted" in replay.stdout
-    elsewhere = subprocess.run(
-        [RUNLEDGER, "replay", "session", "a", "--project", "default"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    elsewhere = cli("replay", "session", "a", "--project", "default", env=env)
     assert elsewhere.returncode == 1 and "in project 'default'" in elsewhere.stdout
-    demo = subprocess.run(
-        [RUNLEDGER, "demo", "--url", server.url],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    demo = cli("demo", "--url", server.url, env=env, timeout=180)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     with httpx.Client(base_url=server.url, timeout=30) as client:
         path = "/v1/chains/demo-chain-issue-127"
@@ -281,14 +253,10 @@ def test_the_projector_rebuild_and_status_run_while_s3_is_unreachable(
         (["rebuild", "--all", "--jobs", "1"], "rebuilt all projections"),
         (["status"], "sessions"),
     ):
-        done = subprocess.run(
-            [RUNLEDGER, *command], env=env, capture_output=True, text=True, timeout=120
-        )
+        done = cli(*command, env=env, timeout=120)
         assert done.returncode == 0 and said in done.stdout, (command, done.stdout, done.stderr)
     # the API does use blobs: it refuses to start without its bucket
-    migrate = subprocess.run(
-        [RUNLEDGER, "migrate"], env=env, capture_output=True, text=True, timeout=120
-    )
+    migrate = cli("migrate", env=env, timeout=120)
     assert migrate.returncode != 0 and "never-made" in migrate.stdout + migrate.stderr, migrate
 
 
