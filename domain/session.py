@@ -72,6 +72,7 @@ class SessionStarted(SessionEvent):
     def apply(self, aggregate: Session) -> None:
         aggregate.status = "running"
         aggregate.ended = False
+        aggregate.ended_at = None  # a resume reopens the session: no end until the next one
         aggregate.agent = self.agent or aggregate.agent
         aggregate.model = self.model or aggregate.model
         aggregate.cwd = self.cwd or aggregate.cwd

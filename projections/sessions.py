@@ -11,7 +11,8 @@ Columns:
 - ``status``, ``agent``, ``model``, ``workspace`` (the start's ``cwd``), ``started_at``,
   ``ended_at``: as the ``Session`` aggregate's ``apply`` sets them (``SessionStarted`` ->
   ``running``, ``SessionStatusChanged`` -> its status, ``SessionEnded`` -> ``completed``; a later
-  start keeps the first ``started_at``; ``occurred_at`` times, UTC).
+  start (Claude Code ``SessionStart`` with source ``resume``) keeps the first ``started_at`` and
+  clears ``ended_at`` and ``end_reason`` until the next end; ``occurred_at`` times, UTC).
 - ``event_count``: events of the session stream; ``message_count``: ``MessageRecorded``;
   ``tool_call_count``: distinct tool calls (starts, plus ends paired ``orphan``, less the late
   starts of those orphans);
@@ -139,6 +140,7 @@ def fold(event: LedgerEvent, position: int, rows: Rows) -> None:
         elif kind == _STARTED:
             started: SessionStarted = event  # type: ignore[assignment]
             row["status"] = STARTED_STATUS
+            row["ended_at"] = row["end_reason"] = None  # a resume: open until the next end
             row["agent"] = started.agent or row["agent"]
             row["model"] = started.model or row["model"]
             row["workspace"] = started.cwd or row["workspace"]

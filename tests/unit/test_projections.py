@@ -569,6 +569,39 @@ def test_sessions_count_events_and_sum_usage_of_linked_spans_even_before_the_ses
     assert row["last_event_at"] == T0 + timedelta(seconds=9)
 
 
+def test_a_resumed_session_is_running_without_an_end_until_it_ends_again(
+    ledger: Ledger, writer: Writer
+) -> None:
+    # Claude Code `claude --resume`: SessionStart (source resume) on a session that had ended.
+    w = writer
+    w.add("session", "s1", "start", at=1, start_source="startup")
+    w.add("session", "s1", "end", at=2, reason="prompt_input_exit")
+    w.flush()
+    (ended,) = fold(ledger, sessions.PROJECTION)["sessions"]
+    assert (ended["status"], ended["ended_at"]) == ("completed", T0 + timedelta(seconds=2))
+
+    w.add("session", "s1", "start", at=3, start_source="resume")
+    w.flush()
+    (resumed,) = fold(ledger, sessions.PROJECTION)["sessions"]
+    assert (resumed["status"], resumed["ended_at"], resumed["end_reason"]) == (
+        "running",
+        None,
+        None,
+    )
+    assert resumed["started_at"] == T0 + timedelta(seconds=1)  # the first start
+    stream = ledger.load("session", "s1").state()
+    assert (stream["status"], stream["ended_at"]) == ("running", None)
+
+    w.add("session", "s1", "end", at=4, reason="other")
+    w.flush()
+    (again,) = fold(ledger, sessions.PROJECTION)["sessions"]
+    assert (again["status"], again["ended_at"], again["end_reason"]) == (
+        "completed",
+        T0 + timedelta(seconds=4),
+        "other",
+    )
+
+
 def test_an_approval_moves_from_pending_to_its_decision_with_its_latency(
     ledger: Ledger, writer: Writer
 ) -> None:
