@@ -25,14 +25,18 @@ Fields a command has no parameter for go to its ``attributes``, so nothing the h
 (Claude Code adds fields over versions: ``prompt_id``, ``effort``, ``scratchpad_dir``, ...).
 
 Idempotency (DESIGN.md §2): ``event_id`` is ``cc:<session_id>:<hook_event_name>:<tool_use_id>``,
-for subagent hooks ``cc:<session_id>:<hook_event_name>:<agent_id>``, with a ``prompt_id``
-(newer Claude Code) ``cc:<session_id>:<hook_event_name>:<prompt_id>:sha256:<content_sha256>``,
-else ``cc:<session_id>:<hook_event_name>:sha256:<content_sha256>``; ``content_sha256`` is taken
-over the whole payload. A retried payload is a duplicate; a different one under the same
+for subagent hooks ``cc:<session_id>:<hook_event_name>:<agent_id>:sha256:<content_sha256>``,
+with a ``prompt_id`` (newer Claude Code)
+``cc:<session_id>:<hook_event_name>:<prompt_id>:sha256:<content_sha256>``, else
+``cc:<session_id>:<hook_event_name>:sha256:<content_sha256>``; ``content_sha256`` is taken over
+the whole payload. A retried payload is a duplicate; a different one under the same
 ``tool_use_id`` is a conflict. A payload named by its content alone (``Stop``, ``Notification``,
 a repeated prompt, 2025-era tool hooks without ``tool_use_id``: Claude Code sends the same
-``Stop`` payload at the end of every turn) is a ``repeatable`` command: a duplicate only while it
-is the session's last event, otherwise a new occurrence (``LedgerAggregate.occurrence``).
+``Stop`` payload at the end of every turn) or by its content and ``agent_id`` (subagent hooks:
+Claude Code fires ``SubagentStart`` again when a subagent resumes, and its ``SubagentStop``
+then comes again) is a ``repeatable`` command: a duplicate only while it is the session's last
+event, otherwise a new occurrence (``LedgerAggregate.occurrence``). The subagent's tool call is
+the one its first start opened; a later start or stop of it is kept as ``HookEventRecorded``.
 
 Sources:
     - Claude Code hooks reference, "Hook input": https://code.claude.com/docs/en/hooks
@@ -390,6 +394,7 @@ def _session_command(
                 tool_input_sha256=content_sha256(tool_input),
                 tool_use_id=get("agent_id"),
                 attributes=_attributes(plain, offload, "agent_id", "agent_type"),
+                repeat_hook="SubagentStart",
             )
         case "SubagentStop":
             # 2025-era SubagentStop has no agent_id: the session pairs it with the latest
@@ -400,6 +405,7 @@ def _session_command(
                 success=True,
                 tool_use_id=get("agent_id"),
                 attributes=_attributes(plain, offload, "agent_id", "agent_type"),
+                repeat_hook="SubagentStop",
             )
         case "PreCompact":
             return _call(
@@ -519,7 +525,9 @@ def _event_id(plain: Mapping[str, Any], sha: str, idempotency_key: str | None) -
     if plain.get("tool_use_id") is not None:
         return f"{prefix}:{plain['tool_use_id']}", False
     if plain["hook_event_name"] in _SUBAGENT_HOOKS and plain.get("agent_id") is not None:
-        return f"{prefix}:{plain['agent_id']}", False
+        # Claude Code fires SubagentStart again when a subagent resumes: the agent_id names
+        # the subagent, not the occurrence.
+        return f"{prefix}:{plain['agent_id']}:sha256:{sha}", True
     prompt_id = plain.get("prompt_id")
     if isinstance(prompt_id, str) and prompt_id:
         return f"{prefix}:{prompt_id}:sha256:{sha}", False

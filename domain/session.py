@@ -366,18 +366,33 @@ class Session(LedgerAggregate):
         tool_use_id: str | None = None,
         agent_id: str | None = None,
         attributes: dict[str, Any] | None = None,
+        repeat_hook: str | None = None,
     ) -> None:
         """Record a tool call's start. Without ``tool_use_id`` one is derived from ``event_id``.
 
+        ``repeat_hook``: the Claude Code hook event name (``SubagentStart``) under which a second
+        start of an already started call is kept verbatim as ``HookEventRecorded`` (payload:
+        ``tool_use_id``, ``tool_name``, ``tool_input`` and the attributes) instead of refused:
+        Claude Code fires ``SubagentStart`` again, same ``agent_id``, when a subagent resumes.
+        The call stays the one its first start opened.
+
         Raises:
-            ToolCallAlreadyStartedError: ``tool_use_id`` was already started in this session.
+            ToolCallAlreadyStartedError: ``tool_use_id`` was already started in this session
+                (and no ``repeat_hook``).
         """
         generated = tool_use_id is None
         resolved = tool_use_id if tool_use_id is not None else _generated_tool_use_id(meta)
         known = self.tool_calls.get(resolved)
-        # A start after its (orphan) end is recorded late; a second start is refused.
+        # A start after its (orphan) end is recorded late; a second start is refused or kept.
         if known is not None and known["started_version"] is not None:
-            raise ToolCallAlreadyStartedError(session_id=self.external_id, tool_use_id=resolved)
+            if repeat_hook is None:
+                raise ToolCallAlreadyStartedError(session_id=self.external_id, tool_use_id=resolved)
+            self._resume_on_activity(meta, "tool call started")
+            payload = {"tool_use_id": resolved, "tool_name": tool_name, "tool_input": tool_input}
+            self.record_hook_event(
+                meta, hook_event_name=repeat_hook, payload={**payload, **(attributes or {})}
+            )
+            return
         self._resume_on_activity(meta, "tool call started")
         self.trigger(
             ToolCallStarted,
@@ -404,18 +419,40 @@ class Session(LedgerAggregate):
         is_interrupt: bool | None = None,
         duration_ms: float | None = None,
         attributes: dict[str, Any] | None = None,
+        repeat_hook: str | None = None,
     ) -> None:
         """Record a tool call's end, paired as the module docstring says.
 
+        ``repeat_hook``: the Claude Code hook event name (``SubagentStop``) under which a
+        second end of an already ended call is kept verbatim as ``HookEventRecorded`` (payload:
+        ``tool_use_id``, ``tool_name``, ``success``, the other values given and the attributes)
+        instead of refused (a resumed subagent stops again).
+
         Raises:
-            ToolCallAlreadyEndedError: that call has already ended.
+            ToolCallAlreadyEndedError: that call has already ended (and no ``repeat_hook``).
         """
         if tool_use_id is not None:
             call = self.tool_calls.get(tool_use_id)
             if call is not None and call["ended"]:
-                raise ToolCallAlreadyEndedError(
-                    session_id=self.external_id, tool_use_id=tool_use_id
-                )
+                if repeat_hook is None:
+                    raise ToolCallAlreadyEndedError(
+                        session_id=self.external_id, tool_use_id=tool_use_id
+                    )
+                given = {
+                    "tool_response": tool_response,
+                    "error": error,
+                    "is_interrupt": is_interrupt,
+                    "duration_ms": duration_ms,
+                }
+                payload = {
+                    "tool_use_id": tool_use_id,
+                    "tool_name": tool_name,
+                    "success": success,
+                    **{key: value for key, value in given.items() if value is not None},
+                    **(attributes or {}),
+                }
+                self.record_hook_event(meta, hook_event_name=repeat_hook, payload=payload)
+                return
             pairing = "tool_use_id" if call is not None else "orphan"
             resolved = tool_use_id
         else:

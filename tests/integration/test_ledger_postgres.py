@@ -405,3 +405,58 @@ def test_a_database_without_the_append_function_appends_through_the_librarys_tra
             "SELECT count(*) FROM pg_proc WHERE oid = %s::regprocedure",
             (f"{function}(uuid[], int8[], text[], bytea[])",),
         ).fetchone() == (1,)
+
+
+def test_hook_idempotency_holds_for_a_writer_that_restores_the_session_from_a_snapshot(
+    postgres_url: str, pg_schema: str
+) -> None:
+    # A fresh writer (another process, a restart) restores a long session from its newest
+    # snapshot, which leaves out the event ids and the ended tool calls: it must fetch them from
+    # the key index to tell a retry, a resumed subagent and Claude Code's next Stop apart.
+    from datetime import UTC, datetime
+
+    from api.hooks import map_hook
+    from domain.session import HookEventRecorded, ToolCallStarted
+    from infra.settings import Settings
+    from infra.store import build_ledger
+
+    settings = Settings(database_url=postgres_url, database_schema=pg_schema, snapshot_interval=5)
+    now = datetime(2026, 2, 11, 19, 0, tzinfo=UTC)
+    base = {"session_id": "s-snap", "transcript_path": "/t.jsonl", "cwd": "/repo"}
+    start = {**base, "hook_event_name": "SessionStart", "source": "startup"}
+    subagent = {**base, "hook_event_name": "SubagentStart", "agent_id": "a1", "agent_type": "x"}
+    subagent_stop = {**subagent, "hook_event_name": "SubagentStop", "stop_hook_active": False}
+    tool = {**base, "hook_event_name": "PreToolUse", "tool_name": "Bash",
+            "tool_input": {"command": "ls"}, "tool_use_id": "t1"}  # fmt: skip
+    tool_end = {**tool, "hook_event_name": "PostToolUse", "tool_response": {"stdout": ""}}
+    stop = {**base, "hook_event_name": "Stop", "stop_hook_active": False}
+
+    def send(ledger: Any, payload: dict[str, Any]) -> str:
+        (outcome,) = ledger.handle(map_hook(payload, project="default", received_at=now))
+        return outcome.status if outcome.status != "rejected" else type(outcome.error).__name__
+
+    first, _ = build_ledger(settings, create_table=True)
+    prompts = [
+        {**base, "hook_event_name": "UserPromptSubmit", "prompt": f"p{i}"} for i in range(12)
+    ]
+    for payload in [start, subagent, tool, tool_end, subagent_stop, stop, *prompts]:
+        assert send(first, payload) == "created", payload
+    sid = first.load("session", "s-snap").id
+    newest = max(s.originator_version for s in first.snapshots.get(sid))
+    assert newest > 8, "the calls ended before the newest snapshot"
+
+    second, _ = build_ledger(settings, create_table=False)  # a cold writer
+    assert send(second, tool) == "duplicate"  # a late retry of an ended call's start
+    assert send(second, {**tool, "tool_input": {"command": "rm"}}) == "IdempotencyConflictError"
+    assert send(second, subagent) == "created"  # the subagent resumed
+    assert send(second, subagent) == "duplicate"  # ... and that start retried at once
+    assert send(second, subagent_stop) == "created"
+    assert send(second, stop) == "created"  # the next turn's identical Stop
+    assert send(second, stop) == "duplicate"
+
+    history = second.history("session", "s-snap")
+    assert [e.tool_use_id for e in history if isinstance(e, ToolCallStarted)] == ["a1", "t1"]
+    kept = [e.hook_event_name for e in history if isinstance(e, HookEventRecorded)]
+    assert kept == ["SubagentStart", "SubagentStop"]
+    stop_ids = [e.event_id for e in history if e.event_id.startswith("cc:s-snap:Stop:")]
+    assert len(stop_ids) == 2 and stop_ids[1].startswith(stop_ids[0] + "@")

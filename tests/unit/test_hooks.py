@@ -26,6 +26,7 @@ from domain.ledger import AGGREGATES, Command, Ledger, Outcome
 from domain.session import (
     HookEventRecorded,
     MessageRecorded,
+    SessionEnded,
     SessionStarted,
     ToolCallEnded,
     ToolCallStarted,
@@ -96,13 +97,14 @@ def canonical(value: Any) -> str:
 def expected_results(records: list[dict[str, Any]]) -> list[str]:
     """Per record, what DESIGN.md §2 says posting it in order does, derived from the data alone.
 
-    The idempotency key of a hook is its session + hook event + ``tool_use_id`` (for subagent
-    hooks ``agent_id``; with a ``prompt_id``, that and the payload): the same key with the same
-    content is a duplicate, with other content a conflict. A payload with none of these (the
-    same ``Stop`` every turn) is a duplicate only of the session's last recorded hook, and
-    recorded again otherwise; a PermissionRequest (an approval stream of its own content) is a
-    duplicate whenever it was seen. A repeated SessionEnd is kept (Claude Code logs it more than
-    once), not refused.
+    The idempotency key of a hook is its session + hook event + ``tool_use_id`` (with a
+    ``prompt_id``, that and the payload): the same key with the same content is a duplicate,
+    with other content a conflict. A payload with none of these (the same ``Stop`` every turn),
+    and a subagent hook (``agent_id`` + payload: Claude Code fires ``SubagentStart`` again when
+    a subagent resumes), is a duplicate only of the session's last recorded hook, and recorded
+    again otherwise; a PermissionRequest (an approval stream of its own content) is a duplicate
+    whenever it was seen. A repeated SessionEnd, SubagentStart or SubagentStop is kept (Claude
+    Code logs them more than once), not refused.
     """
     content_by_key: dict[tuple[str, str, str], str] = {}
     last_recorded: dict[str, tuple[str, str, str]] = {}  # session -> key of its last event
@@ -110,11 +112,11 @@ def expected_results(records: list[dict[str, Any]]) -> list[str]:
     for record in records:
         session_id, name, text = record["session_id"], record["hook_event_name"], canonical(record)
         natural = record.get("tool_use_id")
-        if natural is None and name in ("SubagentStart", "SubagentStop"):
-            natural = record.get("agent_id")
         if natural is None and record.get("prompt_id"):
             natural = f"{record['prompt_id']}:{text}"
         key = (session_id, name, natural if natural is not None else text)
+        if natural is None and name in ("SubagentStart", "SubagentStop") and record.get("agent_id"):
+            key = (session_id, name, f"{record['agent_id']}:{text}")
         by_content = natural is None and name != "PermissionRequest"
         if by_content and last_recorded.get(session_id) != key:
             results.append("created")
@@ -195,27 +197,49 @@ def test_every_captured_file_is_recorded_by_the_ledger_as_the_idempotency_rules_
 
 
 @pytest.mark.unit
-def test_the_captures_repeat_session_end_and_subagent_start_which_the_ledger_refuses() -> None:
+def test_the_captures_repeat_session_end_and_subagent_hooks_which_the_ledger_keeps() -> None:
     # Read off the files: every session's SessionEnd was logged twice (the second without
-    # transcript_path/cwd), and two subagents started twice under one agent_id.
+    # transcript_path/cwd); two subagents started twice under one agent_id (a resumed subagent:
+    # Claude Code fires SubagentStart "when a subagent spawns or resumes"), one of them stopped
+    # twice. The call a subagent's first start opens is the one tool call; later starts and
+    # stops of an agent_id are kept verbatim, never refused.
     ends = originals(f"{AF}/raw-all-sessions/session_end.json")
     starts = originals(f"{AF}/raw-all-sessions/subagent_start.json")
+    stops = originals(f"{AF}/raw-all-sessions/subagent_stop.json")
     sessions_ended = Counter(record["session_id"] for record in ends)
     agents_started = Counter((r["session_id"], r["agent_id"]) for r in starts)
+    agents_stopped = Counter((r["session_id"], r["agent_id"]) for r in stops)
+    assert max(agents_started.values()) == 2 and max(agents_stopped.values()) == 2
     ledger = new_ledger()
 
     end_results = Counter(result(o) for o in post(ledger, ends))
     start_results = Counter(result(o) for o in post(ledger, starts))
+    stop_results = Counter(result(o) for o in post(ledger, stops))
 
     assert end_results == {"created": len(ends)}
     for session_id, count in sessions_ended.items():
-        kinds = [type(e).__name__ for e in ledger.history("session", session_id)]
-        assert kinds.count("SessionEnded") == 1
-        assert kinds.count("HookEventRecorded") == count - 1
-    assert start_results == {
-        "created": len(agents_started),
-        "IdempotencyConflictError": len(starts) - len(agents_started),
-    }
+        history = ledger.history("session", session_id)
+        assert sum(isinstance(e, SessionEnded) for e in history) == 1
+        assert (
+            sum(getattr(e, "hook_event_name", None) == "SessionEnd" for e in history) == count - 1
+        )
+    assert start_results == {"created": len(starts)}
+    assert stop_results == {"created": len(stops)}
+    for session_id in {session for session, _ in agents_started | agents_stopped}:
+        history = ledger.history("session", session_id)
+        kept = Counter(
+            (e.hook_event_name, e.payload["tool_use_id"])
+            for e in history
+            if isinstance(e, HookEventRecorded) and e.hook_event_name != "SessionEnd"
+        )
+        opened = Counter(e.tool_use_id for e in history if isinstance(e, ToolCallStarted))
+        closed = Counter(e.tool_use_id for e in history if isinstance(e, ToolCallEnded))
+        for (session, agent_id), count in agents_started.items():
+            if session == session_id:
+                assert (opened[agent_id], kept["SubagentStart", agent_id]) == (1, count - 1)
+        for (session, agent_id), count in agents_stopped.items():
+            if session == session_id:
+                assert (closed[agent_id], kept["SubagentStop", agent_id]) == (1, count - 1)
 
 
 # -- pairing ---------------------------------------------------------------------------------
@@ -389,9 +413,10 @@ def test_a_retry_appends_nothing_and_a_later_resend_only_what_its_content_alone_
 
     second = post(ledger, payloads)
 
-    # Sent again after the session moved on, a payload with a natural key (tool_use_id,
-    # agent_id) is a duplicate; one named by its content alone is another occurrence: nothing
-    # in it tells a late resend from Claude Code's next identical Stop or Notification.
+    # Sent again after the session moved on, a payload with a natural key (tool_use_id) is a
+    # duplicate; one named by its content alone (or content and agent_id) is another
+    # occurrence: nothing in it tells a late resend from Claude Code's next identical Stop or
+    # Notification, or from a resumed subagent's start.
     # (and two identical ones in a row, e.g. a file of Stops, are one: the second is a retry)
     expected = expected_results(payloads + payloads)[len(payloads) :]
     assert [result(o) for o in second] == expected
@@ -460,8 +485,8 @@ def test_different_content_under_the_same_tool_use_id_is_an_idempotency_conflict
     ("payload", "expected_suffix"),
     [
         ({"hook_event_name": "PreToolUse", "tool_use_id": "toolu_1"}, "toolu_1"),
-        ({"hook_event_name": "SubagentStart", "agent_id": "a9"}, "a9"),
-        ({"hook_event_name": "SubagentStop", "agent_id": "a9"}, "a9"),
+        ({"hook_event_name": "SubagentStart", "agent_id": "a9"}, "a9:sha256:"),
+        ({"hook_event_name": "SubagentStop", "agent_id": "a9"}, "a9:sha256:"),
         ({"hook_event_name": "Stop", "agent_id": "a9"}, None),
         ({"hook_event_name": "PreToolUse"}, None),
     ],
@@ -475,8 +500,11 @@ def test_event_id_is_the_hooks_natural_key_or_else_its_content_hash(
     command = one(full)
 
     sha = content_sha256(full)
-    suffix = expected_suffix if expected_suffix is not None else f"sha256:{sha}"
+    suffix = expected_suffix if expected_suffix is not None else "sha256:"
+    if suffix.endswith(":"):  # named by its content (as well)
+        suffix += sha
     assert command.meta.event_id == f"cc:s1:{full['hook_event_name']}:{suffix}"
+    assert command.repeatable == (payload.get("tool_use_id") is None)
     assert command.meta.content_sha256 == sha
 
 
