@@ -12,7 +12,6 @@ from fastapi import Depends, FastAPI
 from fastapi.telemetry import TelemetryConfig
 
 from api import problems
-from api.coding import ACCEPTED_CODINGS
 from api.deps import require_token
 from api.head import HeadAsGet
 from api.routes import audit, ingest, ops, reads
@@ -87,7 +86,7 @@ def _document_event_bodies(app: FastAPI) -> None:
         operation["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": body}},
-            "description": ACCEPTED_CODINGS,
+            "description": ingest.JSON_BODY,
         }
         _document_bearer_token(schema)
         app.openapi_schema = schema

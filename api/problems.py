@@ -50,6 +50,11 @@ class UnauthorizedError(PermissionError):
     """Missing or wrong bearer token (401)."""
 
 
+class NotJSONContentTypeError(ValueError):
+    """A JSON route's body declared (``Content-Type``) as something other than JSON, or not
+    declared at all (415)."""
+
+
 #: error class -> (HTTP status, problem type slug, title). First match in MRO order wins.
 PROBLEMS: dict[type[Exception], tuple[int, str, str]] = {
     e.IdempotencyConflictError: (409, "idempotency-conflict", "Same event_id, different content"),
@@ -78,6 +83,7 @@ PROBLEMS: dict[type[Exception], tuple[int, str, str]] = {
     HookPayloadError: (422, "invalid-hook-payload", "Not a Claude Code hook payload"),
     UnsupportedMediaTypeError: (415, "unsupported-media-type", "Unsupported media type"),
     UnsupportedContentCodingError: (415, "unsupported-media-type", "Unsupported media type"),
+    NotJSONContentTypeError: (415, "unsupported-media-type", "Unsupported media type"),
     DecodedBodyTooLargeError: (413, "payload-too-large", "Payload too large"),
     ContentCodingError: (400, "undecodable-body", "Body cannot be decoded"),
     PayloadTooLargeError: (413, "payload-too-large", "Payload too large"),

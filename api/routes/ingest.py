@@ -29,6 +29,7 @@ from api.otlp import decode_export_request, encode_export_response
 from api.problems import (
     BadRequestError,
     BodyTooLargeError,
+    NotJSONContentTypeError,
     problem_body,
     problem_response,
     problem_responses,
@@ -89,6 +90,51 @@ async def read_decoded_body(request: Request, runtime: Runtime) -> bytes:
     body = await read_body(request, runtime)
     encoding = request.headers.get("content-encoding")
     return decode_content(body, encoding, runtime.settings.max_body_bytes)
+
+
+#: A JSON media type, parameters removed and lowercased (``fullmatch``): ``application/json``
+#: (RFC 8259) or a structured syntax suffix ``application/<name>+json`` (RFC 6839; a name as
+#: RFC 6838 section 4.2 spells it).
+_JSON_MEDIA_TYPE = re.compile(r"application/(?:[a-z0-9][a-z0-9!#$&^_.+-]{0,126}\+)?json")
+
+#: How the JSON routes' OpenAPI request bodies say what they take.
+JSON_BODY = (
+    "Content-Type: application/json or application/<name>+json, parameters such as charset "
+    f"ignored (another, or none, is a 415); {ACCEPTED_CODINGS}"
+)
+
+
+def require_json(request: Request) -> None:
+    """Refuse a body that is not declared JSON, before reading it.
+
+    A browser sends a cross-origin ``text/plain``, form or multipart body without a CORS
+    preflight, and a ``fetch()`` of a ``Blob`` without any ``Content-Type``: parsed as JSON
+    regardless, any web page a user opens could write events to a server without a token
+    (FastAPI refuses such bodies for its own JSON parameters, ``strict_content_type``).
+    Every known client declares its JSON: Claude Code's HTTP hooks, ``runledger demo``,
+    ``curl -H 'content-type: application/json'`` (``curl -d`` alone says form-urlencoded).
+
+    Raises:
+        NotJSONContentTypeError: no ``Content-Type``, or one that is not JSON (415).
+    """
+    content_type = request.headers.get("content-type")
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if _JSON_MEDIA_TYPE.fullmatch(media_type):
+        return
+    said = "no Content-Type" if content_type is None else f"Content-Type {content_type!r}"
+    raise NotJSONContentTypeError(
+        f"{said}: the body must be declared JSON (application/json or application/<name>+json)"
+    )
+
+
+def json_route_problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``problem_responses`` of a JSON route, its 415 saying what it refuses."""
+    responses = problem_responses(*statuses)
+    responses[415]["description"] = (
+        "Unsupported Media Type (RFC 9457 problem details): a Content-Type that is not JSON, "
+        "or none, or a Content-Encoding other than gzip or deflate"
+    )
+    return responses
 
 
 def _parse_json(body: bytes) -> Any:
@@ -169,7 +215,7 @@ def event_results(outcomes: list[Outcome]) -> bytes:
     responses={
         201: {"description": "single event created", "model": EventResults},
         200: {"description": "batch, or a duplicate"},
-        **problem_responses(400, 401, 404, 409, 413, 415, 422, 503),
+        **json_route_problems(400, 401, 404, 409, 413, 415, 422, 503),
     },
 )
 async def post_events(request: Request) -> Response:
@@ -180,6 +226,7 @@ async def post_events(request: Request) -> Response:
     result per event, in order; schema errors anywhere in a batch reject the whole batch (422).
     """
     runtime, project = ingest_context(request)
+    require_json(request)
     body = await read_decoded_body(request, runtime)
     document = _parse_json(body)
     try:
@@ -258,7 +305,7 @@ def _idempotency_key(request: Request) -> str | None:
                     }
                 }
             },
-            "description": ACCEPTED_CODINGS,
+            "description": JSON_BODY,
         },
     },
     summary="Any Claude Code hook payload, as Claude Code's HTTP hooks post it",
@@ -267,7 +314,7 @@ def _idempotency_key(request: Request) -> str | None:
             "description": "recorded (or a duplicate): `{}`, no decision",
             "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
         },
-        **problem_responses(400, 401, 409, 413, 415, 422, 503),
+        **json_route_problems(400, 401, 409, 413, 415, 422, 503),
     },
 )
 async def post_claude_code_hook(request: Request) -> Response:
@@ -279,6 +326,7 @@ async def post_claude_code_hook(request: Request) -> Response:
     treats a non-2xx as a non-blocking error.
     """
     runtime, project = ingest_context(request)
+    require_json(request)
     payload = _parse_json(await read_decoded_body(request, runtime))
     offload = make_offload(runtime.blobs, runtime.settings.blob_threshold_bytes)
     commands = map_hook(

@@ -296,6 +296,66 @@ def test_bad_input_gets_problem_json_and_appends_nothing(sqlite_server: Server) 
             assert at.status_code == 422 and "RFC 3339" in at.text, at.text
 
 
+def test_json_routes_take_only_a_body_declared_json_and_refuse_others_with_415(
+    sqlite_server: Server,
+) -> None:
+    # A browser sends text/plain, a form or multipart cross-origin without a CORS preflight,
+    # and a fetch() of a Blob without any Content-Type: none of them may write events.
+    bodies = {
+        "/v1/events": lambda n: {"type": "chain.created", "chain_id": f"media-{n}"},
+        "/v1/hooks/claude-code": lambda n: {
+            "session_id": f"media-{n}",
+            "hook_event_name": "Notification",
+            "message": "m",
+        },
+    }
+    refused_types = [
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "text/json",
+        "application/jsonx",
+        "application/json-seq",
+        "application/+json",
+        "json",
+        "",
+        None,  # no Content-Type at all
+    ]
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        head = client.get("/readyz").json()["head"]
+        for path, body in bodies.items():
+            for content_type in refused_types:
+                headers = {} if content_type is None else {"content-type": content_type}
+                refused = client.post(path, content=json.dumps(body(0)).encode(), headers=headers)
+                if content_type is None:
+                    assert "content-type" not in refused.request.headers
+                assert refused.status_code == 415, (path, content_type, refused.text)
+                assert refused.headers["content-type"] == "application/problem+json"
+                problem = refused.json()
+                assert problem["status"] == 415
+                assert problem["type"].endswith("/unsupported-media-type")
+                assert "application/json" in problem["detail"]
+        assert client.get("/readyz").json()["head"] == head
+
+        accepted_types = [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON ; Charset=UTF-8",
+            "application/vnd.runledger.events+json",
+            "APPLICATION/MERGE-PATCH+JSON",
+        ]
+        for path, body in bodies.items():
+            for n, content_type in enumerate(accepted_types, start=1):
+                sent = client.post(
+                    path,
+                    content=json.dumps(body(n)).encode(),
+                    headers={"content-type": content_type},
+                )
+                assert sent.status_code in (200, 201), (path, content_type, sent.text)
+        assert client.get("/readyz").json()["head"] == head + 2 * len(accepted_types)
+
+
 def test_a_hook_sent_with_an_idempotency_key_is_a_duplicate_whenever_it_is_resent(
     sqlite_server: Server,
 ) -> None:

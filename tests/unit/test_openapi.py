@@ -136,6 +136,18 @@ def test_every_error_answer_is_documented_as_a_problem() -> None:
     assert all(schema == {"type": "integer", "minimum": 0} for schema in retry_after.values())
 
 
+def test_the_json_routes_document_that_a_body_not_declared_json_is_a_415() -> None:
+    document = create_app(Settings()).openapi()
+    for path in ("/v1/events", "/v1/hooks/claude-code"):
+        operation = document["paths"][path]["post"]
+        body = operation["requestBody"]
+        assert list(body["content"]) == ["application/json"]
+        assert "application/json or application/<name>+json" in body["description"], path
+        assert "415" in body["description"] and "gzip" in body["description"], path
+        refused = operation["responses"]["415"]["description"]
+        assert "Content-Type that is not JSON, or none" in refused, path
+
+
 def test_every_v1_route_of_a_project_documents_the_header_and_the_query() -> None:
     document = create_app(Settings()).openapi()
     for path, _, op in _operations(document):
