@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from fastapi import FastAPI
 from fastapi.datastructures import DefaultPlaceholder
@@ -22,6 +23,7 @@ from api.head import UNENDING
 from api.problems import MEDIA_TYPE, BadRequestError
 from api.routes import audit, ingest, ops, reads
 from api.schemas import (
+    DECISION_WORDS,
     ApprovalDecidedBody,
     ChainStatusChangedBody,
     SessionStatusChangedBody,
@@ -81,16 +83,45 @@ def test_status_fields_list_the_domains_states_and_refuse_others() -> None:
             model.model_validate({field: "no-such-state"})
 
 
-def test_the_documented_decision_words_are_the_accepted_ones() -> None:
-    schemas = create_app(Settings()).openapi()["components"]["schemas"]
-    words = schemas["ApprovalDecidedBody"]["properties"]["decision"]["enum"]
-    assert {"approve", "deny", "allow", "approved", "rejected", "accept", "reject"} <= set(words)
+def _spellings(word: str) -> list[str]:
+    """``word`` as sources may case it: lower, upper, capitalised, alternating."""
+    alternating = "".join(c.upper() if i % 2 else c for i, c in enumerate(word))
+    return [word, word.upper(), word.capitalize(), alternating, alternating.swapcase()]
+
+
+def test_the_published_decision_schema_takes_what_the_server_takes_in_any_case() -> None:
+    # An OpenAPI client or validator (schemathesis, jsonschema) holds bodies to the published
+    # schema: an enum of lowercase words refused "Approve", which the server takes.
+    document = create_app(Settings()).openapi()
+    schema = {
+        **document["components"]["schemas"]["ApprovalDecidedBody"],
+        "components": document["components"],
+    }
+    validator = jsonschema.Draft202012Validator(schema)
     body = {"type": "approval.decided", "approval_id": "a"}
-    for word in words:
-        decided = ApprovalDecidedBody.model_validate({**body, "decision": word.upper()})
-        assert decided.args(lambda value, media_type: value)["decision"] in ("approved", "denied")
-    with pytest.raises(ValidationError, match="decision must be one of"):
-        ApprovalDecidedBody.model_validate({**body, "decision": "maybe"})
+    assert {"approve", "deny", "allow", "approved", "rejected", "accept", "reject"} <= set(
+        DECISION_WORDS
+    )
+    for word in DECISION_WORDS:
+        for spelled in _spellings(word):
+            decided = ApprovalDecidedBody.model_validate({**body, "decision": spelled})
+            assert decided.args(lambda value, media_type: value)["decision"] in (
+                "approved",
+                "denied",
+            )
+            assert validator.is_valid({**body, "decision": spelled}), spelled
+    for refused in ("maybe", "", "approve ", " deny", "approvedd", "appro", "yes", "Den!ed"):
+        with pytest.raises(ValidationError, match="decision must be one of"):
+            ApprovalDecidedBody.model_validate({**body, "decision": refused})
+        assert not validator.is_valid({**body, "decision": refused}), refused
+    # The server compares str.lower(): no character but an ASCII letter lowercases into a
+    # letter of a decision word (the Kelvin sign lowercases to "k", in none of them), so a
+    # pattern of ASCII letters in either case is the whole language.
+    letters = set("".join(DECISION_WORDS))
+    assert {c for c in map(chr, range(0x110000)) if c.lower() in letters and not c.isascii()} <= {
+        "\u212a"
+    }
+    assert "k" not in letters
 
 
 def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
