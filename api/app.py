@@ -82,6 +82,7 @@ def _document_event_bodies(app: FastAPI) -> None:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(body.pop("$defs", {}))
         components["Problem"] = problems.Problem.model_json_schema(ref_template=template)
+        components["RpcStatus"] = ingest.RPC_STATUS_SCHEMA
         operation = schema["paths"]["/v1/events"]["post"]
         operation["requestBody"] = {
             "required": True,

@@ -30,6 +30,7 @@ from api.problems import (
     BadRequestError,
     BodyTooLargeError,
     NotJSONContentTypeError,
+    answer_errors_in_otlp,
     problem_body,
     problem_response,
     problem_responses,
@@ -363,6 +364,46 @@ _OTLP_CONTENT = {
     "application/json": {"schema": {"type": "object"}},
 }
 
+#: OpenAPI schema of a ``google.rpc.Status`` (googleapis ``google/rpc/status.proto``) in the
+#: proto3 JSON mapping: the JSON body of a failed OTLP/HTTP export (``api.otlp.encode_status``).
+#: Registered as the ``RpcStatus`` component by ``api.app``.
+RPC_STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "google.rpc.Status (googleapis google/rpc/status.proto), proto3 JSON mapping",
+    "properties": {
+        "code": {"type": "integer", "description": "google.rpc.Code, e.g. 3 INVALID_ARGUMENT"},
+        "message": {"type": "string", "description": "What went wrong, for a developer"},
+        "details": {
+            "type": "array",
+            "description": "A 400 holds one google.rpc.BadRequest",
+            "items": {
+                "type": "object",
+                "properties": {"@type": {"type": "string"}},
+                "required": ["@type"],
+            },
+        },
+    },
+}
+
+
+def otlp_problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``problem_responses`` of an OTLP/HTTP route: each error a ``google.rpc.Status`` in the
+    request's encoding (OTLP/HTTP "Failures"), or problem+json when the request's ``Accept``
+    names it or its body is of no OTLP media type (``api.problems.error_response``)."""
+    responses = problem_responses(*statuses)
+    for response in responses.values():
+        response["description"] += (
+            "; to an application/x-protobuf or application/json request, a google.rpc.Status "
+            "in its encoding instead (OTLP/HTTP), unless its Accept names "
+            "application/problem+json"
+        )
+        response["content"] = {
+            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/RpcStatus"}},
+            **response["content"],
+        }
+    return responses
+
 
 @router.post(
     "/traces",
@@ -381,7 +422,7 @@ _OTLP_CONTENT = {
             "collector/trace/v1), in the request's encoding",
             "content": _OTLP_CONTENT,
         },
-        **problem_responses(400, 401, 413, 415, 503),
+        **otlp_problems(400, 401, 413, 415, 503),
     },
 )
 async def post_traces(request: Request) -> Response:
@@ -389,8 +430,11 @@ async def post_traces(request: Request) -> Response:
 
     Answers an ``ExportTraceServiceResponse`` in the request's encoding; spans that are malformed
     or conflict with an earlier span of the same ``span_id`` are counted in ``partial_success``.
-    A repeated span is a duplicate and is neither appended nor rejected.
+    A repeated span is a duplicate and is neither appended nor rejected. A failed export (400,
+    401, 413, 415, 503 with ``Retry-After``, 500) is answered a ``google.rpc.Status`` in the
+    request's encoding (``api.problems.answer_errors_in_otlp``).
     """
+    answer_errors_in_otlp(request)
     runtime, project = ingest_context(request)
     content_type = request.headers.get("content-type", "")
     body = await read_body(request, runtime)

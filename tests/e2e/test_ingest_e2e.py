@@ -157,11 +157,117 @@ def test_otlp_json_and_gzip_bodies_answer_partial_success_for_bad_spans(
             headers={"content-type": "application/x-protobuf"},
         )
         assert garbage.status_code == 400
-        assert garbage.headers["content-type"] == "application/problem+json"
+        assert garbage.headers["content-type"] == "application/x-protobuf"  # a google.rpc.Status
         unsupported = client.post(
             "/v1/traces", content=b"x", headers={"content-type": "text/plain"}
         )
         assert unsupported.status_code == 415
+
+
+def otlp_status(answer: httpx.Response) -> Any:
+    """The ``google.rpc.Status`` of a failed OTLP/HTTP export, decoded as its Content-Type says
+    (binary protobuf or its JSON mapping)."""
+    from google.protobuf import json_format
+    from google.rpc import status_pb2
+
+    media_type = answer.headers["content-type"]
+    if media_type == "application/x-protobuf":
+        return status_pb2.Status.FromString(answer.content)
+    assert media_type == "application/json", media_type
+    return json_format.Parse(answer.content, status_pb2.Status())
+
+
+def test_a_failed_otlp_export_answers_a_google_rpc_status_encoded_as_its_request(
+    make_server: Any,
+) -> None:
+    from google.rpc import code_pb2, error_details_pb2
+
+    server = make_server(RUNLEDGER_MAX_BODY_BYTES=str(64 * 1024))
+    protobuf = {"content-type": "application/x-protobuf"}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        head = client.get("/readyz").json()["head"]
+        cases = [
+            # (body, headers, status, encoding, code, words in the message)
+            (b"\xff\xff\xff", protobuf, 400, "application/x-protobuf",
+             code_pb2.INVALID_ARGUMENT, "invalid protobuf"),
+            (b"{not json", {"content-type": "application/json"}, 400, "application/json",
+             code_pb2.INVALID_ARGUMENT, "invalid JSON"),
+            (b"[]", {"content-type": "application/json; charset=utf-8"}, 400, "application/json",
+             code_pb2.INVALID_ARGUMENT, "must be a JSON object"),
+            (b"\x1f\x8b junk", {**protobuf, "content-encoding": "gzip"}, 400,
+             "application/x-protobuf", code_pb2.INVALID_ARGUMENT, "gzip"),
+            (b"", {**protobuf, "content-encoding": "br"}, 415, "application/x-protobuf",
+             code_pb2.UNKNOWN, "content encoding"),
+            (b"\x00" * (65 * 1024), protobuf, 413, "application/x-protobuf",
+             code_pb2.UNKNOWN, "exceeds"),
+        ]  # fmt: skip
+        for body, headers, status, encoding, code, words in cases:
+            answer = client.post("/v1/traces", content=body, headers=headers)
+            assert answer.status_code == status, (headers, answer.content)
+            assert answer.headers["content-type"] == encoding
+            decoded = otlp_status(answer)
+            assert decoded.code == code and words in decoded.message, decoded
+            if status == 400:  # OTLP "Bad Data": the details hold a google.rpc.BadRequest
+                (detail,) = decoded.details
+                bad_request = error_details_pb2.BadRequest()
+                assert detail.Unpack(bad_request)
+                assert bad_request.field_violations[0].description == decoded.message
+            else:
+                assert not decoded.details
+
+        # A client that asks for RFC 9457 problem details gets them.
+        asked = client.post(
+            "/v1/traces",
+            content=b"\xff\xff\xff",
+            headers={**protobuf, "accept": "application/problem+json"},
+        )
+        assert asked.status_code == 400
+        assert asked.headers["content-type"] == "application/problem+json"
+        assert asked.json()["type"].endswith("/invalid-otlp")
+        # A body of no OTLP encoding cannot be answered in its encoding: a problem.
+        for headers in ({"content-type": "text/plain"}, {}):
+            unsupported = client.post("/v1/traces", content=b"x", headers=headers)
+            assert unsupported.status_code == 415
+            assert unsupported.headers["content-type"] == "application/problem+json"
+        assert client.get("/readyz").json()["head"] == head
+
+
+def test_the_otlp_sdk_exporter_takes_a_refused_export_as_a_failure_without_an_error(
+    make_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from google.rpc import code_pb2
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    server = make_server(RUNLEDGER_API_TOKEN="sdk-secret")
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    with provider.get_tracer("runledger-e2e").start_as_current_span("agent.run") as root:
+        pass
+    trace_id = format(root.get_span_context().trace_id, "032x")
+    finished = spans.get_finished_spans()
+    endpoint = f"{server.url}/v1/traces"
+
+    # What the SDK sends, answered without the token: a 401 protobuf Status.
+    body = encode_spans(finished).SerializeToString()
+    refused = httpx.post(endpoint, content=body, headers={"content-type": "application/x-protobuf"})
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert otlp_status(refused).code == code_pb2.UNAUTHENTICATED
+
+    with caplog.at_level("ERROR"):
+        assert OTLPSpanExporter(endpoint=endpoint).export(finished) is SpanExportResult.FAILURE
+    assert "401" in caplog.text  # logged as a failed export, not raised
+    token = {"authorization": "Bearer sdk-secret"}
+    exported = OTLPSpanExporter(endpoint=endpoint, headers=token).export(finished)
+    assert exported is SpanExportResult.SUCCESS
+    server.wait_projected()
+    got = httpx.get(f"{server.url}/v1/traces/{trace_id}", headers=token, timeout=10)
+    assert got.raise_for_status().json()["span_count"] == 1
 
 
 def test_bad_input_gets_problem_json_and_appends_nothing(sqlite_server: Server) -> None:
@@ -1120,8 +1226,13 @@ def test_an_overloaded_writer_answers_503_and_appends_nothing_it_refused(
         assert [f.result().status_code for f in held] == [201, 201, 201, 200]  # 200: the batch
         for refused in (batch, single, hook, otlp):
             assert refused.status_code == 503, refused.text
-            assert refused.headers["content-type"].startswith("application/problem+json")
             assert refused.headers["retry-after"] == "1"
+            if refused is otlp:  # OTLP/HTTP throttling: a google.rpc.Status, as sent
+                from google.rpc import code_pb2
+
+                assert otlp_status(refused).code == code_pb2.UNAVAILABLE
+                continue
+            assert refused.headers["content-type"].startswith("application/problem+json")
             problem = refused.json()
             assert problem["type"].endswith("/overloaded")
             assert (problem["pending"], problem["limit"]) == (5, 4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from types import SimpleNamespace
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.datastructures import DefaultPlaceholder
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
@@ -20,6 +21,7 @@ from api import problems
 from api.app import create_app
 from api.deps import resolve_project
 from api.head import UNENDING
+from api.otlp import encode_status
 from api.problems import MEDIA_TYPE, BadRequestError
 from api.routes import audit, ingest, ops, reads
 from api.schemas import (
@@ -139,10 +141,18 @@ def test_every_error_answer_is_documented_as_a_problem() -> None:
     assert "HTTPValidationError" not in schemas
     assert set(schemas["Problem"]["required"]) == {"type", "title", "status", "detail"}
     problem = {"$ref": "#/components/schemas/Problem"}
-    for path, _, operation in _operations(document):
+    # OTLP/HTTP answers a failed export a google.rpc.Status in the request's encoding
+    otlp = {
+        "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+        "application/json": {"schema": {"$ref": "#/components/schemas/RpcStatus"}},
+    }
+    for path, method, operation in _operations(document):
         for status, response in operation["responses"].items():
             if int(status) >= 400:
-                assert response["content"] == {MEDIA_TYPE: {"schema": problem}}, (path, status)
+                expected = {MEDIA_TYPE: {"schema": problem}}
+                if (path, method) == ("/v1/traces", "post"):
+                    expected |= otlp
+                assert response["content"] == expected, (path, status)
     declared = {
         (path, method): {int(s) for s in op["responses"] if int(s) >= 400}
         for path, method, op in _operations(document)
@@ -177,6 +187,40 @@ def test_the_json_routes_document_that_a_body_not_declared_json_is_a_415() -> No
         assert "415" in body["description"] and "gzip" in body["description"], path
         refused = operation["responses"]["415"]["description"]
         assert "Content-Type that is not JSON, or none" in refused, path
+
+
+def test_the_documented_rpc_status_is_what_a_failed_json_otlp_export_gets() -> None:
+    document = create_app(Settings()).openapi()
+    declared = document["paths"]["/v1/traces"]["post"]["responses"]
+    schema = {"$ref": "#/components/schemas/RpcStatus", "components": document["components"]}
+    validator = jsonschema.Draft202012Validator(schema)
+    for status in (400, 401, 413, 415, 503):
+        assert "google.rpc.Status" in declared[str(status)]["description"]
+        body, _ = encode_status(status, "what went wrong", "application/json")
+        validator.validate(json.loads(body))
+    assert not validator.is_valid({"code": "3"})
+
+
+@pytest.mark.parametrize(
+    ("accept", "asks"),
+    [
+        (None, False),
+        ("*/*", False),
+        ("application/json", False),
+        ("application/x-protobuf, */*;q=0.1", False),
+        ("application/problem+json", True),
+        ("Application/Problem+JSON", True),
+        ("application/x-protobuf, application/problem+json;q=0.5", True),
+        ("application/problem+json; q=0", False),
+        ("application/problem+json;q=bad", False),
+    ],
+)
+def test_an_otlp_client_asks_for_problem_details_by_naming_them_in_accept(
+    accept: str | None, asks: bool
+) -> None:
+    headers = [] if accept is None else [(b"accept", accept.encode())]
+    request = Request({"type": "http", "method": "POST", "path": "/", "headers": headers})
+    assert problems.asks_for_problem(request) is asks
 
 
 def test_every_v1_route_of_a_project_documents_the_header_and_the_query() -> None:
