@@ -287,6 +287,35 @@ def test_an_unexpected_error_is_answered_as_a_problem_too() -> None:
     assert "a bug" not in answer.text  # the error goes to the log, not to the client
 
 
+def test_an_otlp_exports_unexpected_error_is_a_google_rpc_status_too() -> None:
+    from google.rpc import code_pb2, status_pb2
+
+    app = FastAPI()
+    problems.install(app)
+
+    @app.post("/export")
+    async def export(request: Request) -> None:
+        problems.answer_errors_in_otlp(request)
+        raise RuntimeError("a bug")
+
+    async def call(headers: dict[str, str]) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/export", content=b"", headers=headers)
+
+    answer = asyncio.run(call({"content-type": "application/x-protobuf"}))
+    assert answer.status_code == 500
+    assert answer.headers["content-type"] == "application/x-protobuf"
+    status = status_pb2.Status.FromString(answer.content)
+    assert status.code == code_pb2.UNKNOWN and "a bug" not in status.message
+    for headers in (
+        {"content-type": "text/plain"},
+        {"content-type": "application/json", "accept": MEDIA_TYPE},
+    ):
+        answer = asyncio.run(call(headers))
+        assert answer.status_code == 500 and answer.headers["content-type"] == MEDIA_TYPE
+
+
 def test_head_is_left_out_exactly_where_get_streams_without_end() -> None:
     streaming = set()
     for router in (ingest.router, reads.router, audit.router, ops.router):
