@@ -12,7 +12,6 @@ from fastapi import Depends, FastAPI
 from fastapi.telemetry import TelemetryConfig
 
 from api import problems
-from api.coding import ACCEPTED_CODINGS
 from api.deps import require_token
 from api.head import HeadAsGet
 from api.routes import audit, ingest, ops, reads
@@ -83,11 +82,12 @@ def _document_event_bodies(app: FastAPI) -> None:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(body.pop("$defs", {}))
         components["Problem"] = problems.Problem.model_json_schema(ref_template=template)
+        components["RpcStatus"] = ingest.RPC_STATUS_SCHEMA
         operation = schema["paths"]["/v1/events"]["post"]
         operation["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": body}},
-            "description": ACCEPTED_CODINGS,
+            "description": ingest.JSON_BODY,
         }
         _document_bearer_token(schema)
         app.openapi_schema = schema

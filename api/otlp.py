@@ -4,7 +4,8 @@ Pure functions: no web framework and no I/O besides decompressing the body. The 
 the errors raised here into HTTP statuses (`UnsupportedMediaTypeError` -> 415,
 `PayloadTooLargeError` -> 413, any other `OTLPDecodeError` -> 400) and answers 200 with
 `encode_export_response` otherwise, listing the spans rejected one by one (OTLP partial
-success).
+success). A failed export is answered with `encode_status`: a ``google.rpc.Status`` in the
+request's encoding, as OTLP/HTTP "Failures" requires of every 4xx and 5xx.
 
 Sources:
     - OTLP specification, "OTLP/HTTP" and "JSON Protobuf Encoding":
@@ -12,6 +13,8 @@ Sources:
     - opentelemetry-proto: ``opentelemetry/proto/trace/v1/trace.proto``,
       ``opentelemetry/proto/common/v1/common.proto`` and
       ``opentelemetry/proto/collector/trace/v1/trace_service.proto``.
+    - googleapis: ``google/rpc/status.proto``, ``code.proto`` and ``error_details.proto``
+      (googleapis-common-protos).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Final
 import orjson
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -46,6 +50,8 @@ __all__ = [
     "UnsupportedMediaTypeError",
     "decode_export_request",
     "encode_export_response",
+    "encode_status",
+    "otlp_media_type",
 ]
 
 PROTOBUF_MEDIA_TYPE: Final = "application/x-protobuf"
@@ -247,6 +253,60 @@ def encode_export_response(
         return response.SerializeToString(), PROTOBUF_MEDIA_TYPE
     # No ids in the response, so the proto3 JSON mapping is the OTLP/JSON one here.
     return orjson.dumps(json_format.MessageToDict(response)), JSON_MEDIA_TYPE
+
+
+#: HTTP status -> ``google.rpc.Code`` of a failed export's ``Status``, as the OpenTelemetry
+#: Collector's OTLP/HTTP receiver maps them (``NewStatusFromMsgAndHTTPCode``, after gRPC's
+#: doc/http-grpc-status-mapping.md, 400 and 429 excepted); any other status is ``UNKNOWN``. The
+#: OTLP spec leaves ``Status.code`` to the server: clients act on the HTTP status alone.
+_RPC_CODES: Final[dict[int, int]] = {
+    400: code_pb2.INVALID_ARGUMENT,
+    401: code_pb2.UNAUTHENTICATED,
+    403: code_pb2.PERMISSION_DENIED,
+    404: code_pb2.UNIMPLEMENTED,
+    429: code_pb2.RESOURCE_EXHAUSTED,
+    502: code_pb2.UNAVAILABLE,
+    503: code_pb2.UNAVAILABLE,
+    504: code_pb2.UNAVAILABLE,
+}
+
+
+def encode_status(http_status: int, message: str, content_type: str) -> tuple[bytes, str]:
+    """Encode the ``google.rpc.Status`` answering a failed export (OTLP/HTTP "Failures": the
+    body of every 4xx and 5xx, in the request's encoding).
+
+    Args:
+        http_status: The HTTP status of the answer; gives ``Status.code`` (``_RPC_CODES``). A
+            400 ("Bad Data") also carries a ``google.rpc.BadRequest`` in ``details``, its one
+            field violation described by ``message``, as the spec recommends.
+        message: Developer-facing English explanation (``Status.message``).
+        content_type: The request's ``Content-Type``; the answer uses the same encoding.
+
+    Returns:
+        ``(body, media_type)``: protobuf bytes and ``"application/x-protobuf"``, or the proto3
+        JSON mapping (``{"code": 3, "message": ..., "details": [{"@type": ...}]}``) and
+        ``"application/json"``.
+
+    Raises:
+        UnsupportedMediaTypeError: ``content_type`` is neither protobuf nor JSON.
+    """
+    media_type = _media_type(content_type)
+    status = status_pb2.Status(code=_RPC_CODES.get(http_status, code_pb2.UNKNOWN), message=message)
+    if http_status == 400:
+        violation = error_details_pb2.BadRequest.FieldViolation(description=message)
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    if media_type == PROTOBUF_MEDIA_TYPE:
+        return status.SerializeToString(), PROTOBUF_MEDIA_TYPE
+    return orjson.dumps(json_format.MessageToDict(status)), JSON_MEDIA_TYPE
+
+
+def otlp_media_type(content_type: str) -> str | None:
+    """``application/x-protobuf`` or ``application/json`` when ``content_type`` is one of
+    them (parameters and case ignored), else None."""
+    try:
+        return _media_type(content_type)
+    except UnsupportedMediaTypeError:
+        return None
 
 
 def _media_type(content_type: str) -> str:

@@ -2,7 +2,9 @@
 
 Every error the API answers with is rendered here; routes never catch ``Exception`` and never
 raise ``HTTPException`` for domain conditions. Problem types are URIs under
-``https://runledger.dev/problems/`` (documentation anchors, not fetched).
+``https://runledger.dev/problems/`` (documentation anchors, not fetched). One exception to the
+rendering: a failed OTLP/HTTP export is answered the ``google.rpc.Status`` its protocol requires
+(``error_response``), from the same table.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from http import HTTPStatus
 from typing import Any
 
 from eventsourcing.persistence import IntegrityError, OperationalError
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +29,13 @@ from api.coding import (
 )
 from api.head import answers_head
 from api.hooks import HookPayloadError
-from api.otlp import OTLPDecodeError, PayloadTooLargeError, UnsupportedMediaTypeError
+from api.otlp import (
+    OTLPDecodeError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+    encode_status,
+    otlp_media_type,
+)
 from domain import errors as e
 from infra.blobs import BlobNotFoundError, BlobStoreUnavailableError
 from infra.writer import WriterOverloadedError
@@ -48,6 +56,11 @@ class BodyTooLargeError(ValueError):
 
 class UnauthorizedError(PermissionError):
     """Missing or wrong bearer token (401)."""
+
+
+class NotJSONContentTypeError(ValueError):
+    """A JSON route's body declared (``Content-Type``) as something other than JSON, or not
+    declared at all (415)."""
 
 
 #: error class -> (HTTP status, problem type slug, title). First match in MRO order wins.
@@ -78,6 +91,7 @@ PROBLEMS: dict[type[Exception], tuple[int, str, str]] = {
     HookPayloadError: (422, "invalid-hook-payload", "Not a Claude Code hook payload"),
     UnsupportedMediaTypeError: (415, "unsupported-media-type", "Unsupported media type"),
     UnsupportedContentCodingError: (415, "unsupported-media-type", "Unsupported media type"),
+    NotJSONContentTypeError: (415, "unsupported-media-type", "Unsupported media type"),
     DecodedBodyTooLargeError: (413, "payload-too-large", "Payload too large"),
     ContentCodingError: (400, "undecodable-body", "Body cannot be decoded"),
     PayloadTooLargeError: (413, "payload-too-large", "Payload too large"),
@@ -192,15 +206,66 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers that render every error as problem+json; a client that disconnects
-    before its request body is complete (``ClientDisconnect``, from any route reading a body) is
-    logged as one warning line, without a traceback."""
+#: ASGI scope key under which an OTLP/HTTP export records its request's ``Content-Type``
+#: (``answer_errors_in_otlp``), for ``error_response``.
+_OTLP_CONTENT_TYPE = "runledger.otlp_content_type"
 
-    async def known(request: Request, error: Exception) -> JSONResponse:
+
+def answer_errors_in_otlp(request: Request) -> None:
+    """Have the errors answering ``request``, an OTLP/HTTP export, rendered as OTLP/HTTP
+    requires ("Failures": a ``google.rpc.Status``, encoded as the request), when its
+    ``Content-Type`` is one of OTLP's; a body of another media type has no encoding to be
+    answered in, and gets problem+json (a 415)."""
+    content_type = request.headers.get("content-type", "")
+    if otlp_media_type(content_type) is not None:
+        request.scope[_OTLP_CONTENT_TYPE] = content_type
+
+
+def asks_for_problem(request: Request) -> bool:
+    """Whether the request's ``Accept`` names ``application/problem+json`` (with a ``q``
+    above 0): such a client of an OTLP route is answered RFC 9457 problem details."""
+    for item in request.headers.get("accept", "").split(","):
+        media_type, *params = item.split(";")
+        if media_type.strip().lower() != MEDIA_TYPE:
+            continue
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
+
+
+def error_response(
+    request: Request, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    """The answer to a failed request: ``problem_response``, or, to an OTLP/HTTP export
+    (``answer_errors_in_otlp``) that does not ask for a problem (``asks_for_problem``), a
+    ``google.rpc.Status`` with the problem's ``detail`` as its message, in the request's
+    encoding (``api.otlp.encode_status``), with the same status and headers (``Retry-After``
+    on a 503: OTLP's throttling)."""
+    content_type = request.scope.get(_OTLP_CONTENT_TYPE)
+    if content_type is None or asks_for_problem(request):
+        return problem_response(status, body, headers)
+    data, media_type = encode_status(status, body["detail"], content_type)
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
+    return Response(data, status_code=status, media_type=media_type, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that render every error as problem+json (an OTLP/HTTP export's as
+    a ``google.rpc.Status``: ``error_response``); a client that disconnects before its request
+    body is complete (``ClientDisconnect``, from any route reading a body) is logged as one
+    warning line, without a traceback."""
+
+    async def known(request: Request, error: Exception) -> Response:
         body = problem_body(error, instance=request.url.path)
         headers = {"WWW-Authenticate": "Bearer"} if body["status"] == 401 else None
-        return problem_response(body["status"], body, headers)
+        return error_response(request, body["status"], body, headers)
 
     for cls in PROBLEMS:
         app.add_exception_handler(cls, known)
@@ -240,7 +305,7 @@ def install(app: FastAPI) -> None:
 
     app.add_exception_handler(StarletteHTTPException, http_error)
 
-    async def disconnected(request: Request, error: Exception) -> JSONResponse:
+    async def disconnected(request: Request, error: Exception) -> Response:
         # The client closed the connection before its body was complete (Starlette raises
         # ClientDisconnect from request.stream()): the client's doing, not a server error, and
         # nothing was appended. One line, no traceback; the answer reaches no one.
@@ -251,15 +316,15 @@ def install(app: FastAPI) -> None:
         )
         detail = "the client disconnected before the request body was complete"
         body = blank_problem(400, "Incomplete request body", detail, request.url.path)
-        return problem_response(400, body)
+        return error_response(request, 400, body)
 
     app.add_exception_handler(ClientDisconnect, disconnected)
 
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+    async def unexpected(request: Request, error: Exception) -> Response:
         # Starlette's ServerErrorMiddleware calls this, then re-raises for the server to log.
         detail = "the server failed to answer; the error is in its log"
         body = blank_problem(500, "Internal Server Error", detail, request.url.path)
-        return problem_response(500, body)
+        return error_response(request, 500, body)
 
     app.add_exception_handler(Exception, unexpected)
 

@@ -45,6 +45,14 @@ DECISION_WORDS = {
     "denied": "denied", "deny": "denied", "rejected": "denied", "reject": "denied",
 }  # fmt: skip
 
+#: ``DECISION_WORDS`` in any case, as OpenAPI's ``pattern`` (ECMA-262 has no case-insensitive
+#: flag inside a pattern, so each letter is a class of its two cases). The same language as
+#: ``ApprovalDecidedBody``'s ``str.lower()`` check: no character but an ASCII letter lowercases
+#: into one of the words' letters.
+DECISION_PATTERN = (
+    "^(?:" + "|".join("".join(f"[{c}{c.upper()}]" for c in word) for word in DECISION_WORDS) + ")$"
+)
+
 #: scafld workspace baseline line: ``"<XY> <sha256|deleted|unreadable> <path>"``.
 BASELINE_LINE = re.compile(r"^[ MADRCU?!T]{2} ([0-9a-f]{64}|deleted|unreadable) \S.*$")
 
@@ -219,10 +227,10 @@ class ApprovalDecidedBody(EventBody):
     type: Literal["approval.decided"]
     approval_id: Id
     decision: str = Field(
-        description="approved or denied, in any source's word (case-insensitive): "
-        "HumanLayer approve/deny, AILANG approved/rejected, cc-broker allow/deny, Claude Code "
-        "accept/reject",
-        json_schema_extra={"enum": list(DECISION_WORDS)},
+        description="approved or denied, in any source's word, in any case: "
+        f"{', '.join(DECISION_WORDS)} (HumanLayer approve/deny, AILANG approved/rejected, "
+        "cc-broker allow/deny, Claude Code accept/reject); kept verbatim as source_decision",
+        json_schema_extra={"pattern": DECISION_PATTERN, "examples": ["approve", "Deny"]},
     )
     scope: str | None = Field(
         default=None, description="e.g. cc-broker once|always|timeout|cancelled"

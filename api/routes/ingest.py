@@ -29,6 +29,8 @@ from api.otlp import decode_export_request, encode_export_response
 from api.problems import (
     BadRequestError,
     BodyTooLargeError,
+    NotJSONContentTypeError,
+    answer_errors_in_otlp,
     problem_body,
     problem_response,
     problem_responses,
@@ -89,6 +91,51 @@ async def read_decoded_body(request: Request, runtime: Runtime) -> bytes:
     body = await read_body(request, runtime)
     encoding = request.headers.get("content-encoding")
     return decode_content(body, encoding, runtime.settings.max_body_bytes)
+
+
+#: A JSON media type, parameters removed and lowercased (``fullmatch``): ``application/json``
+#: (RFC 8259) or a structured syntax suffix ``application/<name>+json`` (RFC 6839; a name as
+#: RFC 6838 section 4.2 spells it).
+_JSON_MEDIA_TYPE = re.compile(r"application/(?:[a-z0-9][a-z0-9!#$&^_.+-]{0,126}\+)?json")
+
+#: How the JSON routes' OpenAPI request bodies say what they take.
+JSON_BODY = (
+    "Content-Type: application/json or application/<name>+json, parameters such as charset "
+    f"ignored (another, or none, is a 415); {ACCEPTED_CODINGS}"
+)
+
+
+def require_json(request: Request) -> None:
+    """Refuse a body that is not declared JSON, before reading it.
+
+    A browser sends a cross-origin ``text/plain``, form or multipart body without a CORS
+    preflight, and a ``fetch()`` of a ``Blob`` without any ``Content-Type``: parsed as JSON
+    regardless, any web page a user opens could write events to a server without a token
+    (FastAPI refuses such bodies for its own JSON parameters, ``strict_content_type``).
+    Every known client declares its JSON: Claude Code's HTTP hooks, ``runledger demo``,
+    ``curl -H 'content-type: application/json'`` (``curl -d`` alone says form-urlencoded).
+
+    Raises:
+        NotJSONContentTypeError: no ``Content-Type``, or one that is not JSON (415).
+    """
+    content_type = request.headers.get("content-type")
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if _JSON_MEDIA_TYPE.fullmatch(media_type):
+        return
+    said = "no Content-Type" if content_type is None else f"Content-Type {content_type!r}"
+    raise NotJSONContentTypeError(
+        f"{said}: the body must be declared JSON (application/json or application/<name>+json)"
+    )
+
+
+def json_route_problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``problem_responses`` of a JSON route, its 415 saying what it refuses."""
+    responses = problem_responses(*statuses)
+    responses[415]["description"] = (
+        "Unsupported Media Type (RFC 9457 problem details): a Content-Type that is not JSON, "
+        "or none, or a Content-Encoding other than gzip or deflate"
+    )
+    return responses
 
 
 def _parse_json(body: bytes) -> Any:
@@ -169,7 +216,7 @@ def event_results(outcomes: list[Outcome]) -> bytes:
     responses={
         201: {"description": "single event created", "model": EventResults},
         200: {"description": "batch, or a duplicate"},
-        **problem_responses(400, 401, 404, 409, 413, 415, 422, 503),
+        **json_route_problems(400, 401, 404, 409, 413, 415, 422, 503),
     },
 )
 async def post_events(request: Request) -> Response:
@@ -180,6 +227,7 @@ async def post_events(request: Request) -> Response:
     result per event, in order; schema errors anywhere in a batch reject the whole batch (422).
     """
     runtime, project = ingest_context(request)
+    require_json(request)
     body = await read_decoded_body(request, runtime)
     document = _parse_json(body)
     try:
@@ -258,7 +306,7 @@ def _idempotency_key(request: Request) -> str | None:
                     }
                 }
             },
-            "description": ACCEPTED_CODINGS,
+            "description": JSON_BODY,
         },
     },
     summary="Any Claude Code hook payload, as Claude Code's HTTP hooks post it",
@@ -267,7 +315,7 @@ def _idempotency_key(request: Request) -> str | None:
             "description": "recorded (or a duplicate): `{}`, no decision",
             "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
         },
-        **problem_responses(400, 401, 409, 413, 415, 422, 503),
+        **json_route_problems(400, 401, 409, 413, 415, 422, 503),
     },
 )
 async def post_claude_code_hook(request: Request) -> Response:
@@ -279,6 +327,7 @@ async def post_claude_code_hook(request: Request) -> Response:
     treats a non-2xx as a non-blocking error.
     """
     runtime, project = ingest_context(request)
+    require_json(request)
     payload = _parse_json(await read_decoded_body(request, runtime))
     offload = make_offload(runtime.blobs, runtime.settings.blob_threshold_bytes)
     commands = map_hook(
@@ -315,6 +364,46 @@ _OTLP_CONTENT = {
     "application/json": {"schema": {"type": "object"}},
 }
 
+#: OpenAPI schema of a ``google.rpc.Status`` (googleapis ``google/rpc/status.proto``) in the
+#: proto3 JSON mapping: the JSON body of a failed OTLP/HTTP export (``api.otlp.encode_status``).
+#: Registered as the ``RpcStatus`` component by ``api.app``.
+RPC_STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "google.rpc.Status (googleapis google/rpc/status.proto), proto3 JSON mapping",
+    "properties": {
+        "code": {"type": "integer", "description": "google.rpc.Code, e.g. 3 INVALID_ARGUMENT"},
+        "message": {"type": "string", "description": "What went wrong, for a developer"},
+        "details": {
+            "type": "array",
+            "description": "A 400 holds one google.rpc.BadRequest",
+            "items": {
+                "type": "object",
+                "properties": {"@type": {"type": "string"}},
+                "required": ["@type"],
+            },
+        },
+    },
+}
+
+
+def otlp_problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``problem_responses`` of an OTLP/HTTP route: each error a ``google.rpc.Status`` in the
+    request's encoding (OTLP/HTTP "Failures"), or problem+json when the request's ``Accept``
+    names it or its body is of no OTLP media type (``api.problems.error_response``)."""
+    responses = problem_responses(*statuses)
+    for response in responses.values():
+        response["description"] += (
+            "; to an application/x-protobuf or application/json request, a google.rpc.Status "
+            "in its encoding instead (OTLP/HTTP), unless its Accept names "
+            "application/problem+json"
+        )
+        response["content"] = {
+            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/RpcStatus"}},
+            **response["content"],
+        }
+    return responses
+
 
 @router.post(
     "/traces",
@@ -333,7 +422,7 @@ _OTLP_CONTENT = {
             "collector/trace/v1), in the request's encoding",
             "content": _OTLP_CONTENT,
         },
-        **problem_responses(400, 401, 413, 415, 503),
+        **otlp_problems(400, 401, 413, 415, 503),
     },
 )
 async def post_traces(request: Request) -> Response:
@@ -341,8 +430,11 @@ async def post_traces(request: Request) -> Response:
 
     Answers an ``ExportTraceServiceResponse`` in the request's encoding; spans that are malformed
     or conflict with an earlier span of the same ``span_id`` are counted in ``partial_success``.
-    A repeated span is a duplicate and is neither appended nor rejected.
+    A repeated span is a duplicate and is neither appended nor rejected. A failed export (400,
+    401, 413, 415, 503 with ``Retry-After``, 500) is answered a ``google.rpc.Status`` in the
+    request's encoding (``api.problems.answer_errors_in_otlp``).
     """
+    answer_errors_in_otlp(request)
     runtime, project = ingest_context(request)
     content_type = request.headers.get("content-type", "")
     body = await read_body(request, runtime)

@@ -25,6 +25,7 @@ import httpx
 import jsonschema
 import pytest
 
+from api.problems import MEDIA_TYPE
 from tests.servers import Server
 
 pytestmark = pytest.mark.e2e
@@ -146,3 +147,26 @@ def test_post_events_answers_what_its_openapi_declares_for_each_status(
     assert duplicate.json()["duplicates"] == 1
     for answer in (created, duplicate, batch, refused):
         assert_documented(document, "post", answer)
+
+
+def test_post_traces_answers_its_errors_as_its_openapi_declares(sqlite_server: Server) -> None:
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        document = client.get("/openapi.json").raise_for_status().json()
+        json_body = {"content-type": "application/json"}
+        status = client.post("/v1/traces", content=b"{not json", headers=json_body)
+        asked = client.post(
+            "/v1/traces",
+            content=b"{not json",
+            headers={**json_body, "accept": "application/problem+json"},
+        )
+        plain = client.post("/v1/traces", content=b"x", headers={"content-type": "text/plain"})
+        protobuf = client.post(
+            "/v1/traces", content=b"\xff", headers={"content-type": "application/x-protobuf"}
+        )
+    assert [a.status_code for a in (status, asked, plain, protobuf)] == [400, 400, 415, 400]
+    assert status.headers["content-type"] == "application/json"  # a google.rpc.Status
+    assert asked.headers["content-type"] == plain.headers["content-type"] == MEDIA_TYPE
+    for answer in (status, asked, plain):
+        assert_documented(document, "post", answer)
+    declared = document["paths"]["/v1/traces"]["post"]["responses"]["400"]["content"]
+    assert protobuf.headers["content-type"] in declared

@@ -157,11 +157,117 @@ def test_otlp_json_and_gzip_bodies_answer_partial_success_for_bad_spans(
             headers={"content-type": "application/x-protobuf"},
         )
         assert garbage.status_code == 400
-        assert garbage.headers["content-type"] == "application/problem+json"
+        assert garbage.headers["content-type"] == "application/x-protobuf"  # a google.rpc.Status
         unsupported = client.post(
             "/v1/traces", content=b"x", headers={"content-type": "text/plain"}
         )
         assert unsupported.status_code == 415
+
+
+def otlp_status(answer: httpx.Response) -> Any:
+    """The ``google.rpc.Status`` of a failed OTLP/HTTP export, decoded as its Content-Type says
+    (binary protobuf or its JSON mapping)."""
+    from google.protobuf import json_format
+    from google.rpc import status_pb2
+
+    media_type = answer.headers["content-type"]
+    if media_type == "application/x-protobuf":
+        return status_pb2.Status.FromString(answer.content)
+    assert media_type == "application/json", media_type
+    return json_format.Parse(answer.content, status_pb2.Status())
+
+
+def test_a_failed_otlp_export_answers_a_google_rpc_status_encoded_as_its_request(
+    make_server: Any,
+) -> None:
+    from google.rpc import code_pb2, error_details_pb2
+
+    server = make_server(RUNLEDGER_MAX_BODY_BYTES=str(64 * 1024))
+    protobuf = {"content-type": "application/x-protobuf"}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        head = client.get("/readyz").json()["head"]
+        cases = [
+            # (body, headers, status, encoding, code, words in the message)
+            (b"\xff\xff\xff", protobuf, 400, "application/x-protobuf",
+             code_pb2.INVALID_ARGUMENT, "invalid protobuf"),
+            (b"{not json", {"content-type": "application/json"}, 400, "application/json",
+             code_pb2.INVALID_ARGUMENT, "invalid JSON"),
+            (b"[]", {"content-type": "application/json; charset=utf-8"}, 400, "application/json",
+             code_pb2.INVALID_ARGUMENT, "must be a JSON object"),
+            (b"\x1f\x8b junk", {**protobuf, "content-encoding": "gzip"}, 400,
+             "application/x-protobuf", code_pb2.INVALID_ARGUMENT, "gzip"),
+            (b"", {**protobuf, "content-encoding": "br"}, 415, "application/x-protobuf",
+             code_pb2.UNKNOWN, "content encoding"),
+            (b"\x00" * (65 * 1024), protobuf, 413, "application/x-protobuf",
+             code_pb2.UNKNOWN, "exceeds"),
+        ]  # fmt: skip
+        for body, headers, status, encoding, code, words in cases:
+            answer = client.post("/v1/traces", content=body, headers=headers)
+            assert answer.status_code == status, (headers, answer.content)
+            assert answer.headers["content-type"] == encoding
+            decoded = otlp_status(answer)
+            assert decoded.code == code and words in decoded.message, decoded
+            if status == 400:  # OTLP "Bad Data": the details hold a google.rpc.BadRequest
+                (detail,) = decoded.details
+                bad_request = error_details_pb2.BadRequest()
+                assert detail.Unpack(bad_request)
+                assert bad_request.field_violations[0].description == decoded.message
+            else:
+                assert not decoded.details
+
+        # A client that asks for RFC 9457 problem details gets them.
+        asked = client.post(
+            "/v1/traces",
+            content=b"\xff\xff\xff",
+            headers={**protobuf, "accept": "application/problem+json"},
+        )
+        assert asked.status_code == 400
+        assert asked.headers["content-type"] == "application/problem+json"
+        assert asked.json()["type"].endswith("/invalid-otlp")
+        # A body of no OTLP encoding cannot be answered in its encoding: a problem.
+        for headers in ({"content-type": "text/plain"}, {}):
+            unsupported = client.post("/v1/traces", content=b"x", headers=headers)
+            assert unsupported.status_code == 415
+            assert unsupported.headers["content-type"] == "application/problem+json"
+        assert client.get("/readyz").json()["head"] == head
+
+
+def test_the_otlp_sdk_exporter_takes_a_refused_export_as_a_failure_without_an_error(
+    make_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from google.rpc import code_pb2
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    server = make_server(RUNLEDGER_API_TOKEN="sdk-secret")
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    with provider.get_tracer("runledger-e2e").start_as_current_span("agent.run") as root:
+        pass
+    trace_id = format(root.get_span_context().trace_id, "032x")
+    finished = spans.get_finished_spans()
+    endpoint = f"{server.url}/v1/traces"
+
+    # What the SDK sends, answered without the token: a 401 protobuf Status.
+    body = encode_spans(finished).SerializeToString()
+    refused = httpx.post(endpoint, content=body, headers={"content-type": "application/x-protobuf"})
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert otlp_status(refused).code == code_pb2.UNAUTHENTICATED
+
+    with caplog.at_level("ERROR"):
+        assert OTLPSpanExporter(endpoint=endpoint).export(finished) is SpanExportResult.FAILURE
+    assert "401" in caplog.text  # logged as a failed export, not raised
+    token = {"authorization": "Bearer sdk-secret"}
+    exported = OTLPSpanExporter(endpoint=endpoint, headers=token).export(finished)
+    assert exported is SpanExportResult.SUCCESS
+    server.wait_projected()
+    got = httpx.get(f"{server.url}/v1/traces/{trace_id}", headers=token, timeout=10)
+    assert got.raise_for_status().json()["span_count"] == 1
 
 
 def test_bad_input_gets_problem_json_and_appends_nothing(sqlite_server: Server) -> None:
@@ -294,6 +400,66 @@ def test_bad_input_gets_problem_json_and_appends_nothing(sqlite_server: Server) 
         for as_of in ("1767225600", "2026-01-01T00:00:00", "0001-01-01T00:00:00+14:00"):
             at = client.get("/v1/streams/session/nope/state", params={"as_of": as_of})
             assert at.status_code == 422 and "RFC 3339" in at.text, at.text
+
+
+def test_json_routes_take_only_a_body_declared_json_and_refuse_others_with_415(
+    sqlite_server: Server,
+) -> None:
+    # A browser sends text/plain, a form or multipart cross-origin without a CORS preflight,
+    # and a fetch() of a Blob without any Content-Type: none of them may write events.
+    bodies = {
+        "/v1/events": lambda n: {"type": "chain.created", "chain_id": f"media-{n}"},
+        "/v1/hooks/claude-code": lambda n: {
+            "session_id": f"media-{n}",
+            "hook_event_name": "Notification",
+            "message": "m",
+        },
+    }
+    refused_types = [
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "text/json",
+        "application/jsonx",
+        "application/json-seq",
+        "application/+json",
+        "json",
+        "",
+        None,  # no Content-Type at all
+    ]
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        head = client.get("/readyz").json()["head"]
+        for path, body in bodies.items():
+            for content_type in refused_types:
+                headers = {} if content_type is None else {"content-type": content_type}
+                refused = client.post(path, content=json.dumps(body(0)).encode(), headers=headers)
+                if content_type is None:
+                    assert "content-type" not in refused.request.headers
+                assert refused.status_code == 415, (path, content_type, refused.text)
+                assert refused.headers["content-type"] == "application/problem+json"
+                problem = refused.json()
+                assert problem["status"] == 415
+                assert problem["type"].endswith("/unsupported-media-type")
+                assert "application/json" in problem["detail"]
+        assert client.get("/readyz").json()["head"] == head
+
+        accepted_types = [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON ; Charset=UTF-8",
+            "application/vnd.runledger.events+json",
+            "APPLICATION/MERGE-PATCH+JSON",
+        ]
+        for path, body in bodies.items():
+            for n, content_type in enumerate(accepted_types, start=1):
+                sent = client.post(
+                    path,
+                    content=json.dumps(body(n)).encode(),
+                    headers={"content-type": content_type},
+                )
+                assert sent.status_code in (200, 201), (path, content_type, sent.text)
+        assert client.get("/readyz").json()["head"] == head + 2 * len(accepted_types)
 
 
 def test_a_hook_sent_with_an_idempotency_key_is_a_duplicate_whenever_it_is_resent(
@@ -1060,8 +1226,13 @@ def test_an_overloaded_writer_answers_503_and_appends_nothing_it_refused(
         assert [f.result().status_code for f in held] == [201, 201, 201, 200]  # 200: the batch
         for refused in (batch, single, hook, otlp):
             assert refused.status_code == 503, refused.text
-            assert refused.headers["content-type"].startswith("application/problem+json")
             assert refused.headers["retry-after"] == "1"
+            if refused is otlp:  # OTLP/HTTP throttling: a google.rpc.Status, as sent
+                from google.rpc import code_pb2
+
+                assert otlp_status(refused).code == code_pb2.UNAVAILABLE
+                continue
+            assert refused.headers["content-type"].startswith("application/problem+json")
             problem = refused.json()
             assert problem["type"].endswith("/overloaded")
             assert (problem["pending"], problem["limit"]) == (5, 4)

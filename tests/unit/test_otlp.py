@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
@@ -35,6 +36,7 @@ from api.otlp import (
     UnsupportedMediaTypeError,
     decode_export_request,
     encode_export_response,
+    encode_status,
 )
 
 EXAMPLE_PATH = Path(__file__).resolve().parent.parent / "fixtures" / "otlp" / "trace.json"
@@ -1289,6 +1291,75 @@ def test_response_for_an_unsupported_content_type_is_refused() -> None:
 def test_negative_rejected_count_is_refused() -> None:
     with pytest.raises(ValueError, match="rejected_spans"):
         encode_export_response(-1, "", JSON)
+
+
+# --- failures: google.rpc.Status -----------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_a_bad_data_status_in_protobuf_carries_a_bad_request_detail() -> None:
+    body, media_type = encode_status(400, "invalid protobuf: truncated", PROTOBUF)
+
+    status = status_pb2.Status.FromString(body)
+    assert media_type == "application/x-protobuf"
+    assert (status.code, status.message) == (
+        code_pb2.INVALID_ARGUMENT,
+        "invalid protobuf: truncated",
+    )
+    (detail,) = status.details
+    bad_request = error_details_pb2.BadRequest()
+    assert detail.Unpack(bad_request)
+    assert [v.description for v in bad_request.field_violations] == ["invalid protobuf: truncated"]
+
+
+@pytest.mark.unit
+def test_a_status_in_json_is_the_proto3_json_mapping() -> None:
+    body, media_type = encode_status(400, "invalid JSON", "Application/JSON; charset=utf-8")
+
+    assert media_type == "application/json"
+    assert orjson.loads(body) == {
+        "code": 3,
+        "message": "invalid JSON",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [{"description": "invalid JSON"}],
+            }
+        ],
+    }
+    busy, _ = encode_status(503, "overloaded", JSON)
+    assert orjson.loads(busy) == {"code": 14, "message": "overloaded"}
+
+
+@pytest.mark.parametrize(
+    ("http_status", "code"),
+    [
+        (400, code_pb2.INVALID_ARGUMENT),
+        (401, code_pb2.UNAUTHENTICATED),
+        (403, code_pb2.PERMISSION_DENIED),
+        (404, code_pb2.UNIMPLEMENTED),
+        (413, code_pb2.UNKNOWN),
+        (415, code_pb2.UNKNOWN),
+        (429, code_pb2.RESOURCE_EXHAUSTED),
+        (500, code_pb2.UNKNOWN),
+        (502, code_pb2.UNAVAILABLE),
+        (503, code_pb2.UNAVAILABLE),
+        (504, code_pb2.UNAVAILABLE),
+    ],
+)
+@pytest.mark.unit
+def test_status_codes_follow_the_collectors_http_mapping(http_status: int, code: int) -> None:
+    body, _ = encode_status(http_status, "m", PROTOBUF)
+
+    status = status_pb2.Status.FromString(body)
+    assert status.code == code
+    assert len(status.details) == (1 if http_status == 400 else 0)
+
+
+@pytest.mark.unit
+def test_a_status_for_an_unsupported_content_type_is_refused() -> None:
+    with pytest.raises(UnsupportedMediaTypeError):
+        encode_status(400, "m", "text/plain")
 
 
 @pytest.mark.unit
