@@ -1,6 +1,7 @@
-"""``runledger rebuild --jobs 2`` as real processes on a real SQLite file: its spawned workers and
-multiprocessing's resource tracker end with it, whether it is killed (``SIGKILL``) or asked to
-stop (``SIGTERM``)."""
+"""``runledger rebuild`` as real processes on a real SQLite file: with ``--jobs 2`` its spawned
+workers and multiprocessing's resource tracker end with it, whether it is killed (``SIGKILL``)
+or asked to stop (``SIGTERM``); next to a running ``runledger serve`` it has the projector lock
+to itself, as on PostgreSQL (``SQLiteDatabase.advisory_lock``)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from infra.runtime import build_runtime
 from infra.settings import Settings
 from tests.commands import message
-from tests.servers import base_env
+from tests.servers import Server, base_env
 
 pytestmark = pytest.mark.e2e
 
@@ -142,3 +144,63 @@ def test_a_stopped_rebuild_leaves_no_worker_process_behind(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"over {EVENTS} events" in done.stdout
+
+
+def test_a_rebuild_next_to_a_serving_projector_folds_the_log_alone_and_counts_it_right(
+    sqlite_env: dict[str, str], tmp_path: Path
+) -> None:
+    # serve's projector polls every 0.05 s: once the rebuild reset the positions to 0 it would
+    # fold the log too, unless the rebuild's lock keeps it out (on SQLite it did not: the two
+    # folded at once, and the rebuild counted only the events it folded itself)
+    server = Server(env=dict(sqlite_env), log_path=tmp_path / "server.log").start()
+    try:
+        server.wait_projected()
+        done = subprocess.run(
+            [RUNLEDGER, "rebuild", "--all", "--jobs", "1"],
+            env=sqlite_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"rebuilt all projections over {EVENTS} events" in done.stdout, done.stdout
+        assert f"{EVENTS}/{EVENTS}" in done.stdout  # the last progress: the head, not past it
+        server.wait_projected()
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            listed = client.get("/v1/sessions", params={"limit": 500}).json()["items"]
+        assert len(listed) == 400
+        assert sum(row["message_count"] for row in listed) == EVENTS
+    finally:
+        server.stop()
+
+
+def test_a_second_rebuild_waits_for_the_first_and_both_count_every_event(
+    sqlite_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Started together, each resets the read models and folds the whole log: on PostgreSQL the
+    # second waits for the first's lock. On SQLite they folded at once, and the one whose
+    # batches the other committed first counted only the rest.
+    outputs = [tmp_path / "first.out", tmp_path / "second.out"]
+    rebuilds = []
+    for path in outputs:
+        with path.open("wb") as out:
+            rebuilds.append(
+                subprocess.Popen(
+                    [RUNLEDGER, "rebuild", "--all", "--jobs", "1"],
+                    env=sqlite_env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        codes = [rebuild.wait(timeout=300) for rebuild in rebuilds]
+    finally:
+        for rebuild in rebuilds:
+            if rebuild.poll() is None:
+                rebuild.kill()
+                rebuild.wait()
+    said = [path.read_text() for path in outputs]
+    assert codes == [0, 0], said
+    for text in said:
+        assert f"rebuilt all projections over {EVENTS} events" in text, said
+        assert f"{EVENTS}/{EVENTS}" in text, said
