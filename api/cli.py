@@ -182,11 +182,18 @@ def rebuild(
         ),
     ] = None,
 ) -> None:
-    """Rebuild a projection (or all) from position 0, with a progress bar."""
+    """Rebuild a projection (or all) from position 0, with a progress bar.
+
+    ``SIGTERM`` (or Ctrl-C) stops it: its worker processes are stopped, its lock released, and
+    it exits with 143 (130); the rebuilt projections keep the positions they reached, from
+    which the projector or the next rebuild goes on.
+    """
     if jobs is None:
         jobs = min(2, os.cpu_count() or 1)
     if (name is None) == (not all_):
         raise typer.BadParameter("give a projection NAME or --all")
+    # Without a handler SIGTERM ends the process on the spot, its workers orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     settings = Settings()
     runtime = build_runtime(settings, blobs_used=False)
     try:
@@ -208,6 +215,12 @@ def rebuild(
         raise typer.BadParameter(
             str(error.args[0]) if error.args else "unknown projection"
         ) from None
+    except (SystemExit, KeyboardInterrupt):
+        console.print(
+            "rebuild stopped: the projections keep the positions they reached; the projector "
+            "or the next rebuild goes on from there"
+        )
+        raise
     finally:
         runtime.close()
 

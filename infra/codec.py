@@ -26,6 +26,9 @@
   twice the bytes of the event, hex-encoded by the server and decoded by psycopg. Over TCP the
   doubled result of a stream's load also stalled in the kernel for 20-80 ms on about one load in
   thirty (seen in ``bench.stream_state``: not over a Unix socket; gone with the binary format).
+- Snapshots are inserted as the library does (an array of its composite type
+  ``stored_event_uuid``), its psycopg adapter registered again before an insert while missing:
+  a process started before ``runledger migrate`` created the type could never snapshot.
 - ``PostgresFactory``: eventsourcing's PostgreSQL factory making those two recorders
   (``PERSISTENCE_MODULE=infra.codec:PostgresFactory``).
 - ``SQLiteFactory``: eventsourcing's SQLite factory whose recorders turn the stored text of a
@@ -313,6 +316,34 @@ class FastPostgresAggregateRecorder(PostgresAggregateRecorder):
         super().__init__(*args, **kwargs)
         self._statements: dict[tuple[Any, ...], Composed] = {}
 
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Append ``stored_events`` (the snapshots' table): the library's ``insert_events``,
+        which sends them as an array of the composite type ``stored_event_<id type>``, after
+        ``ensure_type_adapters``.
+
+        Raises:
+            ProgrammingError: the composite type is not in the schema (``runledger migrate``
+                has not run), or another statement error.
+            IntegrityError: a stream already has one of the versions.
+        """
+        if stored_events:
+            self.ensure_type_adapters()
+        return cast("Sequence[int] | None", super().insert_events(stored_events, **kwargs))
+
+    def ensure_type_adapters(self) -> None:
+        """Register the composite type's psycopg adapter when the datastore has none yet.
+
+        The library registers it when the recorder is made, and only if the type exists then:
+        in a process started with table creation off before ``runledger migrate`` created the
+        type, every later snapshot insert failed ("Composite type 'stored_event_uuid' not
+        found"). A dict lookup when registered; else one catalog query per insert until the
+        type exists.
+        """
+        if self.stored_event_type_name not in self.datastore.psycopg_python_types:
+            self.datastore.register_type_adapters()
+
     def _table_sql(self, text: str) -> Composed:
         """``text`` with ``{schema}.{table}`` naming this recorder's table, rendered once."""
         return _rendered(
@@ -495,7 +526,7 @@ class FastPostgresApplicationRecorder(FastPostgresAggregateRecorder, PostgresApp
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         """The library's ``insert_events`` (its pipelined transaction, our statements)."""
-        return cast("Sequence[int] | None", super().insert_events(stored_events, **kwargs))
+        return super().insert_events(stored_events, **kwargs)
 
     def _notify_channel(self, curs: Cursor[DictRow]) -> None:
         curs.execute(self._notify_statement)

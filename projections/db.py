@@ -2,8 +2,9 @@
 
 The projections and views speak plain SQL through DB-API connections. The two dialects differ in
 their parameter markers (``?`` for sqlite3, ``%s`` for psycopg), in their column types (see
-``projections.schema``) and in locking: PostgreSQL has session-level advisory locks, SQLite has one
-writer per file. Everything else the read side needs is common SQL (``INSERT ... ON CONFLICT ...
+``projections.schema``) and in locking: PostgreSQL has session-level advisory locks, SQLite one
+writer per file, so its named locks (the projector's) are ``flock(2)`` locks on sidecar files
+next to the database file, with the advisory locks' semantics. Everything else the read side needs is common SQL (``INSERT ... ON CONFLICT ...
 DO UPDATE``, row-value comparisons, ``CREATE TABLE IF NOT EXISTS``).
 
 This module consumes no events; the PostgreSQL implementation lives in ``infra.database``.
@@ -11,8 +12,13 @@ This module consumes no events; the PostgreSQL implementation lives in ``infra.d
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
+import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -57,7 +63,9 @@ class Database(Protocol):
             wait_s: None: try once; otherwise wait up to this many seconds.
 
         Yields:
-            True when the lock is held, False when another holder has it.
+            True when the lock is held, False when another holder has it (a try also fails
+            while another caller waits for it). Released when the block exits, or when the
+            holding process dies.
         """
         ...
 
@@ -96,12 +104,64 @@ def render(sql: str, dialect: str) -> str:
     return sql if marker == "?" else sql.replace("?", marker)
 
 
+#: How often ``SQLiteDatabase.advisory_lock`` tries again while it waits, seconds.
+LOCK_POLL_S = 0.01
+#: Lock names used in a sidecar file's name as they are.
+_LOCK_NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+
+
+def _flock(fd: int, operation: int) -> bool:
+    """``flock(fd, operation | LOCK_NB)``: whether it was granted."""
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _waiting_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}-waiting")
+
+
+def _try_flock_if_none_waits(fd: int, path: Path) -> bool:
+    """Take the lock on ``fd`` unless it is held or another caller waits for it."""
+    waiting = os.open(_waiting_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not _flock(waiting, fcntl.LOCK_EX):  # someone waits: it goes first
+            return False
+    finally:
+        os.close(waiting)
+    return _flock(fd, fcntl.LOCK_EX)
+
+
+def _wait_flock(fd: int, path: Path, wait_s: float) -> bool:
+    """Take the lock on ``fd``, trying every ``LOCK_POLL_S`` for up to ``wait_s`` seconds,
+    announced as a waiter meanwhile."""
+    deadline = time.monotonic() + wait_s
+    waiting = os.open(_waiting_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        announced = False
+        while True:
+            # shared: waiters do not exclude each other; a try holds it exclusively for an
+            # instant only
+            announced = announced or _flock(waiting, fcntl.LOCK_SH)
+            if _flock(fd, fcntl.LOCK_EX):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(LOCK_POLL_S, left))
+    finally:
+        os.close(waiting)
+
+
 class SQLiteDatabase:
     """The read models in an SQLite file (may be the event store's own file).
 
     One connection per thread (sqlite3 connections are not shared between threads), WAL journal
     (readers never block the writer), ``busy_timeout`` so that writers queue instead of failing
-    with ``database is locked``.
+    with ``database is locked``. Named locks (``advisory_lock``) are sidecar files next to the
+    database file (``lock_path``), made on first use and left in place.
 
     Args:
         path: the database file (created when missing).
@@ -154,11 +214,49 @@ class SQLiteDatabase:
             raise
         conn.commit()
 
+    def lock_path(self, name: str) -> Path:
+        """The sidecar file of the lock ``name`` next to the database file:
+        ``<database file>.<name>.lock`` (a name of other characters than letters, digits and
+        ``_.:-`` is replaced by its sha256, 16 hex)."""
+        if not _LOCK_NAME_RE.fullmatch(name):
+            name = hashlib.sha256(name.encode()).hexdigest()[:16]
+        return self.path.with_name(f"{self.path.name}.{name}.lock")
+
     @contextmanager
     def advisory_lock(self, name: str, *, wait_s: float | None = None) -> Iterator[bool]:
-        """Always held: SQLite serialises writers itself, and the projector's tracking check
-        (``UPDATE ... WHERE position = <old>``) keeps two projectors from doubling a page."""
-        yield True
+        """Hold the exclusive lock ``name`` of this database file while the block runs, as
+        ``infra.database.PostgresDatabase.advisory_lock`` does on PostgreSQL: ``flock(2)`` on
+        the sidecar file ``lock_path(name)``, opened for this call, so that any two holders
+        exclude each other (two processes, or two ``SQLiteDatabase`` objects, or two threads
+        of one process, as two PostgreSQL sessions do). The lock is released when the block
+        exits, and by the kernel when the process dies (its file descriptor is closed).
+
+        As on PostgreSQL a waiter goes first: while a caller waits (``wait_s``), a try
+        (``wait_s`` None) fails, so a projector that takes the lock again right after letting
+        go of it does not starve a waiting ``rebuild``. A waiter announces itself with a shared
+        lock on ``<lock file>-waiting``, which a try checks for with an exclusive one.
+
+        Args:
+            name: the lock's name (one sidecar file per name: names do not exclude each other).
+            wait_s: None or <= 0: try once; otherwise wait up to that many seconds, trying
+                every ``LOCK_POLL_S``.
+
+        Yields:
+            True when held, False when another holder has it (or, for a try, waits for it).
+
+        Raises:
+            OSError: the sidecar file cannot be opened or created (e.g. a read-only directory).
+        """
+        path = self.lock_path(name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if wait_s is None or wait_s <= 0:
+                held = _try_flock_if_none_waits(fd, path)
+            else:
+                held = _wait_flock(fd, path, wait_s)
+            yield held
+        finally:
+            os.close(fd)  # releases the lock, if held
 
     def ensure_schema(self) -> None:
         """Nothing to do: an SQLite file has one namespace."""

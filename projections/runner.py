@@ -18,11 +18,13 @@ the previous batch boundary, and the next run replays from there. Each tracking 
 conditional (``UPDATE ... WHERE name = ? AND position = <the position the batch started from>``):
 if another projector moved a position in between (or a rebuild reset it), the transaction is
 rolled back, the run's cache is dropped and it reads again from the positions then committed, so
-a batch is never doubled even without a lock. On PostgreSQL a session-level advisory lock
-(``pg_try_advisory_lock``) also keeps a second projector from doing the work twice: it returns
-without work and logs that it did so. The cache holds what the database holds at the positions
-this run committed (plus the rows not written yet): this run is the only writer of its tables
-(the lock; on SQLite, the tracking check above), and it starts empty at every run.
+a batch is never doubled even without a lock. A lock (``Database.advisory_lock``: on PostgreSQL
+a session-level advisory lock, ``pg_try_advisory_lock``; on SQLite ``flock`` on a sidecar file)
+also keeps a second projector from doing the work twice: it returns without work and logs that
+it did so, and a ``rebuild`` waits for it and holds it throughout. The cache holds what the
+database holds at the positions this run committed (plus the rows not written yet): this run is
+the only writer of its tables (the lock, and the tracking check above), and it starts empty at
+every run.
 
 On PostgreSQL a batch is written on a thread of its own while the next one is folded, and the
 next page is read while one is folded; a write starts only once the previous one committed, and

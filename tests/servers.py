@@ -38,6 +38,9 @@ class Server:
     args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    #: The route whose 200 means started (``/healthz`` for a server whose tables are not there
+    #: yet, which ``/readyz`` answers 503).
+    ready_path: str = "/readyz"
 
     @property
     def url(self) -> str:
@@ -59,7 +62,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

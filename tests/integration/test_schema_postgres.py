@@ -1,6 +1,8 @@
 """A ``RUNLEDGER_DATABASE_SCHEMA`` that does not exist yet, on a real PostgreSQL: what creates
 tables creates the schema first (``infra.store.prepare_schema``), also when two sessions do it at
-once; with ``RUNLEDGER_CREATE_TABLES=false`` nothing is created and the missing schema is named."""
+once; with ``RUNLEDGER_CREATE_TABLES=false`` nothing is created and the missing schema is named.
+A server started with ``RUNLEDGER_CREATE_TABLES=false`` before ``runledger migrate`` made the
+tables takes snapshots once they are there."""
 
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
 from infra.database import create_schema, schema_exists
-from tests.servers import base_env
+from tests.servers import Server, base_env
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +69,56 @@ def test_without_create_tables_a_missing_schema_is_named_and_nothing_is_created(
     assert "runledger migrate" in said
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         assert not schema_exists(conn, new_pg_schema)
+
+
+def test_a_server_started_before_migrate_snapshots_streams_once_the_tables_exist(
+    tmp_path: Path, postgres_url: str, pg_schema: str
+) -> None:
+    # eventsourcing registers the snapshot insert's composite type (stored_event_uuid) when
+    # its recorder is made; in a process started before `runledger migrate` the type was not
+    # there yet, and every snapshot insert failed ("Composite type ... not found").
+    env = base_env(
+        tmp_path,
+        RUNLEDGER_DATABASE_URL=postgres_url,
+        RUNLEDGER_DATABASE_SCHEMA=pg_schema,
+        RUNLEDGER_SNAPSHOT_INTERVAL="5",
+    )
+    server = Server(
+        env={**env, "RUNLEDGER_CREATE_TABLES": "false", "RUNLEDGER_PROJECTOR": "off"},
+        ready_path="/healthz",  # /readyz is a 503 until the tables are there
+        log_path=tmp_path / "server.log",
+    )
+    server.start()
+    try:
+        assert tables_in(postgres_url, pg_schema) == set()  # started before the tables
+        done = subprocess.run(
+            [RUNLEDGER, "migrate"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            statuses = [
+                client.post(
+                    "/v1/events",
+                    json={
+                        "type": "session.message_recorded",
+                        "session_id": "s",
+                        "event_id": f"m{i}",
+                        "role": "assistant",
+                        "content": f"message {i}",
+                    },
+                ).status_code
+                for i in range(11)
+            ]
+    finally:
+        server.stop()
+    assert statuses == [201] * 11  # acknowledged
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute(
+            f'SELECT originator_version FROM "{pg_schema}".runledger_snapshots '
+            "ORDER BY originator_version"
+        ).fetchall()
+    assert [row[0] for row in rows] == [5, 10]
+    assert "failed" not in server.log_path.read_text()  # type: ignore[union-attr]
 
 
 def test_a_session_creating_the_schema_while_another_commits_it_succeeds(

@@ -4,15 +4,21 @@ process of its own (SQLite file here; PostgreSQL in tests/integration)."""
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import itertools
+import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from infra.runtime import Runtime, build_runtime, process_parts
+from infra.runtime import Runtime, build_runtime, die_with_parent, process_parts
 from infra.settings import Settings
 from projections.catalog import NAMES, PROJECTIONS, REBUILD_WEIGHTS, split
 from projections.runner import Projector
@@ -140,3 +146,28 @@ def test_jobs_need_a_part_runner_and_one_projection_is_rebuilt_here(
 
     assert runtime.projector.rebuild(["sessions"], jobs=4, run_parts=never) == head
     assert positions(runtime.db)["sessions"] == head
+
+
+def _report_death_signal(parent_pid: int, answer: Connection) -> None:
+    """In a spawned process: arm ``die_with_parent``, then send ``prctl(PR_GET_PDEATHSIG)``."""
+    die_with_parent(parent_pid)
+    armed = ctypes.c_int(0)
+    ctypes.CDLL(None).prctl(2, ctypes.byref(armed), 0, 0, 0)  # PR_GET_PDEATHSIG
+    answer.send(armed.value)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_a_worker_is_armed_to_die_with_its_parent_and_exits_if_its_parent_is_already_gone() -> None:
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    armed = context.Process(target=_report_death_signal, args=(os.getpid(), send))
+    armed.start()
+    assert receive.poll(60) and receive.recv() == signal.SIGKILL
+    armed.join(30)
+    assert armed.exitcode == 0
+    # a parent pid that is not its parent's: the parent died before the signal was armed
+    orphan = context.Process(target=_report_death_signal, args=(os.getpid() + 4_000_000, send))
+    orphan.start()
+    orphan.join(60)
+    assert orphan.exitcode == 1
+    assert not receive.poll(0)  # it never got as far as answering
