@@ -4,8 +4,9 @@ The projections and views speak plain SQL through DB-API connections. The two di
 their parameter markers (``?`` for sqlite3, ``%s`` for psycopg), in their column types (see
 ``projections.schema``) and in locking: PostgreSQL has session-level advisory locks, SQLite one
 writer per file, so its named locks (the projector's) are ``flock(2)`` locks on sidecar files
-next to the database file, with the advisory locks' semantics. Everything else the read side needs is common SQL (``INSERT ... ON CONFLICT ...
-DO UPDATE``, row-value comparisons, ``CREATE TABLE IF NOT EXISTS``).
+next to the database file, with the advisory locks' semantics. Everything else the read side
+needs is common SQL (``INSERT ... ON CONFLICT ... DO UPDATE``, row-value comparisons,
+``CREATE TABLE IF NOT EXISTS``).
 
 This module consumes no events; the PostgreSQL implementation lives in ``infra.database``.
 """
