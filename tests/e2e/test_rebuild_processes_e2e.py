@@ -83,6 +83,17 @@ def sqlite_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     yield env
 
 
+def rebuild_all(env: dict[str, str], *, jobs: int) -> subprocess.CompletedProcess[str]:
+    """``runledger rebuild --all --jobs <jobs>`` to its end (5 minutes at most), output kept."""
+    return subprocess.run(
+        [RUNLEDGER, "rebuild", "--all", "--jobs", str(jobs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_stopped_rebuild_leaves_no_worker_process_behind(
     sqlite_env: dict[str, str], stop: signal.Signals, tmp_path: Path
@@ -135,13 +146,7 @@ def test_a_stopped_rebuild_leaves_no_worker_process_behind(
             if running(pid, started):
                 os.kill(pid, signal.SIGKILL)
     # and the next rebuild finishes the work
-    done = subprocess.run(
-        [RUNLEDGER, "rebuild", "--all", "--jobs", "2"],
-        env=sqlite_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = rebuild_all(sqlite_env, jobs=2)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"over {EVENTS} events" in done.stdout
 
@@ -155,13 +160,7 @@ def test_a_rebuild_next_to_a_serving_projector_folds_the_log_alone_and_counts_it
     server = Server(env=dict(sqlite_env), log_path=tmp_path / "server.log").start()
     try:
         server.wait_projected()
-        done = subprocess.run(
-            [RUNLEDGER, "rebuild", "--all", "--jobs", "1"],
-            env=sqlite_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = rebuild_all(sqlite_env, jobs=1)
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"rebuilt all projections over {EVENTS} events" in done.stdout, done.stdout
         assert f"{EVENTS}/{EVENTS}" in done.stdout  # the last progress: the head, not past it
