@@ -1,6 +1,7 @@
 """HTTP content codings of request bodies (RFC 9110 section 8.4): ``gzip`` (``x-gzip``),
 ``deflate`` and ``identity``, decoded with a cap on the decoded size, for every ingest route
-(``POST /v1/events``, ``/v1/hooks/claude-code``, ``/v1/traces``).
+(``POST /v1/events``, ``/v1/hooks/claude-code``, ``/v1/traces``); and the media type a
+``Content-Type`` names (``media_type_of``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ class UnsupportedContentCodingError(ContentCodingError):
 
 class DecodedBodyTooLargeError(ContentCodingError):
     """The body, once decoded, is larger than allowed (HTTP 413)."""
+
+
+def media_type_of(content_type: str | None) -> str:
+    """The media type of a ``Content-Type`` header (RFC 9110 section 8.3.1), its parameters
+    (``; charset=utf-8``) and surrounding spaces removed, lowercased (type and subtype are
+    case-insensitive): ``"Application/JSON; charset=utf-8"`` -> ``"application/json"``; no
+    header -> ``""``."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 def decode_content(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:

@@ -423,7 +423,7 @@ def _session_command(
                 "end",
                 reason=get("reason"),
                 attributes=_attributes(plain, offload, "reason"),
-                strict=False,
+                repeat_hook="SessionEnd",
             )
         case _:
             # A hook this version does not know (e.g. TaskCompleted, PermissionDenied, Setup):

@@ -38,6 +38,7 @@ from api.coding import (
     DecodedBodyTooLargeError,
     UnsupportedContentCodingError,
     decode_content,
+    media_type_of,
 )
 
 __all__ = [
@@ -310,13 +311,13 @@ def otlp_media_type(content_type: str) -> str | None:
 
 
 def _media_type(content_type: str) -> str:
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type not in (PROTOBUF_MEDIA_TYPE, JSON_MEDIA_TYPE):
+    named = media_type_of(content_type)
+    if named not in (PROTOBUF_MEDIA_TYPE, JSON_MEDIA_TYPE):
         raise UnsupportedMediaTypeError(
             f"unsupported content type {content_type!r}; "
             f"expected {PROTOBUF_MEDIA_TYPE} or {JSON_MEDIA_TYPE}"
         )
-    return media_type
+    return named
 
 
 def _decompress(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:

@@ -26,6 +26,7 @@ from api.coding import (
     ContentCodingError,
     DecodedBodyTooLargeError,
     UnsupportedContentCodingError,
+    media_type_of,
 )
 from api.head import answers_head
 from api.hooks import HookPayloadError
@@ -196,13 +197,19 @@ def blank_problem(
     return body
 
 
+def _with_retry_after(status: int, headers: dict[str, str] | None) -> dict[str, str] | None:
+    """``headers``, plus ``Retry-After: RETRY_AFTER_S`` on a 503 (unless they name one)."""
+    if status == 503:
+        return {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
+    return headers
+
+
 def problem_response(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> JSONResponse:
     """A JSONResponse with the problem+json media type; a 503 carries ``Retry-After``
     (``RETRY_AFTER_S``), as ``problem_responses`` documents it."""
-    if status == 503:
-        headers = {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
+    headers = _with_retry_after(status, headers)
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
@@ -225,10 +232,9 @@ def asks_for_problem(request: Request) -> bool:
     """Whether the request's ``Accept`` names ``application/problem+json`` (with a ``q``
     above 0): such a client of an OTLP route is answered RFC 9457 problem details."""
     for item in request.headers.get("accept", "").split(","):
-        media_type, *params = item.split(";")
-        if media_type.strip().lower() != MEDIA_TYPE:
+        if media_type_of(item) != MEDIA_TYPE:
             continue
-        for param in params:
+        for param in item.split(";")[1:]:
             name, _, value = param.partition("=")
             if name.strip().lower() == "q":
                 try:
@@ -251,8 +257,7 @@ def error_response(
     if content_type is None or asks_for_problem(request):
         return problem_response(status, body, headers)
     data, media_type = encode_status(status, body["detail"], content_type)
-    if status == 503:
-        headers = {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
+    headers = _with_retry_after(status, headers)
     return Response(data, status_code=status, media_type=media_type, headers=headers)
 
 

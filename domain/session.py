@@ -578,21 +578,23 @@ class Session(LedgerAggregate):
         *,
         reason: str | None = None,
         attributes: dict[str, Any] | None = None,
-        strict: bool = True,
+        repeat_hook: str | None = None,
     ) -> None:
         """Record the end of the session.
 
-        With ``strict=False`` (Claude Code hooks, which log ``SessionEnd`` more than once) a second
-        end is kept verbatim as ``HookEventRecorded`` instead of refused.
+        ``repeat_hook``: the Claude Code hook event name (``SessionEnd``, which Claude Code logs
+        more than once) under which a second end is kept verbatim as ``HookEventRecorded``
+        (payload: ``reason`` and the attributes) instead of refused.
 
         Raises:
-            SessionEndedError: it already ended and was not started again since (``strict``).
+            SessionEndedError: it already ended and was not started again since (and no
+                ``repeat_hook``).
         """
         if self.ended:
-            if strict:
+            if repeat_hook is None:
                 raise SessionEndedError(session_id=self.external_id)
             payload = {"reason": reason, **(attributes or {})}
-            self.trigger(HookEventRecorded, meta, hook_event_name="SessionEnd", payload=payload)
+            self.record_hook_event(meta, hook_event_name=repeat_hook, payload=payload)
             return
         self.trigger(SessionEnded, meta, reason=reason, attributes=attributes or {})
 

@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
-from api.coding import ACCEPTED_CODINGS, decode_content
+from api.coding import ACCEPTED_CODINGS, decode_content, media_type_of
 from api.deps import PROJECT_PARAMETERS, ingest_context
 from api.hooks import map_hook
 from api.offload import make_offload
@@ -119,8 +119,7 @@ def require_json(request: Request) -> None:
         NotJSONContentTypeError: no ``Content-Type``, or one that is not JSON (415).
     """
     content_type = request.headers.get("content-type")
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if _JSON_MEDIA_TYPE.fullmatch(media_type):
+    if _JSON_MEDIA_TYPE.fullmatch(media_type_of(content_type)):
         return
     said = "no Content-Type" if content_type is None else f"Content-Type {content_type!r}"
     raise NotJSONContentTypeError(

@@ -44,11 +44,11 @@ Cursor = Annotated[
 #: ``status`` filters: exactly the values the read model's ``status`` column can hold (derived
 #: from the domain's status machines by ``projections.sessions``/``projections.chains``), so a
 #: typo is a 422 naming them, not an empty page.
-SessionStatus = Annotated[
+SessionStatusFilter = Annotated[
     Annotated[str, member_of(sessions.STATUSES), enum_of(sessions.STATUSES)] | None,
     Query(description="only sessions in this status (HumanLayer's statuses)"),
 ]
-ChainStatus = Annotated[
+ChainStatusFilter = Annotated[
     Annotated[str, member_of(chains.STATUSES), enum_of(chains.STATUSES)] | None,
     Query(description="only chains in this status (AILANG's chain statuses)"),
 ]
@@ -77,7 +77,7 @@ def _found(value: T | None, what: str, ident: str) -> T:
 async def list_sessions(
     runtime: RuntimeDep,
     project: ProjectDep,
-    status: SessionStatus = None,
+    status: SessionStatusFilter = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> dict[str, Any]:
@@ -148,7 +148,7 @@ async def list_approvals(
 async def list_chains(
     runtime: RuntimeDep,
     project: ProjectDep,
-    status: ChainStatus = None,
+    status: ChainStatusFilter = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> dict[str, Any]:

@@ -164,6 +164,28 @@ def test_otlp_json_and_gzip_bodies_answer_partial_success_for_bad_spans(
         assert unsupported.status_code == 415
 
 
+def sdk_spans(*children: str) -> tuple[Any, str]:
+    """Spans the OpenTelemetry SDK finished, kept in memory for an exporter to send: a root
+    ``agent.run`` with one child span per name in ``children``.
+
+    Returns:
+        ``(the finished ReadableSpans, their trace id as 32 lowercase hex)``.
+    """
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracer = provider.get_tracer("runledger-e2e")
+    with tracer.start_as_current_span("agent.run") as root:
+        for name in children:
+            with tracer.start_as_current_span(name):
+                pass
+    return spans.get_finished_spans(), format(root.get_span_context().trace_id, "032x")
+
+
 def otlp_status(answer: httpx.Response) -> Any:
     """The ``google.rpc.Status`` of a failed OTLP/HTTP export, decoded as its Content-Type says
     (binary protobuf or its JSON mapping)."""
@@ -238,18 +260,10 @@ def test_the_otlp_sdk_exporter_takes_a_refused_export_as_a_failure_without_an_er
     from google.rpc import code_pb2
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
 
     server = make_server(RUNLEDGER_API_TOKEN="sdk-secret")
-    spans = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    with provider.get_tracer("runledger-e2e").start_as_current_span("agent.run") as root:
-        pass
-    trace_id = format(root.get_span_context().trace_id, "032x")
-    finished = spans.get_finished_spans()
+    finished, trace_id = sdk_spans()
     endpoint = f"{server.url}/v1/traces"
 
     # What the SDK sends, answered without the token: a 401 protobuf Status.
@@ -1253,18 +1267,10 @@ def test_the_otlp_sdk_exporter_rides_out_an_overload_by_retrying_the_503(
     make_server: Any, tmp_path: Path
 ) -> None:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
 
     server = make_server(RUNLEDGER_MAX_PENDING_EVENTS="1")
-    spans = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    with provider.get_tracer("runledger-e2e").start_as_current_span("agent.run") as root:
-        with provider.get_tracer("runledger-e2e").start_as_current_span("tool.bash"):
-            pass
-    trace_id = format(root.get_span_context().trace_id, "032x")
+    finished, trace_id = sdk_spans("tool.bash")
     exporter = OTLPSpanExporter(endpoint=f"{server.url}/v1/traces", timeout=30)
 
     def refused() -> int:
@@ -1284,7 +1290,7 @@ def test_the_otlp_sdk_exporter_rides_out_an_overload_by_retrying_the_503(
             while httpx.get(f"{server.url}/readyz", timeout=10).json()["writer"]["pending"] != 1:
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
-            exported = pool.submit(exporter.export, spans.get_finished_spans())
+            exported = pool.submit(exporter.export, finished)
             while refused() == 0:  # the SDK's first attempt was a 503
                 assert time.monotonic() < deadline and not exported.done()
                 time.sleep(0.02)
