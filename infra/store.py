@@ -220,6 +220,8 @@ class StreamKeys:
 
     Keys are ``"event:<event_id>"`` (value ``[version, content_sha256]``) and
     ``"tool_call:<tool_use_id>"`` (an ended call's entry); see ``LedgerAggregate.unstored_keys``.
+    PostgreSQL's ``text`` cannot hold NUL, which an id may: such a key is stored as
+    ``"hex:"`` and its UTF-8 in hex (``stored_key``; no domain key starts so), on SQLite as is.
     """
 
     def __init__(self) -> None:
@@ -265,6 +267,7 @@ class StreamKeys:
             return
         with self._recorder.datastore.transaction(commit=True) as cursor:
             if self._postgres:
+                latest = {(sid, stored_key(key)): value for (sid, key), value in latest.items()}
                 cursor.execute(
                     f"INSERT INTO {self._table} (originator_id, key, value) "
                     "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bytea[]) "
@@ -288,8 +291,12 @@ class StreamKeys:
         if not keys:
             return {}
         found: list[tuple[Any, ...]]
+        asked = {key: key for _, key in keys}  # stored form -> the domain's key
         with self._recorder.datastore.transaction(commit=False) as cursor:
             if self._postgres:
+                if any("\x00" in key for key in asked):
+                    asked = {stored_key(key): key for key in asked}
+                    keys = [(sid, stored_key(key)) for sid, key in keys]
                 sids = list({sid for sid, _ in keys})
                 if len(sids) == 1:
                     # One stream: its keys by the primary key's prefix and ``= ANY``.
@@ -321,7 +328,13 @@ class StreamKeys:
                     "WHERE (originator_id, key) IN",
                     keys,
                 )
-        return {(sid, key): orjson.loads(bytes(value)) for sid, key, value in found}
+        return {(sid, asked[key]): orjson.loads(bytes(value)) for sid, key, value in found}
+
+
+def stored_key(key: str) -> str:
+    """``key`` as PostgreSQL's key index stores it: as is, or with a NUL (which ``text`` cannot
+    hold) ``"hex:"`` and the hex of its UTF-8."""
+    return "hex:" + key.encode().hex() if "\x00" in key else key
 
 
 def build_ledger(settings: Settings, *, create_table: bool) -> tuple[Ledger, EventLog]:

@@ -394,6 +394,52 @@ def test_bad_input_gets_problem_json_and_appends_nothing(sqlite_server: Server) 
             ),
             ("/v1/hooks/claude-code", json.dumps([1, 2]).encode(), 422),
             ("/v1/hooks/claude-code", b"\x00\x01", 400),
+            # An unpaired surrogate escape is no Unicode character; through the exact-integer
+            # parser (a 20-digit number) it reached the content hash and answered 500.
+            *(
+                (path, body, 400)
+                for text in (b'"\\ud800"', b'"x\\udfff"')
+                for path, body in (
+                    (
+                        "/v1/events",
+                        b'{"type": "chain.created", "chain_id": "s", '
+                        b'"attributes": {"n": 12345678901234567890123, "x": %s}}' % text,
+                    ),
+                    (
+                        "/v1/events",
+                        b'{"type": "chain.created", "chain_id": "s", '
+                        b'"attributes": {"n": 12345678901234567890123, %s: 1}}' % text,
+                    ),
+                    ("/v1/events", b'{"type": "chain.created", "chain_id": %s}' % text),
+                    (
+                        "/v1/hooks/claude-code",
+                        b'{"session_id": "s", "hook_event_name": "Notification", '
+                        b'"message": %s, "n": 12345678901234567890123}' % text,
+                    ),
+                )
+            ),
+            # Nested past MAX_JSON_DEPTH (64): 300 levels answered 500 (pydantic's serializer
+            # gave up), thousands through the exact-integer parser too (its recursion).
+            *(
+                (path, prefix + b"[" * levels + b"]" * levels + b"}}", 400)
+                for levels in (63, 300, 5000)
+                for path, prefix in (
+                    (
+                        "/v1/events",
+                        b'{"type": "chain.created", "chain_id": "d", "attributes": {"x": ',
+                    ),
+                    (
+                        "/v1/events",
+                        b'{"type": "chain.created", "chain_id": "d", '
+                        b'"attributes": {"n": 12345678901234567890123, "x": ',
+                    ),
+                    (
+                        "/v1/hooks/claude-code",
+                        b'{"session_id": "s", "hook_event_name": "PreToolUse", "tool_name": "t", '
+                        b'"tool_use_id": "d", "tool_input": {"x": ',
+                    ),
+                )
+            ),
         ]
         for path, body, status in cases:
             response = client.post(path, content=body, headers={"content-type": "application/json"})
@@ -516,6 +562,42 @@ def test_integers_of_any_size_in_free_values_are_kept_exact(sqlite_server: Serve
         assert again.status_code == 200 and again.json()["duplicates"] == 1
         (event,) = client.get("/v1/streams/chain/exact/events").json()["items"]
     assert event["payload"]["attributes"] == {"n": huge, "m": -huge}
+
+
+def test_values_nested_to_the_depth_limit_are_kept_whole_and_projected(
+    sqlite_server: Server,
+) -> None:
+    # MAX_JSON_DEPTH (64) counts the body as level 1: the deepest value a body may carry must
+    # pass the content hash, the stored event, the log's reads and the projector.
+    deepest: Any = "bottom"
+    for _ in range(62):  # the hook body 1, its tool_input 2, then 62 levels of arrays
+        deepest = [deepest]
+    hook = {
+        "session_id": "deep",
+        "hook_event_name": "PreToolUse",
+        "tool_name": "mcp__x__y",
+        "tool_use_id": "toolu_deep",
+        "tool_input": {"x": deepest},
+    }
+    attributes = {"x": deepest[0][0]}  # a batch 1, its events 2, the event 3, attributes 4
+    batch = {"events": [{"type": "chain.created", "chain_id": "deep", "attributes": attributes}]}
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        refused = client.post(
+            "/v1/hooks/claude-code", json={**hook, "tool_input": {"x": [deepest]}}
+        )
+        assert refused.status_code == 400 and "64 levels" in refused.json()["detail"]
+        assert client.post("/v1/hooks/claude-code", json=hook).status_code == 200
+        created = client.post("/v1/events", json=batch)
+        assert created.status_code == 200 and created.json()["created"] == 1, created.text
+        sqlite_server.wait_projected()
+        (call,) = client.get("/v1/sessions/deep/tool-calls").json()["items"]
+        history = client.get("/v1/streams/session/deep/events").json()["items"]
+        (chain,) = client.get("/v1/streams/chain/deep/events").json()["items"]
+        assert client.get("/v1/chains/deep").status_code == 200
+    assert call["tool_use_id"] == "toolu_deep"
+    inputs = [e["payload"]["tool_input"] for e in history if "tool_input" in e["payload"]]
+    assert inputs == [{"x": deepest}], history
+    assert chain["payload"]["attributes"] == attributes
 
 
 def test_json_ingest_bodies_may_be_gzip_or_deflate_encoded(sqlite_server: Server) -> None:

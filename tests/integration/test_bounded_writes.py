@@ -149,6 +149,42 @@ def test_tool_calls_that_ended_before_the_snapshot_still_refuse_a_second_start_o
     assert (ended.tool_use_id, ended.pairing) == ("c", "latest_unfinished")  # type: ignore[attr-defined]
 
 
+def test_ids_holding_a_nul_are_stored_in_the_key_index_and_found_from_a_snapshot(
+    store: dict[str, Any], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL's text refuses NUL: storing such an id's key failed, which left that batch's
+    # snapshots unmarked (its streams then replayed whole by every writer, for good).
+    first = writer(store, interval=5, create=True)
+    setup = [
+        tool("start_tool_call", "s\x00a", "nul", "a\x00b"),
+        tool("end_tool_call", "e\x00a", "nul", "a\x00b"),
+        *[message(f"pad\x00{i}", "nul") for i in range(8)],
+        message("plain", "other"),
+        *[message(f"pad{i}", "other") for i in range(8)],
+    ]
+    assert {o.status for o in first.handle(setup)} == {"created"}
+    assert "write-side keys failed" not in caplog.text
+    second = writer(store, interval=5)
+    decoded = Calls(monkeypatch, second.mapper, "to_domain_event")
+    outcomes = second.handle(
+        [
+            tool("start_tool_call", "s\x00a", "nul", "a\x00b"),  # a resend
+            changed(message("pad\x003", "nul")),
+            tool("end_tool_call", "e\x00a2", "nul", "a\x00b"),  # ended already
+            message("pad3", "other"),
+        ]
+    )
+    assert summary(outcomes) == [
+        ("duplicate", 2, None),  # the session's first event is its implied start
+        ("rejected", None, "IdempotencyConflictError"),
+        ("rejected", None, "ToolCallAlreadyEndedError"),
+        ("duplicate", 5, None),
+    ]
+    # from their newest snapshots (10 and 5) and the 1 and 4 events after them, not their
+    # 11 and 9 events replayed whole
+    assert decoded.count == 2 + 5, decoded.count
+
+
 def random_batches(seed: int, count: int) -> list[list[Command]]:
     """Batches of messages and tool call starts and ends over 3 sessions, with resent event ids
     (same content: duplicates; other content: conflicts) and reused tool_use_ids."""
