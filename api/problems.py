@@ -13,7 +13,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, OperationalError
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -105,6 +105,7 @@ PROBLEMS: dict[type[Exception], tuple[int, str, str]] = {
     WriterOverloadedError: (503, "overloaded", "Ledger overloaded, retry later"),
     IntegrityError: (503, "write-contention", "Write contention, retry"),
     OperationalError: (503, "store-unavailable", "Event store unavailable"),
+    InterfaceError: (503, "store-unavailable", "Event store unavailable"),  # connection closed
 }
 
 

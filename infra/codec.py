@@ -30,7 +30,9 @@
   ``stored_event_uuid``), its psycopg adapter registered again before an insert while missing:
   a process started before ``runledger migrate`` created the type could never snapshot.
 - ``PostgresFactory``: eventsourcing's PostgreSQL factory making those two recorders
-  (``PERSISTENCE_MODULE=infra.codec:PostgresFactory``).
+  (``PERSISTENCE_MODULE=infra.codec:PostgresFactory``), on a ``RecoveringPostgresDatastore``:
+  after a connection fails, every idle connection of the pool is checked and the dead ones
+  replaced, so that one PostgreSQL restart fails one operation, not one per pooled connection.
 - ``SQLiteFactory``: eventsourcing's SQLite factory whose recorders turn the stored text of a
   stream id into its ``UUID`` through a cache (a stream's events come many at a time; the
   library parses the text for every row read: about a twentieth of a SQLite rebuild), and whose
@@ -43,7 +45,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
 from operator import attrgetter
@@ -51,6 +54,7 @@ from typing import Any, cast
 from uuid import UUID
 
 import orjson
+import psycopg
 from eventsourcing.persistence import (
     DatetimeAsISO,
     InterfaceError,
@@ -66,6 +70,7 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import (
     PostgresAggregateRecorder,
     PostgresApplicationRecorder,
+    PostgresDatastore,
 )
 from eventsourcing.postgres import PostgresFactory as _LibraryPostgresFactory
 from eventsourcing.sqlite import (
@@ -75,10 +80,11 @@ from eventsourcing.sqlite import (
 )
 from eventsourcing.sqlite import SQLiteFactory as _LibrarySQLiteFactory
 from eventsourcing.utils import get_topic, resolve_topic, retry
-from psycopg import Cursor
+from psycopg import Connection, Cursor
 from psycopg.errors import UndefinedFunction
 from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Composable, Composed, Identifier
+from psycopg_pool import PoolTimeout
 
 from domain.base import may_hold_big_int
 
@@ -743,12 +749,72 @@ def _notifications(rows: Iterable[tuple[Any, ...]]) -> list[Notification]:
     return made
 
 
+class RecoveringPostgresDatastore(PostgresDatastore):
+    """eventsourcing's ``PostgresDatastore`` that sweeps its pool after a failed connection.
+
+    The pool hands out idle connections unchecked (psycopg_pool: a check costs a round trip
+    per use), and discards a connection only when it fails. After PostgreSQL restarted, or ended
+    the server's sessions (``pg_terminate_backend``, a failover, an idle-session timeout), each
+    pooled connection would fail one operation in turn: six 503s in a row were measured after
+    ``pg_terminate_backend``. The library's ``pre_ping`` checks every connection taken instead,
+    but psycopg_pool backs off 1, 2, 4 s between failed checks, so the first request after a
+    restart waited out the 10 s timeout and failed all the same.
+
+    Here the operation that meets a dead connection still fails (``OperationalError`` or
+    ``InterfaceError``, the library's); before it is raised, ``ConnectionPool.check()`` tests
+    every idle connection (one empty query each) and replaces the dead ones, so the next
+    operation, or a retry of this one (``infra.writer``), gets a live connection.
+    """
+
+    @contextmanager
+    def get_connection(self) -> Iterator[Connection[DictRow]]:
+        """The library's ``get_connection``; after an ``OperationalError`` or ``InterfaceError``
+        the pool is swept (see the class) and the error raised as it was."""
+        try:
+            with super().get_connection() as conn:
+                yield conn
+        except (OperationalError, InterfaceError):
+            self.sweep_pool()
+            raise
+
+    def sweep_pool(self) -> None:
+        """Replace the pool's dead idle connections (``psycopg_pool.ConnectionPool.check``)."""
+        try:
+            self.pool.check()
+        except Exception:  # the database may be down altogether: the pool reconnects itself
+            log.warning("checking the pooled connections failed", exc_info=True)
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether ``error`` (the library's ``OperationalError`` or ``InterfaceError``) says that
+    PostgreSQL closed or lost the connection it ran on: a client-side connection failure
+    (``sqlstate`` None: "server closed the connection unexpectedly", "the connection is closed"),
+    SQLSTATE class 08 (connection exception) or 57P01-57P03 (shutdown, crash, cannot connect
+    now). Not a lock or statement timeout, and not the pool's own timeout (``PoolTimeout``: a
+    retry would wait as long again)."""
+    cause = error.__cause__
+    if isinstance(cause, PoolTimeout):
+        return False
+    if isinstance(cause, psycopg.InterfaceError):
+        return True
+    if not isinstance(cause, psycopg.OperationalError):
+        return False
+    state = cause.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
 class PostgresFactory(_LibraryPostgresFactory):
     """eventsourcing's PostgreSQL factory making ``FastPostgresAggregateRecorder`` (snapshots)
-    and ``FastPostgresApplicationRecorder`` (the log)."""
+    and ``FastPostgresApplicationRecorder`` (the log) on a ``RecoveringPostgresDatastore``."""
 
     aggregate_recorder_class = FastPostgresAggregateRecorder
     application_recorder_class = FastPostgresApplicationRecorder
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        # The library builds its ``PostgresDatastore`` itself (no hook for the class); the
+        # subclass adds methods only, and its pool is not open yet.
+        self.datastore.__class__ = RecoveringPostgresDatastore
 
 
 #: ``UUID(text)`` of recently read stream ids.

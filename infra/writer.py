@@ -8,7 +8,10 @@ by themselves (DESIGN.md §3: 100 aggregates per save reach ~10x the events/s of
 
 A rule violation or an idempotency conflict is a per-command outcome and never fails the other
 requests of a batch. If a merged batch fails as a whole for an unexpected reason, each request is
-retried on its own, so only the culprit sees the error. Acknowledgement still means committed.
+retried on its own, so only the culprit sees the error. A batch whose connection PostgreSQL
+closed (a restart, a failover; ``infra.codec.connection_lost``) is saved once more, on a live
+connection: what had committed before comes back ``duplicate``. Acknowledgement still means
+committed.
 
 Admission: a request is let in while fewer than ``max_pending_commands`` commands wait for the
 writer (the transaction being saved included), whatever its size, so the writer holds at most
@@ -27,9 +30,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, OperationalError
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
 from domain.ledger import Command, Ledger, Outcome
+from infra.codec import connection_lost
 
 log = logging.getLogger("runledger.writer")
 
@@ -207,11 +211,18 @@ class GroupCommitWriter:
             if stop:
                 return
 
-    def _save(self, batch: list[_Request]) -> None:
+    def _save(self, batch: list[_Request], *, again: bool = False) -> None:
         commands = [c for request in batch for c in request.commands]
         try:
             outcomes = self.ledger.handle(commands)
-        except (IntegrityError, OperationalError) as error:
+        except (IntegrityError, OperationalError, InterfaceError) as error:
+            if not again and connection_lost(error):
+                # PostgreSQL closed the connection (a restart, a failover, a terminated
+                # session); the datastore has replaced its dead connections. Once more: events
+                # that did commit before the connection went are found as duplicates.
+                log.warning("the store's connection was lost (%s); saving the batch again", error)
+                self._save(batch, again=True)
+                return
             for request in batch:
                 self._finish(request, error)
             return
@@ -225,7 +236,7 @@ class GroupCommitWriter:
             return
         self.batches += 1
         self.commands += len(commands)
-        if self.on_commit and any(o.status == "created" for o in outcomes):
+        if self.on_commit and (again or any(o.status == "created" for o in outcomes)):
             for notify in self.on_commit:  # before answering: a reader told "created" finds
                 notify()  # the projector and the live tails awake
         offset = 0

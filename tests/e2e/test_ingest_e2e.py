@@ -1417,3 +1417,40 @@ def test_a_client_gone_before_its_body_is_complete_is_one_log_line_and_appends_n
     assert [any(path in line for line in said) for path in routes] == [True] * len(routes)
     # the server still answers, and nothing was appended
     assert httpx.get(f"{sqlite_server.url}/readyz", timeout=10).json()["head"] == head
+
+
+def test_the_server_rides_out_postgresql_ending_its_sessions(
+    postgres_url: str, pg_schema: str, make_server: Any
+) -> None:
+    # A PostgreSQL restart, a failover or pg_terminate_backend leaves every pooled connection
+    # dead: each one failed one request in turn (six 503s in a row), until the pool was swept.
+    import psycopg
+
+    name = f"runledger-{pg_schema}"  # libpq's PGAPPNAME tags the server's sessions (and only its)
+    server = make_server(
+        RUNLEDGER_DATABASE_URL=postgres_url, RUNLEDGER_DATABASE_SCHEMA=pg_schema, PGAPPNAME=name
+    )
+
+    def chain(n: int) -> httpx.Response:
+        return httpx.post(
+            f"{server.url}/v1/events",
+            json={"type": "chain.created", "chain_id": f"c{n}"},
+            timeout=30,
+        )
+
+    assert [chain(n).status_code for n in range(3)] == [201] * 3
+    assert httpx.get(f"{server.url}/v1/streams/chain/c0/state", timeout=30).status_code == 200
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (name,),
+        ).fetchall()
+    assert len(ended) >= 3, ended  # the ledger's pool, the read models' pool, the projector...
+    answers = [chain(n) for n in range(3, 13)]
+    assert [a.status_code for a in answers] == [201] * 10, [a.text for a in answers]
+    for n in range(13):
+        state = httpx.get(f"{server.url}/v1/streams/chain/c{n}/state", timeout=30)
+        assert state.status_code == 200, state.text
+    server.wait_projected()
+    chains = httpx.get(f"{server.url}/v1/chains", params={"limit": 100}, timeout=30).json()
+    assert sorted(c["chain_id"] for c in chains["items"]) == sorted(f"c{n}" for n in range(13))

@@ -8,11 +8,11 @@ from uuid import UUID, uuid4
 
 import pytest
 from eventsourcing.application import Application
-from eventsourcing.persistence import JSONTranscoder
+from eventsourcing.persistence import JSONTranscoder, OperationalError
 
 from domain.base import EventMeta, content_sha256
 from domain.ledger import Command, Ledger
-from infra.codec import OrjsonMapper, OrjsonTranscoder
+from infra.codec import OrjsonMapper, OrjsonTranscoder, connection_lost
 from tests.recorders import assert_same_notifications
 
 pytestmark = pytest.mark.unit
@@ -281,3 +281,36 @@ def test_ordinary_event_states_take_the_fast_path() -> None:
     assert not may_hold_big_int(state)
     # int64's smallest value is read the slow, exact way (conservative), like anything longer
     assert may_hold_big_int(b'{"min":-9223372036854775808}')
+
+
+def _raised_from(cause: BaseException) -> OperationalError:
+    error = OperationalError(str(cause))
+    error.__cause__ = cause
+    return error
+
+
+def test_only_a_closed_or_lost_connection_counts_as_lost() -> None:
+    import sqlite3
+
+    import psycopg
+    from psycopg import errors
+    from psycopg_pool import PoolTimeout
+
+    lost = [
+        psycopg.OperationalError("server closed the connection unexpectedly"),
+        psycopg.InterfaceError("the connection is closed"),
+        errors.AdminShutdown("terminating connection due to administrator command"),
+        errors.CrashShutdown("terminating connection because of crash of another process"),
+        errors.CannotConnectNow("the database system is starting up"),
+        errors.ConnectionFailure("connection failure"),
+    ]
+    not_lost = [
+        errors.LockNotAvailable("canceling statement due to lock timeout"),
+        errors.QueryCanceled("canceling statement due to statement timeout"),
+        PoolTimeout("couldn't get a connection after 10.00 sec"),
+        sqlite3.OperationalError("database is locked"),
+        ValueError("no database error"),
+    ]
+    assert [connection_lost(_raised_from(e)) for e in lost] == [True] * len(lost)
+    assert [connection_lost(_raised_from(e)) for e in not_lost] == [False] * len(not_lost)
+    assert connection_lost(OperationalError("no cause")) is False
