@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import random
 import re
 import time
 import zlib
@@ -87,6 +88,57 @@ def test_real_hook_captures_posted_in_order_pair_every_tool_call_and_a_resend_ch
         assert client.get("/readyz").json()["head"] == head
         sqlite_server.wait_projected()
         assert all_pages(client, f"/v1/sessions/{session_id}/tool-calls", limit=17) == calls
+
+
+def test_real_hook_captures_resent_and_reordered_by_concurrent_senders_end_as_sent_in_order(
+    sqlite_server: Server,
+) -> None:
+    # Senders retry, duplicate and reorder: every PostToolUse may come before its PreToolUse.
+    # The tool calls must come out as they do from the captures sent once, in order.
+    session_id, pre, post = one_real_session()
+    in_order = in_capture_order(pre, post)
+    rng = random.Random(20261122)
+    mixed_up = [{**p, "session_id": f"{session_id}-mixed"} for p in in_order]
+    mixed_up += rng.sample(mixed_up, len(mixed_up) // 2)  # half of them sent twice
+    rng.shuffle(mixed_up)
+    first_seen: dict[tuple[str, str], int] = {}
+    for index, p in enumerate(mixed_up):
+        first_seen.setdefault((p["hook_event_name"], p["tool_use_id"]), index)
+    assert any(
+        first_seen[("PostToolUse", p["tool_use_id"])] < first_seen[("PreToolUse", p["tool_use_id"])]
+        for p in post
+    )
+
+    def send(payloads: list[dict[str, Any]]) -> list[int]:
+        with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+            return [client.post("/v1/hooks/claude-code", json=p).status_code for p in payloads]
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = [s for part in pool.map(send, [mixed_up[i::4] for i in range(4)]) for s in part]
+    assert set(statuses) == {200}, statuses
+    assert set(send(in_order)) == {200}
+    sqlite_server.wait_projected()
+
+    def tool_calls(session: str) -> dict[str, tuple[Any, ...]]:
+        with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+            calls = all_pages(client, f"/v1/sessions/{session}/tool-calls", limit=50)
+        fields = ("tool_name", "tool_input_sha256", "success", "pairing", "ended_at")
+        return {
+            c["tool_use_id"]: tuple(c[f] is not None if f == "ended_at" else c[f] for f in fields)
+            for c in calls
+        }
+
+    expected = tool_calls(session_id)
+    assert len(expected) == len(pre)
+    assert sum(ended for *_, ended in expected.values()) == len(post)
+    assert tool_calls(f"{session_id}-mixed") == expected
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        versions = [
+            client.get(f"/v1/streams/session/{s}/state").json()["version"]
+            for s in (session_id, f"{session_id}-mixed")
+        ]
+    # one event per payload (and the session's implied start), none for the resends
+    assert versions[0] == versions[1] == 1 + len(in_order), versions
 
 
 def test_otlp_sdk_exporter_sends_a_nested_trace_and_the_span_tree_reads_back(
