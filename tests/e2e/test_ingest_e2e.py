@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import random
 import re
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -1469,3 +1471,96 @@ def test_a_client_gone_before_its_body_is_complete_is_one_log_line_and_appends_n
     assert [any(path in line for line in said) for path in routes] == [True] * len(routes)
     # the server still answers, and nothing was appended
     assert httpx.get(f"{sqlite_server.url}/readyz", timeout=10).json()["head"] == head
+
+
+def test_a_killed_server_loses_nothing_it_acknowledged(
+    store_env: dict[str, str], make_server: Any
+) -> None:
+    # "Acknowledged = committed": SIGKILL the server (no shutdown of any kind) while four
+    # senders post batches; every event answered before the kill must be in the log after a
+    # restart, once, and resending everything then completes the log without doubling any.
+    server = make_server(**store_env)
+    stop = threading.Event()
+    acknowledged: set[str] = set()
+    sent: list[dict[str, Any]] = []
+
+    def batch(sender: int, n: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "type": "session.message_recorded",
+                "event_id": f"crash-{sender}-{n}-{i}",
+                "session_id": f"crash-{sender}-{i % 3}",
+                "role": "assistant",
+                "content": f"batch {n} event {i}",
+            }
+            for i in range(25)
+        ]
+
+    def send(sender: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for n in itertools.count():
+                if stop.is_set():
+                    return
+                events = batch(sender, n)
+                sent.extend(events)
+                try:
+                    answer = client.post("/v1/events", json={"events": events})
+                except httpx.TransportError:
+                    return  # the server is gone: this batch stays unacknowledged
+                assert answer.status_code == 200, answer.text
+                results = answer.json()["results"]
+                assert {r["status"] for r in results} == {"created"}
+                acknowledged.update(r["event_id"] for r in results)
+
+    with ThreadPoolExecutor(4) as pool:
+        senders = [pool.submit(send, sender) for sender in range(4)]
+        deadline = time.monotonic() + 30
+        while len(acknowledged) < 500 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.process is not None
+        server.process.kill()  # SIGKILL, mid-stream
+        server.process.wait()
+        stop.set()
+        for sender in senders:
+            sender.result()
+    assert len(acknowledged) >= 500
+    server.process = None
+    server.start()
+
+    def logged() -> list[str]:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            return [e["event_id"] for e in all_log(client)]
+
+    after_kill = logged()
+    assert len(after_kill) == len(set(after_kill))
+    assert acknowledged <= set(after_kill), len(acknowledged - set(after_kill))
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for start in range(0, len(sent), 100):
+            answer = client.post("/v1/events", json={"events": sent[start : start + 100]})
+            assert answer.status_code == 200, answer.text
+            statuses = {r["status"] for r in answer.json()["results"]}
+            assert statuses <= {"created", "duplicate"}, statuses
+    final = logged()
+    assert len(final) == len(set(final))
+    assert {e["event_id"] for e in sent} <= set(final)
+    server.wait_projected()
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        sessions = all_pages(client, "/v1/sessions", limit=200)
+    counts = {s["session_id"]: s["message_count"] for s in sessions}
+    expected: dict[str, int] = {}
+    for event in {e["event_id"]: e for e in sent}.values():
+        expected[event["session_id"]] = expected.get(event["session_id"], 0) + 1
+    assert counts == expected
+
+
+def all_log(client: httpx.Client) -> list[dict[str, Any]]:
+    """Every event of the default project's log, in position order (``GET /v1/log`` pages)."""
+    items: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = client.get("/v1/log", params={"after": after, "limit": 1000}).raise_for_status()
+        body = page.json()
+        items.extend(body["items"])
+        if body["next_after"] >= body["head"]:
+            return items
+        after = body["next_after"]
