@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
+import random
 import re
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -87,6 +90,57 @@ def test_real_hook_captures_posted_in_order_pair_every_tool_call_and_a_resend_ch
         assert client.get("/readyz").json()["head"] == head
         sqlite_server.wait_projected()
         assert all_pages(client, f"/v1/sessions/{session_id}/tool-calls", limit=17) == calls
+
+
+def test_real_hook_captures_resent_and_reordered_by_concurrent_senders_end_as_sent_in_order(
+    sqlite_server: Server,
+) -> None:
+    # Senders retry, duplicate and reorder: every PostToolUse may come before its PreToolUse.
+    # The tool calls must come out as they do from the captures sent once, in order.
+    session_id, pre, post = one_real_session()
+    in_order = in_capture_order(pre, post)
+    rng = random.Random(20261122)
+    mixed_up = [{**p, "session_id": f"{session_id}-mixed"} for p in in_order]
+    mixed_up += rng.sample(mixed_up, len(mixed_up) // 2)  # half of them sent twice
+    rng.shuffle(mixed_up)
+    first_seen: dict[tuple[str, str], int] = {}
+    for index, p in enumerate(mixed_up):
+        first_seen.setdefault((p["hook_event_name"], p["tool_use_id"]), index)
+    assert any(
+        first_seen[("PostToolUse", p["tool_use_id"])] < first_seen[("PreToolUse", p["tool_use_id"])]
+        for p in post
+    )
+
+    def send(payloads: list[dict[str, Any]]) -> list[int]:
+        with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+            return [client.post("/v1/hooks/claude-code", json=p).status_code for p in payloads]
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = [s for part in pool.map(send, [mixed_up[i::4] for i in range(4)]) for s in part]
+    assert set(statuses) == {200}, statuses
+    assert set(send(in_order)) == {200}
+    sqlite_server.wait_projected()
+
+    def tool_calls(session: str) -> dict[str, tuple[Any, ...]]:
+        with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+            calls = all_pages(client, f"/v1/sessions/{session}/tool-calls", limit=50)
+        fields = ("tool_name", "tool_input_sha256", "success", "pairing", "ended_at")
+        return {
+            c["tool_use_id"]: tuple(c[f] is not None if f == "ended_at" else c[f] for f in fields)
+            for c in calls
+        }
+
+    expected = tool_calls(session_id)
+    assert len(expected) == len(pre)
+    assert sum(ended for *_, ended in expected.values()) == len(post)
+    assert tool_calls(f"{session_id}-mixed") == expected
+    with httpx.Client(base_url=sqlite_server.url, timeout=30) as client:
+        versions = [
+            client.get(f"/v1/streams/session/{s}/state").json()["version"]
+            for s in (session_id, f"{session_id}-mixed")
+        ]
+    # one event per payload (and the session's implied start), none for the resends
+    assert versions[0] == versions[1] == 1 + len(in_order), versions
 
 
 def test_otlp_sdk_exporter_sends_a_nested_trace_and_the_span_tree_reads_back(
@@ -1454,3 +1508,96 @@ def test_the_server_rides_out_postgresql_ending_its_sessions(
     server.wait_projected()
     chains = httpx.get(f"{server.url}/v1/chains", params={"limit": 100}, timeout=30).json()
     assert sorted(c["chain_id"] for c in chains["items"]) == sorted(f"c{n}" for n in range(13))
+
+
+def test_a_killed_server_loses_nothing_it_acknowledged(
+    store_env: dict[str, str], make_server: Any
+) -> None:
+    # "Acknowledged = committed": SIGKILL the server (no shutdown of any kind) while four
+    # senders post batches; every event answered before the kill must be in the log after a
+    # restart, once, and resending everything then completes the log without doubling any.
+    server = make_server(**store_env)
+    stop = threading.Event()
+    acknowledged: set[str] = set()
+    sent: list[dict[str, Any]] = []
+
+    def batch(sender: int, n: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "type": "session.message_recorded",
+                "event_id": f"crash-{sender}-{n}-{i}",
+                "session_id": f"crash-{sender}-{i % 3}",
+                "role": "assistant",
+                "content": f"batch {n} event {i}",
+            }
+            for i in range(25)
+        ]
+
+    def send(sender: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for n in itertools.count():
+                if stop.is_set():
+                    return
+                events = batch(sender, n)
+                sent.extend(events)
+                try:
+                    answer = client.post("/v1/events", json={"events": events})
+                except httpx.TransportError:
+                    return  # the server is gone: this batch stays unacknowledged
+                assert answer.status_code == 200, answer.text
+                results = answer.json()["results"]
+                assert {r["status"] for r in results} == {"created"}
+                acknowledged.update(r["event_id"] for r in results)
+
+    with ThreadPoolExecutor(4) as pool:
+        senders = [pool.submit(send, sender) for sender in range(4)]
+        deadline = time.monotonic() + 30
+        while len(acknowledged) < 500 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.process is not None
+        server.process.kill()  # SIGKILL, mid-stream
+        server.process.wait()
+        stop.set()
+        for sender in senders:
+            sender.result()
+    assert len(acknowledged) >= 500
+    server.process = None
+    server.start()
+
+    def logged() -> list[str]:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            return [e["event_id"] for e in all_log(client)]
+
+    after_kill = logged()
+    assert len(after_kill) == len(set(after_kill))
+    assert acknowledged <= set(after_kill), len(acknowledged - set(after_kill))
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for start in range(0, len(sent), 100):
+            answer = client.post("/v1/events", json={"events": sent[start : start + 100]})
+            assert answer.status_code == 200, answer.text
+            statuses = {r["status"] for r in answer.json()["results"]}
+            assert statuses <= {"created", "duplicate"}, statuses
+    final = logged()
+    assert len(final) == len(set(final))
+    assert {e["event_id"] for e in sent} <= set(final)
+    server.wait_projected()
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        sessions = all_pages(client, "/v1/sessions", limit=200)
+    counts = {s["session_id"]: s["message_count"] for s in sessions}
+    expected: dict[str, int] = {}
+    for event in {e["event_id"]: e for e in sent}.values():
+        expected[event["session_id"]] = expected.get(event["session_id"], 0) + 1
+    assert counts == expected
+
+
+def all_log(client: httpx.Client) -> list[dict[str, Any]]:
+    """Every event of the default project's log, in position order (``GET /v1/log`` pages)."""
+    items: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = client.get("/v1/log", params={"after": after, "limit": 1000}).raise_for_status()
+        body = page.json()
+        items.extend(body["items"])
+        if body["next_after"] >= body["head"]:
+            return items
+        after = body["next_after"]
