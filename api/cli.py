@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -21,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from api.render import jsonable
-from infra.runtime import build_runtime, process_parts, yield_cpu
+from infra.runtime import build_runtime, process_parts, watch_parent, yield_cpu
 from infra.settings import Settings
 from infra.supervise import ChildProcess, projector_command
 
@@ -145,9 +144,12 @@ def project(
         signal.signal(signal.SIGTERM, stopping)
         signal.signal(signal.SIGINT, stopping)
         if parent_pid is not None:
-            threading.Thread(
-                target=_stop_without_parent, args=(parent_pid, stop, stopping), daemon=True
-            ).start()
+
+            def parent_gone() -> None:
+                console.print(f"parent process {parent_pid} is gone; stopping")
+                stopping()
+
+            watch_parent(parent_pid, parent_gone, stop)
         console.print("projector running; Ctrl-C to stop")
         runtime.run_projector(stop)
     finally:
@@ -156,17 +158,6 @@ def project(
 
 def _exit_on_sigterm(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
-
-
-def _stop_without_parent(
-    parent_pid: int, stop: threading.Event, stopping: Callable[[], None]
-) -> None:
-    """Call ``stopping`` once ``parent_pid`` is no longer this process's parent (it exited)."""
-    while not stop.wait(0.5):
-        if os.getppid() != parent_pid:
-            console.print(f"parent process {parent_pid} is gone; stopping")
-            stopping()
-            return
 
 
 @app.command()

@@ -761,7 +761,7 @@ class RecoveringPostgresDatastore(PostgresDatastore):
     restart waited out the 10 s timeout and failed all the same.
 
     Here the operation that meets a dead connection still fails (``OperationalError`` or
-    ``InterfaceError``, the library's); before it is raised, ``ConnectionPool.check()`` tests
+    ``InterfaceError``, the library's, that ``connection_lost`` recognises); before it is raised, ``ConnectionPool.check()`` tests
     every idle connection (one empty query each) and replaces the dead ones, so the next
     operation, or a retry of this one (``infra.writer``), gets a live connection.
     """
@@ -769,12 +769,14 @@ class RecoveringPostgresDatastore(PostgresDatastore):
     @contextmanager
     def get_connection(self) -> Iterator[Connection[DictRow]]:
         """The library's ``get_connection``; after an ``OperationalError`` or ``InterfaceError``
-        the pool is swept (see the class) and the error raised as it was."""
+        saying the connection was lost (``connection_lost``; not a lock timeout, say) the pool
+        is swept (see the class) and the error raised as it was."""
         try:
             with super().get_connection() as conn:
                 yield conn
-        except (OperationalError, InterfaceError):
-            self.sweep_pool()
+        except (OperationalError, InterfaceError) as error:
+            if connection_lost(error):
+                self.sweep_pool()
             raise
 
     def sweep_pool(self) -> None:

@@ -293,8 +293,8 @@ def process_parts(settings: Settings) -> RunParts:
 PART_STOP_GRACE_S = 5.0
 #: ``prctl(2)``'s option setting the signal a process gets when its parent exits (Linux).
 _PR_SET_PDEATHSIG = 1
-#: How often a worker where ``prctl`` is missing checks that its parent is still there, seconds.
-_PARENT_POLL_S = 0.5
+#: How often ``watch_parent`` checks that the parent is still there, seconds.
+PARENT_POLL_S = 0.5
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -308,16 +308,11 @@ def die_with_parent(parent_pid: int) -> None:
     ``getppid``: no polling delay, nothing running in the worker, and it acts even while the
     worker's interpreter is busy. ``SIGKILL``, because the parent is gone and nothing is left to
     hand a result to; what the worker had not committed is rolled back by the database (a batch
-    and its tracking position commit together). Elsewhere (no ``prctl``), a daemon thread polls
-    ``getppid`` every ``_PARENT_POLL_S`` seconds and ends the process once it changed.
+    and its tracking position commit together). Elsewhere (no ``prctl``), ``watch_parent``
+    ends the process once its parent changed.
     """
     if not _set_parent_death_signal(signal.SIGKILL):
-        threading.Thread(
-            target=_exit_without_parent,
-            args=(parent_pid,),
-            name="runledger-parent-watch",
-            daemon=True,
-        ).start()
+        watch_parent(parent_pid, lambda: os._exit(1))
     if os.getppid() != parent_pid:
         os._exit(1)
 
@@ -334,10 +329,24 @@ def _set_parent_death_signal(signum: int) -> bool:
     return bool(done == 0)
 
 
-def _exit_without_parent(parent_pid: int) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(_PARENT_POLL_S)
-    os._exit(1)
+def watch_parent(
+    parent_pid: int, gone: Callable[[], None], stop: threading.Event | None = None
+) -> threading.Thread:
+    """Start a daemon thread that calls ``gone`` once ``parent_pid`` is no longer this process's
+    parent (it exited: the process was re-parented), checking every ``PARENT_POLL_S`` seconds;
+    it ends without calling it once ``stop`` is set. Used by ``runledger project --parent-pid``
+    (``serve``'s projector child) and by rebuild workers where ``prctl`` is missing."""
+    never = threading.Event()
+
+    def watch() -> None:
+        while not (stop or never).wait(PARENT_POLL_S):
+            if os.getppid() != parent_pid:
+                gone()
+                return
+
+    thread = threading.Thread(target=watch, name="runledger-parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:

@@ -291,11 +291,11 @@ class StreamKeys:
         if not keys:
             return {}
         found: list[tuple[Any, ...]]
-        asked = {key: key for _, key in keys}  # stored form -> the domain's key
+        domain_key: dict[str, str] = {}  # stored form -> the key asked for, where they differ
         with self._recorder.datastore.transaction(commit=False) as cursor:
             if self._postgres:
-                if any("\x00" in key for key in asked):
-                    asked = {stored_key(key): key for key in asked}
+                if any("\x00" in key for _, key in keys):
+                    domain_key = {stored_key(key): key for _, key in keys}
                     keys = [(sid, stored_key(key)) for sid, key in keys]
                 sids = list({sid for sid, _ in keys})
                 if len(sids) == 1:
@@ -328,7 +328,9 @@ class StreamKeys:
                     "WHERE (originator_id, key) IN",
                     keys,
                 )
-        return {(sid, asked[key]): orjson.loads(bytes(value)) for sid, key, value in found}
+        return {
+            (sid, domain_key.get(key, key)): orjson.loads(bytes(value)) for sid, key, value in found
+        }
 
 
 def stored_key(key: str) -> str:

@@ -145,10 +145,6 @@ def json_route_problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 #: bound (``api.otlp``, 64 levels of ``AnyValue``).
 MAX_JSON_DEPTH = 64
 
-#: A UTF-16 surrogate code point: a JSON ``\\uD800``-``\\uDFFF`` escape without its pair decodes
-#: to one (RFC 8259 section 8.2), and no UTF-8 text (the log, PostgreSQL) can hold it.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
 
 def _parse_json(body: bytes) -> Any:
     """The JSON body (RFC 8259; no ``NaN``/``Infinity``), integers of any size kept exact.
@@ -157,22 +153,22 @@ def _parse_json(body: bytes) -> Any:
         BadRequestError: not valid JSON, a string holding an unpaired surrogate escape
             (``"\\ud800"``), or objects and arrays nested more than ``MAX_JSON_DEPTH`` levels.
     """
+    exact = may_hold_big_int(body)  # orjson would round such an integer into a float
     try:
-        if may_hold_big_int(body):  # orjson would round it into a float
+        if exact:
             document = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
-            _check_document(document, strings=True)
-            return document
-        document = orjson.loads(body)  # refuses NaN, Infinity, numbers beyond a double, surrogates
+        else:  # orjson refuses NaN, Infinity, numbers beyond a double and unpaired surrogates
+            document = orjson.loads(body)
     except RecursionError:  # the standard library's parser, on thousands of levels
         raise BadRequestError(_too_deep()) from None
     except ValueError as error:  # orjson's and json's decode errors, bad UTF-8, NaN
-        if isinstance(error, BadRequestError):
-            raise
         if "depth limit exceeded" in str(error):  # orjson's own limit, 1,024 levels
             raise BadRequestError(_too_deep()) from None
         raise BadRequestError(f"body is not valid JSON: {error}") from None
+    if exact:
+        _check_document(document, strings=True)
     # Fewer opening brackets than the limit cannot nest deeper: most single events and hooks.
-    if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH:
+    elif body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH:
         _check_document(document, strings=False)  # orjson allows 1,024 levels
     return document
 
@@ -208,11 +204,17 @@ def _check_document(document: Any, *, strings: bool) -> None:
 
 
 def _check_string(value: str) -> None:
-    if not value.isascii() and (found := _SURROGATE.search(value)):
+    """Refuse a string UTF-8 cannot encode: one holding a surrogate code point, which an
+    unpaired ``\\ud800``-``\\udfff`` escape decodes to (RFC 8259 section 8.2); the log and
+    PostgreSQL hold UTF-8 only."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as error:
         raise BadRequestError(
             f"body is not valid JSON: a string holds the unpaired surrogate "
-            f"\\u{ord(found.group()):04x}, which is not a Unicode character (RFC 8259 section 8.2)"
-        )
+            f"\\u{ord(value[error.start]):04x}, which is not a Unicode character "
+            "(RFC 8259 section 8.2)"
+        ) from None
 
 
 def _too_deep() -> str:

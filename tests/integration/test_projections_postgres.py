@@ -25,13 +25,14 @@ from infra.database import PostgresDatabase
 from projections import sessions
 from projections.base import Rows, fold_events
 from projections.catalog import NAMES, PROJECTIONS
-from projections.runner import Projector, ProjectorBusyError
+from projections.runner import Projector
 from projections.schema import INT64_MAX, TABLES
 from projections.views import Views
 from tests.unit.test_projections import (
     COUNTING,
     TRACE_1,
     Writer,
+    check_idle_while_another_holds_the_lock,
     dump_tables,
     log_events,
     positions,
@@ -273,13 +274,7 @@ def test_a_second_projector_does_no_work_while_the_first_holds_the_lock(
             assert held
             with other_schema.advisory_lock(projector.lock_name) as held_elsewhere:
                 assert held_elsewhere  # another schema's projector is not excluded
-            with caplog.at_level(logging.INFO, logger="runledger.projections"):
-                assert projector.run_once() == 0
-            assert "another projector holds the lock" in caplog.text
-            assert set(positions(pg_db).values()) == {0}
-            with pytest.raises(ProjectorBusyError):
-                projector.rebuild(["sessions"])
-        assert projector.run_once() == pg_ledger.recorder.max_notification_id()
+        check_idle_while_another_holds_the_lock(projector, other_process, caplog)
     finally:
         other_process.close()
         other_schema.close()

@@ -24,6 +24,13 @@ pytestmark = pytest.mark.integration
 RUNLEDGER = str(Path(sys.executable).with_name("runledger"))
 
 
+def runledger(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``runledger <command>`` in ``env``, its output captured."""
+    return subprocess.run(
+        [RUNLEDGER, command], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
 def tables_in(postgres_url: str, schema: str) -> set[str]:
     with psycopg.connect(postgres_url) as conn:
         rows = conn.execute(
@@ -39,9 +46,7 @@ def test_migrate_creates_the_configured_schema_when_it_does_not_exist_yet(
         tmp_path, RUNLEDGER_DATABASE_URL=postgres_url, RUNLEDGER_DATABASE_SCHEMA=new_pg_schema
     )
     for _ in range(2):  # and again: idempotent
-        done = subprocess.run(
-            [RUNLEDGER, "migrate"], env=env, capture_output=True, text=True, timeout=120
-        )
+        done = runledger("migrate", env)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "tables ready" in done.stdout
     # the log, its key index and the read models, all in the new schema
@@ -60,9 +65,7 @@ def test_without_create_tables_a_missing_schema_is_named_and_nothing_is_created(
         RUNLEDGER_CREATE_TABLES="false",
         COLUMNS="200",
     )
-    done = subprocess.run(
-        [RUNLEDGER, "status"], env=env, capture_output=True, text=True, timeout=120
-    )
+    done = runledger("status", env)
     said = done.stdout + done.stderr
     assert done.returncode != 0
     assert "SchemaMissingError" in said and repr(new_pg_schema) in said, said
@@ -91,9 +94,7 @@ def test_a_server_started_before_migrate_snapshots_streams_once_the_tables_exist
     server.start()
     try:
         assert tables_in(postgres_url, pg_schema) == set()  # started before the tables
-        done = subprocess.run(
-            [RUNLEDGER, "migrate"], env=env, capture_output=True, text=True, timeout=120
-        )
+        done = runledger("migrate", env)
         assert done.returncode == 0, done.stdout + done.stderr
         with httpx.Client(base_url=server.url, timeout=30) as client:
             statuses = [

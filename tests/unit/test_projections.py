@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import itertools
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from projections import chains, criteria, sessions, tool_calls, traces, workspac
 from projections.base import MemoryRows, Projection, Rows, fold_events
 from projections.catalog import NAMES, PROJECTIONS
 from projections.db import Database, SQLiteDatabase
-from projections.runner import Projector
+from projections.runner import Projector, ProjectorBusyError
 from projections.schema import TABLES, decoders
 from projections.views import InvalidCursorError, Views, span_tree
 
@@ -167,6 +168,23 @@ def positions(db: Database) -> dict[str, int]:
         cursor = conn.cursor()
         cursor.execute("SELECT name, position FROM projection_tracking")
         return {name: int(position) for name, position in cursor.fetchall()}
+
+
+def check_idle_while_another_holds_the_lock(
+    projector: Projector, other: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With ``other`` (another process's view of the same store) holding ``projector``'s lock,
+    a run does no work and says so and a rebuild refuses (``ProjectorBusyError``); once it is
+    let go, a run catches up to the log's head."""
+    with other.advisory_lock(projector.lock_name) as held:
+        assert held
+        with caplog.at_level(logging.INFO, logger="runledger.projections"):
+            assert projector.run_once() == 0
+        assert "another projector holds the lock" in caplog.text
+        assert set(positions(projector.db).values()) == {0}
+        with pytest.raises(ProjectorBusyError):
+            projector.rebuild(["sessions"])
+    assert projector.run_once() == projector.application.recorder.max_notification_id()
 
 
 def write_realistic(writer: Writer, after_batch: Callable[[], None]) -> None:

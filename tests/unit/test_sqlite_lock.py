@@ -7,7 +7,6 @@ on PostgreSQL (tests/integration/test_projections_postgres.py)."""
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 import threading
@@ -18,8 +17,12 @@ import pytest
 
 from domain.ledger import Ledger
 from projections.db import SQLiteDatabase
-from projections.runner import Projector, ProjectorBusyError
-from tests.unit.test_projections import Writer, positions, write_realistic
+from projections.runner import Projector
+from tests.unit.test_projections import (
+    Writer,
+    check_idle_while_another_holds_the_lock,
+    write_realistic,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -123,15 +126,7 @@ def test_a_second_projector_does_no_work_while_the_first_holds_the_lock_on_sqlit
     projector.create_tables()
     write_realistic(Writer(ledger), lambda: None)
     try:
-        with other_process.advisory_lock(projector.lock_name) as held:
-            assert held
-            with caplog.at_level(logging.INFO, logger="runledger.projections"):
-                assert projector.run_once() == 0
-            assert "another projector holds the lock" in caplog.text
-            assert set(positions(db).values()) == {0}
-            with pytest.raises(ProjectorBusyError):
-                projector.rebuild(["sessions"])
-        assert projector.run_once() == ledger.recorder.max_notification_id()
+        check_idle_while_another_holds_the_lock(projector, other_process, caplog)
     finally:
         db.close()
         other_process.close()
