@@ -60,6 +60,8 @@ class Runtime:
             poll_interval_s=self.settings.projector_poll_interval_s,
             wake=self.wake,
             min_interval_s=self.settings.projector_min_interval_s,
+            bulk_rate=self.settings.projector_bulk_rate,
+            bulk_max_delay_s=self.settings.projector_bulk_max_delay_s,
         )
 
     def start_projector(self) -> None:

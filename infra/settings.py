@@ -73,6 +73,21 @@ class Settings(BaseSettings):
         "read models trail by up to this much more). An event after an idle spell is folded at "
         "once. 0: a run per commit.",
     )
+    projector_bulk_rate: int = Field(
+        default=10_000,
+        ge=0,
+        description="Events per second above which the projector takes the log to be under a "
+        "bulk load (a batch import, an OTLP flood): it then folds once the load pauses (no "
+        "commit for 0.25 s) or every `projector_bulk_max_delay_s`, in full pages, instead of "
+        "alongside it, so the write path keeps the CPU and the database meanwhile. 0: never.",
+    )
+    projector_bulk_max_delay_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="During a bulk load, the longest the projector waits before it folds, "
+        "seconds: how far (in time) the read models may fall behind the log, plus the fold.",
+    )
     projector_page_size: int = Field(
         default=1000,
         ge=1,

@@ -74,19 +74,22 @@ class DatagramSignal:
         with contextlib.suppress(OSError):
             self._sender.sendto(b"", str(self.path))
 
-    def wait(self, timeout_s: float) -> None:
+    def wait(self, timeout_s: float) -> bool:
         """Return after a ``notify`` (all pending ones are consumed), after ``interrupt``, or
         after ``timeout_s``."""
         bound = self._bound()
+        woken = False
         if bound is None:
             self._interrupted.wait(timeout_s)
         elif not self._interrupted.is_set():
             receiver, poller = bound
             if poller.poll(max(0, int(timeout_s * 1000))):
+                woken = True
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     while True:  # the rest of a burst: one run covers them
                         receiver.recv(64)
         self._interrupted.clear()
+        return woken
 
     def interrupt(self) -> None:
         """End the current (or next) ``wait`` now (the projector is being stopped)."""
@@ -140,11 +143,12 @@ class LocalSignal:
         """The log grew: end the current (or next) ``wait``. Never blocks, never raises."""
         self._event.set()
 
-    def wait(self, timeout_s: float) -> None:
+    def wait(self, timeout_s: float) -> bool:
         """Return after a ``notify`` (all pending ones are consumed), after ``interrupt``, or
         after ``timeout_s``."""
-        self._event.wait(timeout_s)
+        woken = self._event.wait(timeout_s)
         self._event.clear()
+        return woken
 
     #: End the current (or next) ``wait`` now (``PostgresListener``'s interface).
     interrupt = notify
@@ -174,10 +178,11 @@ class PostgresListener:
         self._lock = threading.Lock()
         self._interrupted = threading.Event()
 
-    def wait(self, timeout_s: float) -> None:
+    def wait(self, timeout_s: float) -> bool:
         """Return after a notification on the channel (all pending ones are consumed), after
         ``interrupt``, or after ``timeout_s``. A connection failure is logged and waited out."""
         deadline = time.monotonic() + timeout_s
+        woken = False
         try:
             conn = self._connection()
             while not self._interrupted.is_set():
@@ -187,6 +192,7 @@ class PostgresListener:
                 # in slices, so that ``interrupt`` is seen within one
                 slice_s = min(remaining, self.SLICE_S)
                 if any(True for _ in conn.notifies(timeout=slice_s, stop_after=1)):
+                    woken = True
                     break
             for _ in conn.notifies(timeout=0):  # the rest of a burst: one run covers them
                 pass
@@ -195,6 +201,7 @@ class PostgresListener:
             self.close()
             self._interrupted.wait(max(0.0, deadline - time.monotonic()))
         self._interrupted.clear()
+        return woken
 
     def interrupt(self) -> None:
         """End the current (or next) ``wait`` within ``SLICE_S`` (the projector is being stopped)."""
