@@ -644,7 +644,8 @@ class Projector:
                 under load the read models trail by up to this much more.
             bulk_rate: events per second (0: none) above which a bulk load is taken to be under
                 way: a run that reached the head of the log folded more than this many events
-                per second since the previous run started (``_bulk``). The projector then
+                per second since the previous run that folded something started (``_bulk``;
+                what the run folded was appended since then). The projector then
                 waits (``_await_quiet``) until no commit has come for ``BULK_QUIET_S`` or
                 ``bulk_max_delay_s`` has passed, and folds what the load appended at once, in
                 full pages: the write path has the CPU and the database to itself while the
@@ -655,10 +656,12 @@ class Projector:
                 models trail the log by at most this much more than the time the fold takes.
         """
         failures = 0
-        previous: float | None = None  # when the previous run started
+        # when the previous run that folded something started: what this run folds was
+        # appended since (measured from an empty run instead, a commit that comes just after
+        # one would look like a burst, however slow the load)
+        previous: float | None = None
         while not stop.is_set():
             started = time.monotonic()
-            since, previous = (started - previous if previous is not None else None), started
             try:
                 processed = self._run_locked(self.projections, max_pages=RUN_PAGES)
             except Exception as error:
@@ -671,6 +674,7 @@ class Projector:
             failures = 0
             self.last_error = None
             if processed:
+                since, previous = (started - previous if previous is not None else None), started
                 at_head = processed < RUN_PAGES * self.page_size
                 if at_head and wake is not None and _bulk(processed, since, bulk_rate):
                     _await_quiet(stop, wake, bulk_max_delay_s)  # fold the load once it pauses
@@ -1096,8 +1100,8 @@ ProjectionRunner = Projector
 
 def _bulk(processed: int, since_s: float | None, bulk_rate: float) -> bool:
     """Whether a run that reached the head of the log, having folded ``processed`` events
-    ``since_s`` seconds after the previous run started (None: the first run), saw a bulk load:
-    the log grew faster than ``bulk_rate`` events per second (0: never)."""
+    ``since_s`` seconds after the previous run that folded something started (None: none did),
+    saw a bulk load: the log grew faster than ``bulk_rate`` events per second (0: never)."""
     return bool(bulk_rate) and since_s is not None and processed > bulk_rate * since_s
 
 

@@ -289,3 +289,17 @@ def test_bulk_rate_zero_folds_a_fast_load_alongside(
     )  # fmt: skip
     assert log.quiet_waits == []
     assert len(log.folds(1.0, 2.0)) >= 50
+
+
+def test_a_load_slower_than_bulk_rate_is_folded_alongside_whenever_its_commits_come(
+    projector: Projector, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """512 events every 60 ms (an OpenTelemetry SDK's batches): 8,533 events/s, below 10,000.
+    With runs at most every 50 ms, each commit comes 10 ms after the (empty) run that followed
+    the previous fold; the rate is that of the log, not of those 10 ms (51,200 events/s)."""
+    log = simulate(
+        projector, clock, monkeypatch, steady(512, 0.06, 1.0, 3.0),
+        bulk_rate=10_000, bulk_max_delay_s=5.0, min_interval_s=0.05,
+    )  # fmt: skip
+    assert log.quiet_waits == []
+    assert len(log.folds(1.0, 3.0)) >= 30
