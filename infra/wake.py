@@ -75,8 +75,9 @@ class DatagramSignal:
             self._sender.sendto(b"", str(self.path))
 
     def wait(self, timeout_s: float) -> bool:
-        """Return after a ``notify`` (all pending ones are consumed), after ``interrupt``, or
-        after ``timeout_s``."""
+        """Return after a ``notify`` (all pending ones are consumed): True; after ``interrupt``
+        or after ``timeout_s``: False (always False where the socket could not be bound: it
+        then only sleeps)."""
         bound = self._bound()
         woken = False
         if bound is None:
@@ -84,7 +85,7 @@ class DatagramSignal:
         elif not self._interrupted.is_set():
             receiver, poller = bound
             if poller.poll(max(0, int(timeout_s * 1000))):
-                woken = True
+                woken = not self._interrupted.is_set()  # ``interrupt`` sends a datagram too
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     while True:  # the rest of a burst: one run covers them
                         receiver.recv(64)
@@ -138,20 +139,24 @@ class LocalSignal:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._interrupted = threading.Event()
 
     def notify(self) -> None:
         """The log grew: end the current (or next) ``wait``. Never blocks, never raises."""
         self._event.set()
 
     def wait(self, timeout_s: float) -> bool:
-        """Return after a ``notify`` (all pending ones are consumed), after ``interrupt``, or
-        after ``timeout_s``."""
-        woken = self._event.wait(timeout_s)
+        """Return after a ``notify`` (all pending ones are consumed): True; after ``interrupt``
+        or after ``timeout_s``: False."""
+        woken = self._event.wait(timeout_s) and not self._interrupted.is_set()
         self._event.clear()
+        self._interrupted.clear()
         return woken
 
-    #: End the current (or next) ``wait`` now (``PostgresListener``'s interface).
-    interrupt = notify
+    def interrupt(self) -> None:
+        """End the current (or next) ``wait`` now (``PostgresListener``'s interface)."""
+        self._interrupted.set()
+        self._event.set()
 
     def close(self) -> None:
         """Nothing to release."""
@@ -179,8 +184,9 @@ class PostgresListener:
         self._interrupted = threading.Event()
 
     def wait(self, timeout_s: float) -> bool:
-        """Return after a notification on the channel (all pending ones are consumed), after
-        ``interrupt``, or after ``timeout_s``. A connection failure is logged and waited out."""
+        """Return after a notification on the channel (all pending ones are consumed): True;
+        after ``interrupt`` or after ``timeout_s``: False. A connection failure is logged and
+        waited out (False)."""
         deadline = time.monotonic() + timeout_s
         woken = False
         try:

@@ -485,22 +485,51 @@ def test_the_listener_reconnects_after_losing_its_connection(postgres_url: str) 
         threading.Timer(delay_s, send).start()
 
     try:
-        listener.wait(0.05)  # connects and listens
+        assert listener.wait(0.05) is False  # connects and listens
         notify_later(0.3)
         started = time.monotonic()
-        listener.wait(10)
+        assert listener.wait(10) is True
         assert 0.2 < time.monotonic() - started < 3
         pid = listener._conn.info.backend_pid  # type: ignore[union-attr]
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         started = time.monotonic()
-        listener.wait(0.5)  # fails, logs, waits out its timeout
+        assert listener.wait(0.5) is False  # fails, logs, waits out its timeout
         assert time.monotonic() - started < 3
         listener.wait(0.05)  # listens again on a new connection
         notify_later(0.3)
         started = time.monotonic()
-        listener.wait(10)
+        assert listener.wait(10) is True
         assert 0.2 < time.monotonic() - started < 3
+    finally:
+        listener.close()
+
+
+def test_the_listeners_wait_says_whether_a_notification_ended_it(postgres_url: str) -> None:
+    import threading
+    import time
+    import uuid
+
+    import psycopg
+    from psycopg.sql import SQL, Identifier
+
+    from infra.wake import PostgresListener
+
+    channel = f"rl_test_{uuid.uuid4().hex[:8]}"
+    listener = PostgresListener(postgres_url, channel)
+    try:
+        started = time.monotonic()
+        assert listener.wait(0.3) is False  # connects and listens; nobody notifies
+        assert time.monotonic() - started >= 0.29
+        with psycopg.connect(postgres_url, autocommit=True) as other:
+            for _ in range(5):  # a burst from another connection, consumed by one wait
+                other.execute(SQL("NOTIFY {}").format(Identifier(channel)))
+        assert listener.wait(10) is True
+        assert listener.wait(0.3) is False
+        threading.Timer(0.3, listener.interrupt).start()
+        started = time.monotonic()
+        assert listener.wait(30) is False  # interrupted: no commit woke it
+        assert time.monotonic() - started < 5
     finally:
         listener.close()
 

@@ -1073,9 +1073,10 @@ class _HandWake:
     def signal(self) -> None:
         self._event.set()
 
-    def wait(self, timeout_s: float) -> None:
-        self._event.wait(timeout_s)
+    def wait(self, timeout_s: float) -> bool:
+        woken = self._event.wait(timeout_s)
         self._event.clear()
+        return woken
 
 
 def test_run_forever_under_load_folds_at_most_every_min_interval_and_at_once_after_idle(

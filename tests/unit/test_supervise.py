@@ -1,5 +1,6 @@
 """The pieces of ``serve``'s child projector: ``infra.supervise.ChildProcess`` (real child
-processes) and ``infra.wake.DatagramSignal`` (real Unix datagram sockets)."""
+processes), ``infra.wake.DatagramSignal`` (real Unix datagram sockets) and
+``infra.wake.LocalSignal``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from infra.supervise import ChildProcess
-from infra.wake import DatagramSignal, socket_path_for
+from infra.wake import DatagramSignal, LocalSignal, socket_path_for
 
 pytestmark = pytest.mark.unit
 
@@ -94,7 +95,7 @@ def test_a_notify_from_another_process_wakes_the_wait_at_once(tmp_path: Path) ->
     signal = DatagramSignal(path)
     try:
         started = time.monotonic()
-        signal.wait(0.2)  # binds; nobody notifies: the whole timeout
+        assert signal.wait(0.2) is False  # binds; nobody notifies: the whole timeout
         assert time.monotonic() - started >= 0.19
         sender = (
             "import sys, time; from pathlib import Path; from infra.wake import DatagramSignal; "
@@ -102,16 +103,16 @@ def test_a_notify_from_another_process_wakes_the_wait_at_once(tmp_path: Path) ->
         )
         proc = subprocess.Popen([sys.executable, "-c", sender, str(path)])
         started = time.monotonic()
-        signal.wait(30)
+        assert signal.wait(30) is True
         waited = time.monotonic() - started
         proc.wait(10)
         assert 0.3 <= waited < 5  # woken by the other process, not by the timeout
         # a burst is consumed by one wait
         for _ in range(5):
             signal.notify()
-        signal.wait(1)
+        assert signal.wait(1) is True
         started = time.monotonic()
-        signal.wait(0.2)
+        assert signal.wait(0.2) is False
         assert time.monotonic() - started >= 0.19
     finally:
         signal.close()
@@ -128,7 +129,11 @@ def test_interrupt_ends_a_wait_and_a_second_projector_takes_the_socket_over(
         timer = threading.Timer(0.3, first.interrupt)
         timer.start()
         started = time.monotonic()
-        first.wait(30)
+        assert first.wait(30) is False  # interrupted: no commit woke it
+        assert time.monotonic() - started < 5
+        first.interrupt()  # before the wait: it returns at once
+        started = time.monotonic()
+        assert first.wait(30) is False
         assert time.monotonic() - started < 5
         second.wait(0)  # binds last: the path is its socket now
         first.close()  # leaves the other's socket alone
@@ -136,7 +141,7 @@ def test_interrupt_ends_a_wait_and_a_second_projector_takes_the_socket_over(
         notifier = DatagramSignal(path)
         notifier.notify()
         started = time.monotonic()
-        second.wait(30)
+        assert second.wait(30) is True
         assert time.monotonic() - started < 5
         notifier.close()
     finally:
@@ -149,11 +154,41 @@ def test_a_socket_that_cannot_be_bound_leaves_a_plain_poll(tmp_path: Path) -> No
     signal = DatagramSignal(tmp_path / "missing-dir" / "x.wake")
     try:
         started = time.monotonic()
-        signal.wait(0.2)
+        assert signal.wait(0.2) is False
         assert 0.19 <= time.monotonic() - started < 5
         signal.notify()  # nobody there: no error
+        assert signal.wait(0.05) is False  # nor anything to be woken by
     finally:
         signal.close()
+
+
+def test_a_local_signal_says_whether_a_notify_ended_its_wait() -> None:
+    signal = LocalSignal()
+    started = time.monotonic()
+    assert signal.wait(0.2) is False  # nobody notified: the whole timeout
+    assert time.monotonic() - started >= 0.19
+    threading.Timer(0.3, signal.notify).start()
+    started = time.monotonic()
+    assert signal.wait(30) is True
+    assert 0.2 <= time.monotonic() - started < 5
+    for _ in range(5):  # a burst is consumed by one wait
+        signal.notify()
+    assert signal.wait(1) is True
+    assert signal.wait(0.05) is False
+
+
+def test_an_interrupt_ends_a_local_signals_wait_as_no_commit() -> None:
+    signal = LocalSignal()
+    threading.Timer(0.3, signal.interrupt).start()
+    started = time.monotonic()
+    assert signal.wait(30) is False
+    assert time.monotonic() - started < 5
+    signal.interrupt()  # before the wait: it returns at once
+    started = time.monotonic()
+    assert signal.wait(30) is False
+    assert time.monotonic() - started < 5
+    signal.notify()  # the interrupt is spent: a notify wakes the next wait again
+    assert signal.wait(1) is True
 
 
 #: Calls ``yield_cpu`` for each argument in turn, then prints the niceness and the scheduling
