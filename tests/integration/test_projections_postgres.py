@@ -464,6 +464,39 @@ def test_a_projector_on_postgresql_is_woken_by_another_processs_commit(
         assert_closes_promptly(projecting)
 
 
+@pytest.mark.parametrize("bulk_rate", [100, 0])
+def test_a_projector_on_postgresql_folds_a_bulk_load_once_it_pauses_unless_bulk_rate_is_zero(
+    postgres_url: str, pg_schema: str, bulk_rate: int
+) -> None:
+    from infra.runtime import build_runtime
+    from infra.settings import Settings
+    from tests.projection_lag import (
+        assert_a_bulk_load_is_folded_once_it_pauses,
+        assert_a_load_is_folded_alongside,
+        assert_closes_promptly,
+    )
+
+    settings = Settings(
+        database_url=postgres_url,
+        database_schema=pg_schema,
+        projector_poll_interval_s=30,
+        projector_bulk_rate=bulk_rate,
+        projector_bulk_max_delay_s=3.0,
+    )
+    projecting = build_runtime(settings, create_tables=True)
+    writing = build_runtime(settings, create_tables=False)  # another process: its own writer
+    writing.writer.start()
+    projecting.start_projector()
+    try:
+        if bulk_rate:
+            assert_a_bulk_load_is_folded_once_it_pauses(writing, projecting, max_delay_s=3.0)
+        else:
+            assert_a_load_is_folded_alongside(writing, projecting)
+    finally:
+        writing.close()
+        assert_closes_promptly(projecting)
+
+
 def test_the_listener_reconnects_after_losing_its_connection(postgres_url: str) -> None:
     import threading
     import time

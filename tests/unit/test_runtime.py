@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from infra.runtime import build_runtime
 from infra.settings import Settings
 from tests.projection_lag import (
+    assert_a_bulk_load_is_folded_once_it_pauses,
+    assert_a_load_is_folded_alongside,
     assert_closes_promptly,
     assert_each_commit_reaches_the_read_model_at_once,
 )
@@ -94,6 +96,35 @@ def test_the_in_process_projector_folds_a_commit_at_once_not_at_its_next_poll(
     runtime.start_projector()
     try:
         assert_each_commit_reaches_the_read_model_at_once(runtime, runtime)
+    finally:
+        assert_closes_promptly(runtime)
+
+
+def test_the_in_process_projector_folds_a_bulk_load_once_it_pauses(tmp_path: Path) -> None:
+    runtime = build_runtime(
+        Settings(
+            data_dir=tmp_path,
+            projector_poll_interval_s=30,
+            projector_bulk_rate=100,
+            projector_bulk_max_delay_s=3.0,
+        )
+    )
+    runtime.writer.start()
+    runtime.start_projector()
+    try:
+        assert_a_bulk_load_is_folded_once_it_pauses(runtime, runtime, max_delay_s=3.0)
+    finally:
+        assert_closes_promptly(runtime)
+
+
+def test_with_bulk_rate_zero_the_projector_folds_a_bulk_load_alongside(tmp_path: Path) -> None:
+    runtime = build_runtime(
+        Settings(data_dir=tmp_path, projector_poll_interval_s=30, projector_bulk_rate=0)
+    )
+    runtime.writer.start()
+    runtime.start_projector()
+    try:
+        assert_a_load_is_folded_alongside(runtime, runtime)
     finally:
         assert_closes_promptly(runtime)
 
