@@ -142,7 +142,7 @@ class LedgerEvent(DomainEvent):
             aggregate.project = self.project
             aggregate.external_id = self.external_id
             aggregate._created_on = self.timestamp
-        next_version = aggregate.version + 1
+        next_version = aggregate._version + 1
         if self.originator_version != next_version:
             raise OriginatorVersionError(self.originator_version, next_version)
         self.apply(aggregate)
@@ -322,8 +322,8 @@ class LedgerAggregate:
         if self._modified_on is not None and now < self._modified_on:
             now = self._modified_on  # recorded_at never goes back within a stream
         fields: dict[str, Any] = {
-            "originator_id": self.id,
-            "originator_version": self.version + 1,
+            "originator_id": self._id,
+            "originator_version": self._version + 1,
             "timestamp": now,
             "project": self.project,
             "external_id": self.external_id,
