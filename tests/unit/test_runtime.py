@@ -66,7 +66,7 @@ def test_a_runtime_sets_the_garbage_collector_thresholds_from_its_settings(
     runtime = build_runtime(Settings(data_dir=tmp_path / "b", gc_young_threshold=0))
     runtime.close()
     assert gc.get_threshold() == restored_gc_thresholds
-    assert Settings().gc_young_threshold == 10_000
+    assert Settings().gc_young_threshold == 100_000
 
 
 def test_the_local_blob_store_is_ready_while_its_directory_is_there(tmp_path: Path) -> None:
