@@ -28,6 +28,17 @@ RUNLEDGER = str(Path(sys.executable).with_name("runledger"))
 EVENTS = 80_000
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used (``proc(5)``: utime, stime); 0.0 for
+    one that is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_stat(pid: int) -> tuple[str, int, int] | None:
     """``(state, parent pid, start time in clock ticks)`` of a process from ``/proc/<pid>/stat``
     (``proc(5)``); None when there is no such process."""
@@ -118,13 +129,22 @@ def test_a_stopped_rebuild_leaves_no_worker_process_behind(
             children = children_of(rebuild.pid)
             workers = {p: s for p, s in children.items() if "spawn_main" in cmdline(p)}
             time.sleep(0.05)
-        time.sleep(1.5)
+        # Let them get going, then hold them where they are: on a fast hour they fold this file
+        # in ~1.2 s after they appear, so a fixed pause raced their end. Stopped (SIGSTOP), they
+        # are still running when the rebuild is stopped, and SIGCONT lets them act on it.
+        while min(cpu_s(p) for p in workers) < 0.3:
+            assert time.monotonic() < deadline, "the workers never got going"
+            time.sleep(0.02)
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
         children = children_of(rebuild.pid)
         assert set(workers) <= set(children)
         trackers = [p for p in children if "resource_tracker" in cmdline(p)]
         assert len(trackers) == 1, {p: cmdline(p) for p in children}
         assert rebuild.poll() is None, "the rebuild ended before it was stopped"
         rebuild.send_signal(stop)
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
         rebuild.wait(timeout=30)
         deadline = time.monotonic() + 10
         while any(running(p, s) for p, s in children.items()) and time.monotonic() < deadline:
