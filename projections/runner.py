@@ -150,6 +150,23 @@ BULK_QUIET_S = 0.25
 RUN_PAGES = 20
 
 
+def _bulk(processed: int, since_s: float | None, bulk_rate: float) -> bool:
+    """Whether a run that reached the head of the log, having folded ``processed`` events
+    ``since_s`` seconds after the previous run that folded something started (None: none did),
+    saw a bulk load: the log grew faster than ``bulk_rate`` events per second (0: never)."""
+    return bool(bulk_rate) and since_s is not None and processed > bulk_rate * since_s
+
+
+def _await_quiet(stop: threading.Event, wake: Wake, max_delay_s: float) -> None:
+    """Return once no commit has woken ``wake`` for ``BULK_QUIET_S`` seconds, after
+    ``max_delay_s`` seconds, or when ``stop`` is set."""
+    deadline = time.monotonic() + max_delay_s
+    while not stop.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not wake.wait(min(BULK_QUIET_S, remaining)):
+            return
+
+
 class ProjectorBusyError(RuntimeError):
     """Another projector held the projector lock for longer than the wait allowed."""
 
@@ -1096,20 +1113,3 @@ class Projector:
 
 #: Same class under the name the task brief used.
 ProjectionRunner = Projector
-
-
-def _bulk(processed: int, since_s: float | None, bulk_rate: float) -> bool:
-    """Whether a run that reached the head of the log, having folded ``processed`` events
-    ``since_s`` seconds after the previous run that folded something started (None: none did),
-    saw a bulk load: the log grew faster than ``bulk_rate`` events per second (0: never)."""
-    return bool(bulk_rate) and since_s is not None and processed > bulk_rate * since_s
-
-
-def _await_quiet(stop: threading.Event, wake: Wake, max_delay_s: float) -> None:
-    """Return once no commit has woken ``wake`` for ``BULK_QUIET_S`` seconds, after
-    ``max_delay_s`` seconds, or when ``stop`` is set."""
-    deadline = time.monotonic() + max_delay_s
-    while not stop.is_set():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not wake.wait(min(BULK_QUIET_S, remaining)):
-            return

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.common import _cpu_s
 from infra.runtime import build_runtime
 from infra.settings import Settings
 from tests.commands import message
@@ -26,17 +27,6 @@ pytestmark = pytest.mark.e2e
 RUNLEDGER = str(Path(sys.executable).with_name("runledger"))
 #: Events in the log: ``rebuild --all --jobs 2`` folds them for a few seconds on this machine.
 EVENTS = 80_000
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used (``proc(5)``: utime, stime); 0.0 for
-    one that is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_stat(pid: int) -> tuple[str, int, int] | None:
@@ -132,7 +122,7 @@ def test_a_stopped_rebuild_leaves_no_worker_process_behind(
         # Let them get going, then hold them where they are: on a fast hour they fold this file
         # in ~1.2 s after they appear, so a fixed pause raced their end. Stopped (SIGSTOP), they
         # are still running when the rebuild is stopped, and SIGCONT lets them act on it.
-        while min(cpu_s(p) for p in workers) < 0.3:
+        while min(_cpu_s(p) for p in workers) < 0.3:
             assert time.monotonic() < deadline, "the workers never got going"
             time.sleep(0.02)
         for pid in workers:

@@ -269,24 +269,20 @@ def test_catching_up_in_full_runs_never_waits_for_quiet(
     assert log.quiet_waits == []
 
 
-def test_without_a_wake_a_fast_load_is_folded_alongside(
-    projector: Projector, clock: Clock, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "setup",
+    [
+        {"wake": False, "bulk_rate": 1000, "poll_interval_s": 0.005},  # no commit to wait on
+        {"bulk_rate": 0},  # bulk-load deferral turned off
+    ],
+    ids=["without-a-wake", "bulk-rate-zero"],
+)
+def test_a_fast_load_is_folded_alongside_without_a_wake_or_with_bulk_rate_zero(
+    projector: Projector, clock: Clock, monkeypatch: pytest.MonkeyPatch, setup: dict[str, Any]
 ) -> None:
     log = simulate(
-        projector, clock, monkeypatch, steady(50, 0.01, 1.0, 2.0),
-        wake=False, bulk_rate=1000, bulk_max_delay_s=30.0, poll_interval_s=0.005,
-    )  # fmt: skip
-    assert log.quiet_waits == []
-    assert len(log.folds(1.0, 2.0)) >= 50
-
-
-def test_bulk_rate_zero_folds_a_fast_load_alongside(
-    projector: Projector, clock: Clock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    log = simulate(
-        projector, clock, monkeypatch, steady(50, 0.01, 1.0, 2.0),
-        bulk_rate=0, bulk_max_delay_s=30.0,
-    )  # fmt: skip
+        projector, clock, monkeypatch, steady(50, 0.01, 1.0, 2.0), bulk_max_delay_s=30.0, **setup
+    )
     assert log.quiet_waits == []
     assert len(log.folds(1.0, 2.0)) >= 50
 

@@ -100,31 +100,25 @@ def test_the_in_process_projector_folds_a_commit_at_once_not_at_its_next_poll(
         assert_closes_promptly(runtime)
 
 
-def test_the_in_process_projector_folds_a_bulk_load_once_it_pauses(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bulk_rate", [100, 0])
+def test_the_in_process_projector_folds_a_bulk_load_once_it_pauses_unless_bulk_rate_is_zero(
+    tmp_path: Path, bulk_rate: int
+) -> None:
     runtime = build_runtime(
         Settings(
             data_dir=tmp_path,
             projector_poll_interval_s=30,
-            projector_bulk_rate=100,
+            projector_bulk_rate=bulk_rate,
             projector_bulk_max_delay_s=3.0,
         )
     )
     runtime.writer.start()
     runtime.start_projector()
     try:
-        assert_a_bulk_load_is_folded_once_it_pauses(runtime, runtime, max_delay_s=3.0)
-    finally:
-        assert_closes_promptly(runtime)
-
-
-def test_with_bulk_rate_zero_the_projector_folds_a_bulk_load_alongside(tmp_path: Path) -> None:
-    runtime = build_runtime(
-        Settings(data_dir=tmp_path, projector_poll_interval_s=30, projector_bulk_rate=0)
-    )
-    runtime.writer.start()
-    runtime.start_projector()
-    try:
-        assert_a_load_is_folded_alongside(runtime, runtime)
+        if bulk_rate:
+            assert_a_bulk_load_is_folded_once_it_pauses(runtime, runtime, max_delay_s=3.0)
+        else:
+            assert_a_load_is_folded_alongside(runtime, runtime)
     finally:
         assert_closes_promptly(runtime)
 
