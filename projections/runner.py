@@ -146,15 +146,20 @@ PART_POLL_S = 0.5
 #: waits for a read model.
 BULK_QUIET_S = 0.25
 
+#: The shortest span over which ``run_forever`` measures how fast the log grows, seconds: long
+#: enough to hold several commits of a steady load (an OpenTelemetry SDK exports every few tens
+#: of milliseconds), so that one commit just after a look does not pass for a burst.
+BULK_WINDOW_S = 0.5
+
 #: Pages ``run_forever`` folds per run, at most, before it lets go of its lock.
 RUN_PAGES = 20
 
 
-def _bulk(processed: int, since_s: float | None, bulk_rate: float) -> bool:
-    """Whether a run that reached the head of the log, having folded ``processed`` events
-    ``since_s`` seconds after the previous run that folded something started (None: none did),
-    saw a bulk load: the log grew faster than ``bulk_rate`` events per second (0: never)."""
-    return bool(bulk_rate) and since_s is not None and processed > bulk_rate * since_s
+def _bulk(grown: int, since_s: float | None, bulk_rate: float) -> bool:
+    """Whether the log, having gained ``grown`` events (its head moved by that many positions)
+    in the ``since_s`` seconds since the projector last looked (None: it never did), grew faster
+    than ``bulk_rate`` events per second (0: never): a bulk load is under way."""
+    return bool(bulk_rate) and since_s is not None and grown > bulk_rate * since_s
 
 
 def _await_quiet(stop: threading.Event, wake: Wake, max_delay_s: float) -> None:
@@ -660,27 +665,45 @@ class Projector:
                 runs each, servers interleaved). An event after an idle spell is folded at once;
                 under load the read models trail by up to this much more.
             bulk_rate: events per second (0: none) above which a bulk load is taken to be under
-                way: a run that reached the head of the log folded more than this many events
-                per second since the previous run that folded something started (``_bulk``;
-                what the run folded was appended since then). The projector then
-                waits (``_await_quiet``) until no commit has come for ``BULK_QUIET_S`` or
-                ``bulk_max_delay_s`` has passed, and folds what the load appended at once, in
-                full pages: the write path has the CPU and the database to itself while the
-                load lasts, and folding once, in larger transactions, costs less than folding
-                alongside it. Needs ``wake`` (without one, commits cannot be told apart from
-                silence).
+                way: after a run that folded something, the head of the log (its highest
+                position, one indexed query) had moved by more than this many events per second
+                since the projector last looked, at least ``BULK_WINDOW_S`` before (``_bulk``),
+                whether or not the run reached it.
+                The projector then waits (``_await_quiet``) until no commit has come for
+                ``BULK_QUIET_S`` or ``bulk_max_delay_s`` has passed, and folds what the load
+                appended at once, in full pages, until it reaches the head again (only then
+                does it look for a bulk load again): the write path has the CPU and the database
+                to itself while the load lasts, and folding once, in larger transactions, costs
+                less than folding alongside it. A backlog folded while no commit comes (a
+                restart, a rebuild's aftermath) never waits: the head does not move. Needs
+                ``wake`` (without one, commits cannot be told apart from silence).
             bulk_max_delay_s: the longest such a wait lasts, seconds: under a bulk load the read
                 models trail the log by at most this much more than the time the fold takes.
         """
         failures = 0
-        # when the previous run that folded something started: what this run folds was
-        # appended since (measured from an empty run instead, a commit that comes just after
-        # one would look like a burst, however slow the load)
-        previous: float | None = None
+        looked: tuple[float, int] | None = None  # (when, the head of the log) last looked at
+        deferred = False  # folding what a bulk load appended while this projector waited
         while not stop.is_set():
             started = time.monotonic()
             try:
                 processed = self._run_locked(self.projections, max_pages=RUN_PAGES)
+                at_head = processed is not None and processed < RUN_PAGES * self.page_size
+                # what the log gained, in how many seconds, since the last look; it looks after
+                # a run that folded something, BULK_WINDOW_S after the last look, or, folding a
+                # deferred load, once it reached the head (measured from the look that saw
+                # the load: a load still going on is deferred again at once)
+                grown: tuple[int, float] | None = None
+                now = time.monotonic()
+                if processed and wake is not None and bulk_rate:
+                    if deferred:
+                        due = at_head
+                    else:
+                        due = looked is None or now - looked[0] >= BULK_WINDOW_S
+                    if due:
+                        head = self._head()
+                        if looked is not None:
+                            grown = (head - looked[1], now - looked[0])
+                        looked = (now, head)
             except Exception as error:
                 failures += 1
                 self.last_error = f"{type(error).__name__}: {error}"
@@ -691,10 +714,11 @@ class Projector:
             failures = 0
             self.last_error = None
             if processed:
-                since, previous = (started - previous if previous is not None else None), started
-                at_head = processed < RUN_PAGES * self.page_size
-                if at_head and wake is not None and _bulk(processed, since, bulk_rate):
+                deferred = deferred and not at_head  # a deferred load is folded up to the head
+                bulk = grown is not None and _bulk(*grown, bulk_rate)
+                if not deferred and bulk and wake is not None:
                     _await_quiet(stop, wake, bulk_max_delay_s)  # fold the load once it pauses
+                    deferred = True
                     continue
                 if at_head:  # let commits gather
                     settle = started + min_interval_s - time.monotonic()
@@ -702,7 +726,9 @@ class Projector:
                         stop.wait(settle)
                 if wake is not None:
                     wake.wait(0)  # consume the wake-ups of what this run folded
-            elif processed == 0 and wake is not None:
+                continue
+            deferred = False  # nothing left to fold (or another projector folds it)
+            if processed == 0 and wake is not None:
                 wake.wait(poll_interval_s)
             else:  # another projector holds the lock (None), or nothing wakes this one
                 stop.wait(poll_interval_s)
