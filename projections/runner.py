@@ -693,13 +693,10 @@ class Projector:
                 # deferred load, once it reached the head (measured from the look that saw
                 # the load: a load still going on is deferred again at once)
                 grown: tuple[int, float] | None = None
-                now = time.monotonic()
                 if processed and wake is not None and bulk_rate:
-                    if deferred:
-                        due = at_head
-                    else:
-                        due = looked is None or now - looked[0] >= BULK_WINDOW_S
-                    if due:
+                    now = time.monotonic()
+                    due = looked is None or now - looked[0] >= BULK_WINDOW_S
+                    if at_head if deferred else due:
                         head = self._head()
                         if looked is not None:
                             grown = (head - looked[1], now - looked[0])

@@ -255,6 +255,15 @@ def simulate(
     return log
 
 
+def deferred_at(log: SimulatedLog, load_ends: float) -> float:
+    """When the projector took the load for a bulk load, having folded nothing from then until
+    ``BULK_QUIET_S`` after the load's last commit at ``load_ends``."""
+    assert log.quiet_waits, "never took it for a bulk load"
+    detected = log.quiet_waits[0]
+    assert log.folds(detected, load_ends + BULK_QUIET_S) == []  # nothing folded while it lasted
+    return detected
+
+
 def test_a_load_faster_than_bulk_rate_is_folded_once_it_pauses(
     projector: Projector, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -263,11 +272,9 @@ def test_a_load_faster_than_bulk_rate_is_folded_once_it_pauses(
         projector, clock, monkeypatch, steady(50, 0.01, 1.0, 3.0),
         bulk_rate=1000, bulk_max_delay_s=30.0,
     )  # fmt: skip
-    assert log.quiet_waits, "never took it for a bulk load"
-    detected = log.quiet_waits[0]
+    detected = deferred_at(log, 3.0)
     # at the first look BULK_WINDOW_S after the one at the load's first fold
     assert 1.0 + BULK_WINDOW_S <= detected < 1.0 + BULK_WINDOW_S + 0.02
-    assert log.folds(detected, 3.0 + BULK_QUIET_S) == []  # nothing folded while it lasted
     # then the rest at once, a quiet spell after the last commit
     [(at, folded)] = log.folds(3.0, 10.0)
     assert at == pytest.approx(3.0 + BULK_QUIET_S)
@@ -286,10 +293,8 @@ def test_a_load_faster_than_the_projector_folds_is_deferred_too(
         bulk_rate=10_000, bulk_max_delay_s=30.0, min_interval_s=0.05,
     )  # fmt: skip
     assert FULL_RUN in [n for _, n in log.runs], "the runs never fell behind the load"
-    assert log.quiet_waits, "never took it for a bulk load"
-    detected = log.quiet_waits[0]
+    detected = deferred_at(log, 4.0)
     assert detected < 1.0 + BULK_WINDOW_S + 1.0  # at the first look due, after a full run
-    assert log.folds(detected, 4.0 + BULK_QUIET_S) == []  # nothing folded while it lasted
     assert sum(n for _, n in log.folds(4.0, 100.0)) > 0.5 * log.total
 
 
