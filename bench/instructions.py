@@ -19,7 +19,8 @@ Not a benchmark (nothing is appended to ``bench/RESULTS.md``); the counts leave 
 kernel and PostgreSQL do. sha256 is overcounted: under valgrind OpenSSL cannot use the CPU's SHA
 instructions.
 
-Run: ``python -m bench.instructions [--batches N] [--setup-only] [--sqlite] [--database-url URL]``.
+Run: ``python -m bench.instructions [--batches N] [--setup-only] [--full-path] [--sqlite]
+[--database-url URL]``.
 """
 
 from __future__ import annotations
@@ -40,17 +41,22 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=6, help="batches of 1,000 events (6)")
     parser.add_argument("--setup-only", action="store_true", help="all but the batches")
     parser.add_argument("--sqlite", action="store_true", help="a temporary SQLite file instead")
+    parser.add_argument(
+        "--full-path",
+        action="store_true",
+        help="orjson and pydantic for every batch, not api.fast_events (what the route did before)",
+    )
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help="PostgreSQL")
     args = parser.parse_args()
     bodies = [b.body() for b in mixed_batches(args.batches + 1, batch_size=1000, prefix="cg-")]
     with ledger_for(args) as ledger:
-        ingest(ledger, bodies[0])  # warm-up
+        ingest(ledger, bodies[0], full_path=args.full_path)  # warm-up
         gc.collect()
         gc.freeze()
         tune_gc(Settings().gc_young_threshold)
         if not args.setup_only:
             for body in bodies[1:]:
-                ingest(ledger, body)
+                ingest(ledger, body, full_path=args.full_path)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ from pydantic import TypeAdapter, ValidationError
 
 from api.coding import ACCEPTED_CODINGS, decode_content, media_type_of
 from api.deps import PROJECT_PARAMETERS, ingest_context
+from api.fast_events import batch_commands
 from api.hooks import map_hook
-from api.offload import make_offload
+from api.offload import Offload, make_offload
 from api.otlp import decode_export_request, encode_export_response
 from api.problems import (
     BadRequestError,
@@ -35,7 +36,7 @@ from api.problems import (
     problem_response,
     problem_responses,
 )
-from api.schemas import EventBatch, EventResults, TypedEvent, to_commands
+from api.schemas import MAX_JSON_DEPTH, EventBatch, EventResults, TypedEvent, to_commands
 from domain.base import EventMeta, content_sha256, may_hold_big_int
 from domain.ledger import Command, Outcome
 from infra.runtime import Runtime
@@ -135,15 +136,6 @@ def json_route_problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         "or none, or a Content-Encoding other than gzip or deflate"
     )
     return responses
-
-
-#: How deeply a JSON body may nest objects and arrays (the body itself is level 1; a typed
-#: event of a batch is level 3, its ``attributes`` level 4). RFC 8259 section 9 lets a parser
-#: limit it; ours is far below what every later step handles (pydantic's serializer, orjson's
-#: 254 levels, the standard library's recursion limit), so that a body the API takes is never
-#: one the content hash, the stored event or the projector cannot encode. OTLP/JSON has its own
-#: bound (``api.otlp``, 64 levels of ``AnyValue``).
-MAX_JSON_DEPTH = 64
 
 
 def _parse_json(body: bytes) -> Any:
@@ -277,6 +269,28 @@ def event_results(outcomes: list[Outcome]) -> bytes:
         return json.dumps(answer, separators=(",", ":"), default=str).encode()
 
 
+def _commands(
+    body: bytes, project: str, offload: Offload, max_events: int
+) -> tuple[list[Command], bool]:
+    """The commands of a ``POST /v1/events`` body (one typed event, or ``{"events": [...]}``)
+    through orjson and pydantic, and whether it was a single event.
+
+    Raises:
+        BadRequestError: not JSON, nested too deep, or more than ``max_events`` events (400).
+        RequestValidationError: not a typed event or a batch of them (422).
+    """
+    document = _parse_json(body)
+    try:
+        parsed = _events_body.validate_python(document)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors(include_url=False)) from None
+    single = not isinstance(parsed, EventBatch)
+    events = [parsed] if single else parsed.events
+    if len(events) > max_events:
+        raise BadRequestError(f"a batch holds at most {max_events} events, got {len(events)}")
+    return to_commands(events, project, offload), single
+
+
 @router.post(
     "/events",
     openapi_extra={"parameters": PROJECT_PARAMETERS},
@@ -298,20 +312,15 @@ async def post_events(request: Request) -> Response:
     runtime, project = ingest_context(request)
     require_json(request)
     body = await read_decoded_body(request, runtime)
-    document = _parse_json(body)
-    try:
-        parsed = _events_body.validate_python(document)
-    except ValidationError as error:
-        raise RequestValidationError(error.errors(include_url=False)) from None
-    single = not isinstance(parsed, EventBatch)
-    events = [parsed] if single else parsed.events
-    if len(events) > runtime.settings.max_batch_events:
-        raise BadRequestError(
-            f"a batch holds at most {runtime.settings.max_batch_events} events, got {len(events)}"
-        )
     offload = make_offload(runtime.blobs, runtime.settings.blob_threshold_bytes)
-    commands = to_commands(events, project, offload)
-    del body, document, parsed, events  # not held while the commands wait for the writer
+    max_events = runtime.settings.max_batch_events
+    # A well-formed batch: straight into commands (api.fast_events); anything else, or a batch
+    # that path leaves alone, is parsed and validated here, and its errors answered.
+    commands = batch_commands(body, project, offload, max_events)
+    single = False
+    if commands is None:
+        commands, single = _commands(body, project, offload, max_events)
+    del body  # not held while the commands wait for the writer
     outcomes = await runtime.writer.submit(commands)
     content = event_results(outcomes)
     status = 200
