@@ -1,30 +1,31 @@
-"""A faster way through ``POST /v1/events`` for well-formed batches: msgspec structs made from the
+"""A faster way through ``POST /v1/events`` for well-formed bodies: msgspec structs made from the
 ``TypedEvent`` models, with the models' own checks, and the full pydantic path for the rest.
 
 The typed-event models in ``api.schemas`` stay the one definition of what the route takes, of its
 422 errors and of its OpenAPI. From them this module makes, once at import, a msgspec ``Struct``
-per model (the same fields, defaults, length and range constraints, literals and the field
-name ``type`` as the tag) and a decoder of ``{"events": [...]}`` into them. ``batch_commands``
-decodes the body bytes straight into those structs (no intermediate ``dict`` document, no model
-instances and no separate dump), runs the checks msgspec cannot express (the models'
-``AfterValidator``\\ s and ``field_validator``\\ s, patterns, timestamps, nesting depth) and
-builds the same ``Command``\\ s as ``api.schemas.to_commands``: the same JSON body hashed into
-``content_sha256``, the same ``EventMeta`` and arguments (each model's own ``args`` and
-``external_id``, called on the struct).
+per model (the same fields, defaults, length and range constraints, literals, and the field
+``type`` as the tag) and decoders of ``{"events": [...]}`` and of one event into them.
+``event_commands`` decodes the body bytes straight into those structs (no intermediate ``dict``
+document, no model instances, no separate dump), runs the checks msgspec cannot express (the
+models' ``AfterValidator``\\ s and ``field_validator``\\ s, patterns, timestamps, nesting depth)
+and builds the same ``Command``\\ s as ``api.schemas.to_commands``: the same JSON body hashed
+into ``content_sha256``, the same ``EventMeta``, the same arguments (each model's own ``args``
+and ``external_id``, called on the struct).
 
 It only ever says yes, or "take the full path" (``None``): a body the structs refuse for any
-reason (a malformed or single event, a value pydantic's lax mode would convert, such as
-``"5"`` for an integer, a failed check, an integer field beyond 64 bits, a ``\\u`` surrogate
-escape, nesting past ``MAX_JSON_DEPTH``, more than ``max_batch_events`` events) goes through
-orjson and pydantic as before, which accept it or answer the error. (An integer beyond 64 bits
-in a free-form value, which orjson would round, msgspec reads exactly, as the full path's exact
-parser does.) So what is accepted, and how, is
-decided by the models; ``tests/unit/test_fast_events.py`` checks on generated bodies that
-whatever this path accepts, the full path accepts with identical commands.
+reason (malformed JSON or events, a value pydantic's lax mode would convert, such as ``"5"``
+for an integer, a failed check, an integer field beyond 64 bits, a ``\\u`` surrogate escape,
+nesting past ``MAX_JSON_DEPTH``, more than ``max_batch_events`` events, the one model with a
+``model_validator``) goes through orjson and pydantic as before, which accept it or answer
+the error. What is accepted, and how, is decided by the models: ``tests/unit/test_fast_events.py``
+checks on thousands of generated bodies that whatever this path accepts, the full path accepts
+with identical commands. (An integer beyond 64 bits in a free-form value, which orjson would
+round, msgspec reads exactly, as the full path's exact parser does.)
 
 Measured on the batched-ingest benchmark's mix (1,000-event batches, in process): parsing,
 validation, the dump and the content hash took 18-19 µs per event through orjson and pydantic,
-7-8 µs here (msgspec, https://jcristharif.com/msgspec/).
+7-8 µs here; the whole in-process write path 265,241 -> 224,665 instructions per event
+(callgrind, ``bench.instructions``). msgspec: https://jcristharif.com/msgspec/.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ Check = Callable[[Any], Any]
 
 
 class _Layout(typing.NamedTuple):
-    """What ``batch_commands`` needs of one event type besides its struct."""
+    """What ``event_commands`` needs of one event type besides its struct."""
 
     model: type[EventBody]
     names: tuple[str, ...]  # the struct's fields, in order (the models' field names)
@@ -231,7 +232,8 @@ def _struct(model: type[EventBody]) -> tuple[type[msgspec.Struct], _Layout] | No
     return struct, _Layout(model, names, indexed, tuple(containers), tag)
 
 
-def _decoder() -> tuple[msgspec.json.Decoder[Any], dict[type, _Layout]]:
+def _decoders() -> tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any], dict[type, _Layout]]:
+    """Decoders of a batch and of one event, and the layout of each struct."""
     models = get_args(get_args(TypedEvent)[0])
     made = [made for model in models if (made := _struct(model)) is not None]
     layouts = {struct: layout for struct, layout in made}
@@ -242,10 +244,10 @@ def _decoder() -> tuple[msgspec.json.Decoder[Any], dict[type, _Layout]]:
         module=__name__,
         forbid_unknown_fields=True,
     )
-    return msgspec.json.Decoder(batch), layouts
+    return msgspec.json.Decoder(batch), msgspec.json.Decoder(union), layouts
 
 
-_DECODER, _LAYOUTS = _decoder()
+_BATCH, _EVENT, _LAYOUTS = _decoders()
 
 #: The JSON ``\\u`` escapes of surrogates (``\\ud800``-``\\udfff``, either case): such a body
 #: takes the full path, which refuses an unpaired one (msgspec would refuse it too, but the
@@ -253,12 +255,13 @@ _DECODER, _LAYOUTS = _decoder()
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def batch_commands(
+def event_commands(
     body: bytes, project: str, offload: Offload, max_events: int
-) -> list[Command] | None:
-    """The commands of a ``{"events": [...]}`` body, as ``api.schemas.to_commands`` would make
-    them from the validated batch, or None: take the full path (orjson, pydantic), which
-    accepts the body or answers its error.
+) -> tuple[list[Command], bool] | None:
+    """The commands of a ``{"events": [...]}`` or a single typed event's body, as
+    ``api.schemas.to_commands`` would make them from the validated body, and whether it was a
+    single event; or None: take the full path (orjson, pydantic), which accepts the body or
+    answers its error.
 
     Args:
         body: the request body (decoded from its ``Content-Encoding``), JSON bytes.
@@ -267,14 +270,19 @@ def batch_commands(
         max_events: most events a batch may hold (``Settings.max_batch_events``).
 
     Returns:
-        One ``Command`` per event, in order; or None.
+        ``(commands, single)``: one ``Command`` per event, in order; or None.
     """
     if _SURROGATE_ESCAPE.search(body):
         return None
     try:
-        events = _DECODER.decode(body).events
+        events: list[Any] = _BATCH.decode(body).events
+        single, depth = False, _VALUE_DEPTH  # {"events": [{field: value}]}: the value is level 4
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        return None
+        try:
+            events = [_EVENT.decode(body)]
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            return None
+        single, depth = True, 2  # {field: value}
     if len(events) > max_events:
         return None
     layouts = _LAYOUTS
@@ -293,7 +301,7 @@ def batch_commands(
                         setattr(event, layout.names[index], changed)
             for index in layout.containers:
                 value = values[index]
-                if (type(value) is dict or type(value) is list) and _too_deep(value):
+                if (type(value) is dict or type(value) is list) and _too_deep(value, depth):
                     return None
             fields = {n: v for n, v in zip(layout.names, values, strict=True) if v is not None}
             fields["type"] = layout.tag
@@ -302,12 +310,13 @@ def batch_commands(
             bodies.append(fields)
         if stamps:
             _timestamps(stamps)
-        return [
+        commands = [
             event._command(fields, project, offload)
             for event, fields in zip(events, bodies, strict=True)
         ]
     except (ValueError, AssertionError):  # a check refused a value (pydantic's ValidationError too)
         return None
+    return commands, single
 
 
 _STAMPS: TypeAdapter[list[Any]] = TypeAdapter(list[Timestamp])
@@ -345,17 +354,17 @@ def _timestamps(stamps: list[tuple[Any, dict[str, Any]]]) -> None:
             fields["occurred_at"] = text
 
 
-def _too_deep(value: Any) -> bool:
-    """Whether a field's dict or list value nests deeper than ``MAX_JSON_DEPTH`` counted from
-    the body (the value itself is level 4)."""
-    stack = [(value, _VALUE_DEPTH)]
+def _too_deep(value: Any, depth: int) -> bool:
+    """Whether a field's dict or list value, at nesting level ``depth`` of the body, nests
+    deeper than ``MAX_JSON_DEPTH``."""
+    stack = [(value, depth)]
     pop, push = stack.pop, stack.append
     while stack:
-        node, depth = pop()
-        if depth > MAX_JSON_DEPTH:
+        node, level = pop()
+        if level > MAX_JSON_DEPTH:
             return True
         children = node.values() if type(node) is dict else node
         for child in children:
             if type(child) is dict or type(child) is list:
-                push((child, depth + 1))
+                push((child, level + 1))
     return False

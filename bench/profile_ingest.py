@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from api.fast_events import batch_commands
+from api.fast_events import event_commands
 from api.offload import inline
 from api.routes.ingest import _events_body, _parse_json, event_results
 from api.schemas import to_commands
@@ -75,9 +75,11 @@ def ingest(ledger: Ledger, body: bytes, *, full_path: bool = False) -> int:
     Raises:
         RuntimeError: an event was not created.
     """
-    commands = None if full_path else batch_commands(body, DEFAULT_PROJECT, inline, len(body))
-    if commands is None:
+    fast = None if full_path else event_commands(body, DEFAULT_PROJECT, inline, len(body))
+    if fast is None:
         commands = to_commands(_events_body.validate_python(_parse_json(body)).events)
+    else:
+        commands = fast[0]
     outcomes = ledger.handle(commands)
     event_results(outcomes)
     created = sum(o.status == "created" for o in outcomes)

@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from api.coding import ACCEPTED_CODINGS, decode_content, media_type_of
 from api.deps import PROJECT_PARAMETERS, ingest_context
-from api.fast_events import batch_commands
+from api.fast_events import event_commands
 from api.hooks import map_hook
 from api.offload import Offload, make_offload
 from api.otlp import decode_export_request, encode_export_response
@@ -314,12 +314,10 @@ async def post_events(request: Request) -> Response:
     body = await read_decoded_body(request, runtime)
     offload = make_offload(runtime.blobs, runtime.settings.blob_threshold_bytes)
     max_events = runtime.settings.max_batch_events
-    # A well-formed batch: straight into commands (api.fast_events); anything else, or a batch
+    # A well-formed body: straight into commands (api.fast_events); anything else, or a body
     # that path leaves alone, is parsed and validated here, and its errors answered.
-    commands = batch_commands(body, project, offload, max_events)
-    single = False
-    if commands is None:
-        commands, single = _commands(body, project, offload, max_events)
+    fast = event_commands(body, project, offload, max_events)
+    commands, single = fast or _commands(body, project, offload, max_events)
     del body  # not held while the commands wait for the writer
     outcomes = await runtime.writer.submit(commands)
     content = event_results(outcomes)

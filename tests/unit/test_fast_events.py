@@ -11,10 +11,10 @@ from typing import Any
 
 import orjson
 import pytest
-from pydantic import ValidationError
+from fastapi.exceptions import RequestValidationError
 
 import api.schemas
-from api.fast_events import batch_commands
+from api.fast_events import event_commands
 from api.offload import inline
 from api.problems import BadRequestError
 from api.routes.ingest import _commands
@@ -139,23 +139,23 @@ def _body(events: list[Any], rng: random.Random) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def _full(body: bytes, max_events: int = 1000) -> list[Command] | Exception:
+def _fast(body: bytes, max_events: int = 1000) -> tuple[list[Command], bool] | None:
+    return event_commands(body, "p", inline, max_events)
+
+
+def _full(body: bytes, max_events: int = 1000) -> tuple[list[Command], bool] | Exception:
     try:
-        commands, single = _commands(body, "p", inline, max_events)
-    except (BadRequestError, ValidationError, ValueError) as error:
+        return _commands(body, "p", inline, max_events)
+    except (BadRequestError, RequestValidationError) as error:
         return error
-    except Exception as error:  # RequestValidationError
-        if type(error).__name__ != "RequestValidationError":
-            raise
-        return error
-    assert not single
-    return commands
 
 
-def _same(fast: list[Command], full: list[Command]) -> None:
-    """The same commands, numbers by type (``5`` is not ``5.0``) and instants by offset."""
-    assert len(fast) == len(full)
-    for mine, theirs in zip(fast, full, strict=True):
+def _same(fast: tuple[list[Command], bool], full: tuple[list[Command], bool]) -> None:
+    """The same commands, numbers by type (``5`` is not ``5.0``) and instants by offset, and
+    both a single event or both a batch."""
+    assert fast[1] == full[1]
+    assert len(fast[0]) == len(full[0])
+    for mine, theirs in zip(fast[0], full[0], strict=True):
         assert (mine.kind, mine.external_id, mine.action, mine.project, mine.repeatable) == (
             theirs.kind,
             theirs.external_id,
@@ -176,10 +176,14 @@ def _fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api.schemas, "utcnow", lambda: NOW)
 
 
-def test_every_event_type_but_one_takes_the_fast_path_with_the_full_paths_commands() -> None:
+@pytest.mark.parametrize("shape", ["batch", "single"])
+def test_every_event_type_but_one_takes_the_fast_path_with_the_full_paths_commands(
+    shape: str,
+) -> None:
     for example in EXAMPLES:
-        body = orjson.dumps({"events": [example, example | {"event_id": "again"}]})
-        fast, full = batch_commands(body, "p", inline, 1000), _full(body)
+        batch = {"events": [example, example | {"event_id": "again"}]}
+        body = orjson.dumps(batch if shape == "batch" else example)
+        fast, full = _fast(body), _full(body)
         assert not isinstance(full, Exception), (example["type"], full)
         if example["type"] == "session.workspace_baseline_captured":
             assert fast is None  # a model_validator needs the model: the full path
@@ -191,7 +195,7 @@ def test_every_event_type_but_one_takes_the_fast_path_with_the_full_paths_comman
 def test_the_benchmark_batches_take_the_fast_path() -> None:
     for batch in mixed_batches(3, prefix="fast"):
         body = batch.body()
-        fast = batch_commands(body, "p", inline, 1000)
+        fast = _fast(body)
         assert fast is not None
         full = _full(body)
         assert not isinstance(full, Exception)
@@ -203,10 +207,10 @@ def test_whatever_the_fast_path_accepts_the_full_path_accepts_alike() -> None:
     taken = refused = left = 0
     for _ in range(5000):
         events = [_mutated(rng) for _ in range(rng.randint(1, 2))]
-        if rng.random() < 0.05:
+        if rng.random() < 0.2:
             events = events[0]  # one event, not a batch
         body = _body(events, rng)
-        fast, full = batch_commands(body, "p", inline, 2), _full(body, 2)
+        fast, full = _fast(body, 2), _full(body, 2)
         if fast is None:
             if isinstance(full, Exception):
                 refused += 1
@@ -239,8 +243,10 @@ def test_values_the_models_read_otherwise_or_refuse_take_the_full_path(
     field: str, value: Any
 ) -> None:
     event = {"type": "chain.created", "chain_id": "c1", field: value}
-    body = json.dumps({"events": [event]}).encode()
-    assert batch_commands(body, "p", inline, 1000) is None
+    assert _fast(json.dumps({"events": [event]}).encode()) is None
+    if field == "attributes":  # one level less deep in a single event
+        event[field] = {"a": _deep(MAX_JSON_DEPTH - 1)}
+    assert _fast(json.dumps(event).encode()) is None
 
 
 def test_a_body_at_the_depth_limit_is_taken_and_one_past_it_is_not() -> None:
@@ -248,18 +254,26 @@ def test_a_body_at_the_depth_limit_is_taken_and_one_past_it_is_not() -> None:
     # attributes is level 4, its value "a" level 5: its innermost list level MAX_JSON_DEPTH
     at_limit = orjson.dumps({"events": [event | {"attributes": {"a": _deep(MAX_JSON_DEPTH - 4)}}]})
     past = orjson.dumps({"events": [event | {"attributes": {"a": _deep(MAX_JSON_DEPTH - 3)}}]})
-    assert batch_commands(at_limit, "p", inline, 1000) is not None
-    assert batch_commands(past, "p", inline, 1000) is None
+    assert _fast(at_limit) is not None
+    assert _fast(past) is None
     with pytest.raises(BadRequestError, match="levels"):
         _commands(past, "p", inline, 1000)
+    # one event alone: attributes is level 2
+    single_at_limit = orjson.dumps(event | {"attributes": {"a": _deep(MAX_JSON_DEPTH - 2)}})
+    single_past = orjson.dumps(event | {"attributes": {"a": _deep(MAX_JSON_DEPTH - 1)}})
+    assert _fast(single_at_limit) is not None
+    assert _fast(single_past) is None
+    with pytest.raises(BadRequestError, match="levels"):
+        _commands(single_past, "p", inline, 1000)
 
 
-def test_batches_over_the_limit_single_events_and_empty_batches_take_the_full_path() -> None:
+def test_batches_over_the_limit_empty_batches_and_broken_json_take_the_full_path() -> None:
     event = {"type": "chain.created", "chain_id": "c1"}
-    assert batch_commands(orjson.dumps({"events": [event] * 3}), "p", inline, 2) is None
-    assert batch_commands(orjson.dumps(event), "p", inline, 2) is None
-    assert batch_commands(orjson.dumps({"events": []}), "p", inline, 2) is None
-    assert batch_commands(b'{"events": [', "p", inline, 2) is None
+    assert _fast(orjson.dumps({"events": [event] * 3}), 2) is None
+    assert _fast(orjson.dumps({"events": [event] * 2}), 2) is not None
+    assert _fast(orjson.dumps({"events": []}), 2) is None
+    assert _fast(b'{"events": [', 2) is None
+    assert _fast(b"[]", 2) is None
 
 
 def test_the_models_are_the_fast_paths_source() -> None:
@@ -277,7 +291,7 @@ def test_an_integer_beyond_64_bits_in_a_free_form_value_is_read_exactly() -> Non
     event = {"type": "session.tool_call_started", "session_id": "s1", "tool_name": "Bash",
              "tool_input": {"n": 2**70 + 1, "m": -(2**64) - 3}}  # fmt: skip
     body = json.dumps({"events": [event]}).encode()
-    fast, full = batch_commands(body, "p", inline, 1000), _full(body)
+    fast, full = _fast(body), _full(body)
     assert fast is not None and not isinstance(full, Exception)
     _same(fast, full)
-    assert fast[0].args["tool_input"] == {"n": 2**70 + 1, "m": -(2**64) - 3}
+    assert fast[0][0].args["tool_input"] == {"n": 2**70 + 1, "m": -(2**64) - 3}
