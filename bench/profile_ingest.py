@@ -2,9 +2,10 @@
 
 Runs what ``POST /v1/events`` does for a batch, in-process, against a ``Ledger`` built by
 ``infra.store.build_ledger`` (PostgreSQL in a fresh schema, or ``--sqlite`` a temporary file):
-parsing and validation of the body bytes as the route does them (``_parse_json``, orjson and the
-nesting check; ``validate_python`` of the route's ``TypedEvent | EventBatch``),
-``to_commands``, ``Ledger.handle`` (load streams, domain commands, ``save()``: mapper/transcoder
+the body bytes into commands as the route does it (``api.fast_events.event_commands``: msgspec
+structs made from the models, their checks, the commands; with ``--full-path`` the route's
+other path, which every batch took before: ``_parse_json``, orjson and the nesting check,
+``validate_python`` of ``TypedEvent | EventBatch``, ``to_commands``), ``Ledger.handle`` (load streams, domain commands, ``save()``: mapper/transcoder
 and recorder; the API's group-commit writer hands a whole 1,000-event batch to one ``handle``
 call as well) and the answer (the route's own ``event_results``). Batches of 1,000 mixed typed
 events (``bench.workload``).
@@ -16,7 +17,8 @@ given). Prints the top 25 functions by cumulative time and a breakdown of the st
 
 Not a benchmark (nothing is appended to ``bench/RESULTS.md``).
 
-Run: ``python -m bench.profile_ingest [--quick] [--batches N] [--sqlite] [--pyinstrument]``.
+Run: ``python -m bench.profile_ingest [--quick] [--batches N] [--full-path] [--sqlite]
+[--pyinstrument]``.
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ from infra.store import build_ledger
 #: takes the largest cumulative time among the functions it matches.
 STAGES: list[tuple[str, tuple[str, ...], str]] = [
     ("ingest one batch (all below)", ("bench/profile_ingest.py",), "ingest"),
-    ("  parse (orjson, nesting check)", ("api/routes/ingest.py",), "_parse_json"),
-    ("  validate (pydantic validate_python)", ("pydantic/type_adapter.py",), "validate_python"),
-    ("  to_commands (dump + sha256)", ("api/schemas.py",), "to_commands"),
+    ("  event_commands (msgspec, checks, commands)", ("api/fast_events.py",), "event_commands"),
+    ("    content hash, meta and arguments (_command)", ("api/schemas.py",), "_command"),
+    ("  --full-path: parse (orjson, nesting check)", ("api/routes/ingest.py",), "_parse_json"),
+    ("  --full-path: validate (pydantic)", ("pydantic/type_adapter.py",), "validate_python"),
+    ("  --full-path: to_commands (dump + sha256)", ("api/schemas.py",), "to_commands"),
     ("  Ledger.handle", ("domain/ledger.py",), "handle"),
     ("    _execute: load streams + domain", ("domain/ledger.py",), "_execute"),
     ("      load uncached streams (_load_streams)", ("domain/ledger.py",), "_load_streams"),
@@ -88,10 +92,10 @@ def ingest(ledger: Ledger, body: bytes, *, full_path: bool = False) -> int:
     return created
 
 
-def timed(ledger: Ledger, bodies: list[bytes]) -> float:
+def timed(ledger: Ledger, bodies: list[bytes], *, full_path: bool = False) -> float:
     """Ingest every body once. Returns events/s."""
     started = time.perf_counter()
-    created = sum(ingest(ledger, body) for body in bodies)
+    created = sum(ingest(ledger, body, full_path=full_path) for body in bodies)
     return created / (time.perf_counter() - started)
 
 
@@ -159,6 +163,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short run (5 batches)")
     parser.add_argument("--batches", type=int, default=None, help="batches per pass (20; quick 5)")
     parser.add_argument("--sqlite", action="store_true", help="SQLite instead of PostgreSQL")
+    parser.add_argument(
+        "--full-path", action="store_true", help="orjson and pydantic, not api.fast_events"
+    )
     parser.add_argument("--pyinstrument", action="store_true", help="pyinstrument, if installed")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     args = parser.parse_args()
@@ -168,10 +175,12 @@ def main() -> None:
         "profile_ingest: the batched-ingest path in-process (no HTTP)",
         store="SQLite" if args.sqlite else "PostgreSQL",
         batches_per_pass=f"{batches} x 1,000 mixed typed events",
+        path="orjson + pydantic (--full-path)" if args.full_path else "api.fast_events",
     )
+    full = args.full_path
     with ledger_for(args) as ledger:
-        timed(ledger, bodies_for(1))  # warm-up
-        plain = timed(ledger, bodies_for(batches))
+        timed(ledger, bodies_for(1), full_path=full)  # warm-up
+        plain = timed(ledger, bodies_for(batches), full_path=full)
         print(f"   unprofiled: {fmt(plain)} events/s")
         bodies = bodies_for(batches)
         if args.pyinstrument:
@@ -181,11 +190,11 @@ def main() -> None:
                 print("   pyinstrument is not installed; using cProfile")
             else:
                 with Profiler() as profiler:
-                    rate = timed(ledger, bodies)
+                    rate = timed(ledger, bodies, full_path=full)
                 print(profiler.output_text(unicode=False, color=False))
                 print(f"   profiled: {fmt(rate)} events/s (pyinstrument)")
                 return
-        rate, stats = profile_cprofile(lambda: timed(ledger, bodies))
+        rate, stats = profile_cprofile(lambda: timed(ledger, bodies, full_path=full))
         print(f"   profiled: {fmt(rate)} events/s (cProfile overhead included)")
         stages = stage_times(stats)
         total = stages[0][1] or 1.0
