@@ -92,6 +92,10 @@ def _takes_one(func: Callable[..., Any]) -> bool:
     return len(inspect.signature(func).parameters) == 1
 
 
+#: annotated_types' bounds, by the name msgspec's ``Meta`` and they both give the bound.
+_BOUNDS = {MinLen: "min_length", MaxLen: "max_length", Ge: "ge", Le: "le", Gt: "gt", Lt: "lt"}
+
+
 def _convert(annotation: Any, metadata: Sequence[Any] = ()) -> tuple[Any, list[Check]]:
     """The msgspec type of a pydantic field annotation, and the checks msgspec cannot make.
 
@@ -106,18 +110,9 @@ def _convert(annotation: Any, metadata: Sequence[Any] = ()) -> tuple[Any, list[C
         if isinstance(item, FieldInfo):
             for inner in item.metadata:
                 absorb(inner)
-        elif isinstance(item, MinLen):
-            constraints["min_length"] = item.min_length
-        elif isinstance(item, MaxLen):
-            constraints["max_length"] = item.max_length
-        elif isinstance(item, Ge):
-            constraints["ge"] = item.ge
-        elif isinstance(item, Le):
-            constraints["le"] = item.le
-        elif isinstance(item, Gt):
-            constraints["gt"] = item.gt
-        elif isinstance(item, Lt):
-            constraints["lt"] = item.lt
+        elif type(item) in _BOUNDS:
+            name = _BOUNDS[type(item)]
+            constraints[name] = getattr(item, name)
         elif isinstance(item, AfterValidator) and _takes_one(item.func):
             checks.append(typing.cast(Check, item.func))
         elif type(item).__name__ == "_PydanticGeneralMetadata" and set(vars(item)) == {"pattern"}:
