@@ -45,11 +45,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from api.offload import Offload
-from api.schemas import MAX_JSON_DEPTH, EventBody, Timestamp, TypedEvent
+from api.schemas import EventBody, Timestamp, TypedEvent, nests_too_deep
 from domain.ledger import Command
-
-#: The nesting level of an event's field value in a batch (the body is level 1).
-_VALUE_DEPTH = 4
 
 #: A check run on a field's value when it is not None: returns the value (possibly changed, as
 #: a ``field_validator`` may), raises ``ValueError``/``AssertionError``/``ValidationError``.
@@ -250,6 +247,14 @@ _BATCH, _EVENT, _LAYOUTS = _decoders()
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
+#: ``Timestamp`` of a whole batch's ``occurred_at`` values at once (``_timestamps``).
+_STAMPS: TypeAdapter[list[Any]] = TypeAdapter(list[Timestamp])
+
+#: The form most clients write (UTC, ``T`` and ``Z``, at most microseconds), read by
+#: ``datetime.fromisoformat`` instead of pydantic: 0.4 instead of 1.5 µs per event.
+_UTC_STAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?Z")
+
+
 def event_commands(
     body: bytes, project: str, offload: Offload, max_events: int
 ) -> tuple[list[Command], bool] | None:
@@ -266,18 +271,21 @@ def event_commands(
 
     Returns:
         ``(commands, single)``: one ``Command`` per event, in order; or None.
+
+    Raises:
+        Exception: what ``offload`` raises (the blob store unreachable), as the full path would.
     """
     if _SURROGATE_ESCAPE.search(body):
         return None
     try:
         events: list[Any] = _BATCH.decode(body).events
-        single, depth = False, _VALUE_DEPTH  # {"events": [{field: value}]}: the value is level 4
+        single, depth = False, 4  # {"events": [{field: value}]}: a value is level 4
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         try:
             events = [_EVENT.decode(body)]
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return None
-        single, depth = True, 2  # {field: value}
+        single, depth = True, 2  # {field: value}: a value is level 2
     if len(events) > max_events:
         return None
     layouts = _LAYOUTS
@@ -295,8 +303,7 @@ def event_commands(
                         values[index] = changed
                         setattr(event, layout.names[index], changed)
             for index in layout.containers:
-                value = values[index]
-                if (type(value) is dict or type(value) is list) and _too_deep(value, depth):
+                if nests_too_deep(values[index], depth):
                     return None
             fields = {n: v for n, v in zip(layout.names, values, strict=True) if v is not None}
             fields["type"] = layout.tag
@@ -312,13 +319,6 @@ def event_commands(
     except (ValueError, AssertionError):  # a check refused a value (pydantic's ValidationError too)
         return None
     return commands, single
-
-
-_STAMPS: TypeAdapter[list[Any]] = TypeAdapter(list[Timestamp])
-
-#: The form most clients write (UTC, ``T`` and ``Z``, at most microseconds), read by
-#: ``datetime.fromisoformat`` instead of pydantic: 0.4 instead of 1.5 µs per event.
-_UTC_STAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?Z")
 
 
 def _timestamps(stamps: list[tuple[Any, dict[str, Any]]]) -> None:
@@ -347,19 +347,3 @@ def _timestamps(stamps: list[tuple[Any, dict[str, Any]]]) -> None:
         for (event, fields), instant, text in zip(others, instants, texts, strict=True):
             event.occurred_at = instant
             fields["occurred_at"] = text
-
-
-def _too_deep(value: Any, depth: int) -> bool:
-    """Whether a field's dict or list value, at nesting level ``depth`` of the body, nests
-    deeper than ``MAX_JSON_DEPTH``."""
-    stack = [(value, depth)]
-    pop, push = stack.pop, stack.append
-    while stack:
-        node, level = pop()
-        if level > MAX_JSON_DEPTH:
-            return True
-        children = node.values() if type(node) is dict else node
-        for child in children:
-            if type(child) is dict or type(child) is list:
-                push((child, level + 1))
-    return False

@@ -67,6 +67,25 @@ BASELINE_LINE = re.compile(r"^[ MADRCU?!T]{2} ([0-9a-f]{64}|deleted|unreadable) 
 #: and ``api.fast_events``.
 MAX_JSON_DEPTH = 64
 
+
+def nests_too_deep(value: Any, level: int = 1) -> bool:
+    """Whether ``value``, at nesting level ``level`` of a JSON body (the body itself is level 1),
+    nests objects and arrays deeper than ``MAX_JSON_DEPTH``. Iterative (no recursion limit);
+    ~1 µs per event of a typed-event batch."""
+    if type(value) is not dict and type(value) is not list:
+        return False
+    stack = [(value, level)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        if depth > MAX_JSON_DEPTH:
+            return True
+        for child in node.values() if type(node) is dict else node:
+            if type(child) is dict or type(child) is list:
+                push((child, depth + 1))
+    return False
+
+
 Id = Annotated[str, Field(min_length=1, max_length=512)]
 
 #: Integers are signed 64-bit, as the read models (BIGINT, SQLite INTEGER) and JSON parsers

@@ -5,9 +5,9 @@ Runs what ``POST /v1/events`` does for a batch, in-process, against a ``Ledger``
 the body bytes into commands as the route does it (``api.fast_events.event_commands``: msgspec
 structs made from the models, their checks, the commands; with ``--full-path`` the route's
 other path, which every batch took before: ``_parse_json``, orjson and the nesting check,
-``validate_python`` of ``TypedEvent | EventBatch``, ``to_commands``), ``Ledger.handle`` (load streams, domain commands, ``save()``: mapper/transcoder
-and recorder; the API's group-commit writer hands a whole 1,000-event batch to one ``handle``
-call as well) and the answer (the route's own ``event_results``). Batches of 1,000 mixed typed
+``validate_python`` of ``TypedEvent | EventBatch``, ``to_commands``), ``Ledger.handle`` (load
+streams, domain commands, ``save()``: mapper/transcoder and recorder; the API's group-commit
+writer hands a whole 1,000-event batch to one ``handle`` call as well) and the answer (the route's own ``event_results``). Batches of 1,000 mixed typed
 events (``bench.workload``).
 
 First an unprofiled pass (events/s without profiler overhead), then the same amount of work
@@ -37,14 +37,16 @@ from typing import Any
 
 from api.fast_events import event_commands
 from api.offload import inline
-from api.routes.ingest import _events_body, _parse_json, event_results
-from api.schemas import to_commands
+from api.routes.ingest import _commands, event_results
 from bench.common import DEFAULT_DATABASE_URL, banner, fmt, fresh_schema, unwind_on_sigterm
 from bench.workload import mixed_batches
 from domain.base import DEFAULT_PROJECT
 from domain.ledger import Ledger
 from infra.settings import Settings
 from infra.store import build_ledger
+
+#: Most events a batch may hold here (the bodies are 1,000-event batches).
+MAX_EVENTS = 100_000
 
 #: Breakdown rows: (label, file path suffixes, function name). Cumulative times nest; a row
 #: takes the largest cumulative time among the functions it matches.
@@ -79,11 +81,8 @@ def ingest(ledger: Ledger, body: bytes, *, full_path: bool = False) -> int:
     Raises:
         RuntimeError: an event was not created.
     """
-    fast = None if full_path else event_commands(body, DEFAULT_PROJECT, inline, len(body))
-    if fast is None:
-        commands = to_commands(_events_body.validate_python(_parse_json(body)).events)
-    else:
-        commands = fast[0]
+    fast = None if full_path else event_commands(body, DEFAULT_PROJECT, inline, MAX_EVENTS)
+    commands, _ = fast or _commands(body, DEFAULT_PROJECT, inline, MAX_EVENTS)
     outcomes = ledger.handle(commands)
     event_results(outcomes)
     created = sum(o.status == "created" for o in outcomes)
