@@ -12,7 +12,8 @@ Every event carries, besides its payload:
   Keys are unique within a stream (the stream is part of every request's address).
 - ``content_sha256``: sha256 hex of the canonical JSON of what the writer sent.
 - ``occurred_at``: the writer's clock (tz-aware UTC); ``timestamp`` is the ledger's own
-  ``recorded_at``.
+  ``recorded_at``: one instant per transaction (``recording_at``; the events one ``Ledger.handle``
+  commits together share it), never earlier than the stream's previous event.
 - ``source``: how it arrived (``otlp``, ``hook:claude-code``, ``api``, ``import:<tool>``).
 - ``project``, ``external_id``: the stream's address, so each event is self-describing in the log.
 """
@@ -22,7 +23,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache, lru_cache
 from typing import Any, ClassVar, NamedTuple, TypeVar
@@ -101,6 +104,31 @@ def content_sha256(value: Any) -> str:
 def utcnow() -> datetime:
     """The current time, tz-aware UTC."""
     return datetime.now(UTC)
+
+
+class _RecordingClock(threading.local):
+    #: ``recorded_at`` of the events triggered on this thread (None: each its own ``utcnow``).
+    now: datetime | None = None
+
+
+_CLOCK = _RecordingClock()
+
+
+@contextmanager
+def recording_at(now: datetime | None = None) -> Iterator[datetime]:
+    """Within the block, events triggered on this thread are recorded at ``now`` (tz-aware UTC;
+    default ``utcnow()`` on entry; a stream whose last event is later keeps that one's instant:
+    ``recorded_at`` never goes back within a stream). ``Ledger.handle`` takes one instant per transaction: the events committed
+    together carry the same ``recorded_at``, which is what a reader can tell of them (none of
+    them is visible before the others), and the stored form of that instant is made once per
+    transaction instead of once per event (``infra.codec``)."""
+    if now is None:
+        now = utcnow()
+    previous, _CLOCK.now = _CLOCK.now, now
+    try:
+        yield now
+    finally:
+        _CLOCK.now = previous
 
 
 class EventMeta(NamedTuple):
@@ -318,7 +346,7 @@ class LedgerAggregate:
 
     def trigger(self, event_class: type[LedgerEvent], meta: EventMeta, **payload: Any) -> None:
         """Construct the next event of this stream, apply it and queue it for saving."""
-        now = utcnow()
+        now = _CLOCK.now or utcnow()
         if self._modified_on is not None and now < self._modified_on:
             now = self._modified_on  # recorded_at never goes back within a stream
         fields: dict[str, Any] = {

@@ -10,7 +10,8 @@ arguments. ``Ledger.handle`` executes a batch of commands:
 2. per command: an ``event_id`` already in the stream with the same content is a ``duplicate``
    (nothing appended); with other content, or when the aggregate refuses the command, the command
    is ``rejected`` with its ``LedgerError``; otherwise it is ``created``;
-3. saves every stream's new events in one ``save()`` (one transaction), and only then reports;
+3. saves every stream's new events in one ``save()`` (one transaction, its events all recorded at
+   one instant: ``domain.base.recording_at``), and only then reports;
 4. a lost optimistic-concurrency race with another writer process (``IntegrityError`` on
    ``(originator_id, originator_version)``) reloads and retries the whole batch after a short
    randomised backoff. Within one process batches are handled one at a time: the recorders
@@ -46,6 +47,7 @@ from domain.base import (
     LedgerAggregate,
     LedgerEvent,
     LedgerSnapshot,
+    recording_at,
     stream_id,
 )
 from domain.chain import Chain
@@ -212,7 +214,7 @@ class Ledger(Application[UUID]):
         """
         fresh: set[UUID] = set()  # streams to load from the store, not the cache, this call
         for attempt in range(MAX_ATTEMPTS):
-            with self._write_lock:
+            with self._write_lock, recording_at():
                 outcomes, aggregates, pending, stale, blank = self._execute(commands, fresh)
                 if stale:
                     # A refusal decided on cached state: verify it on fresh state before reporting.

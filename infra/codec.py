@@ -175,6 +175,8 @@ class OrjsonMapper(Mapper[UUID]):
     ``OrjsonTranscoder`` (see module docstring)."""
 
     _encoders: dict[type, tuple[str, Callable[[Any], Any]]] | None = None
+    #: The last ``timestamp`` tagged by ``to_stored_event`` and its tagged form (never mutated).
+    _last_stamp: tuple[Any, dict[str, Any]] | None = None
 
     def _orjson(self) -> OrjsonTranscoder | None:
         """The transcoder when the one-pass paths apply (no compressor, no cipher, an
@@ -227,12 +229,21 @@ class OrjsonMapper(Mapper[UUID]):
         # A copy (in C), then only the values that need a transcoding: an event's two datetimes
         # at their known keys, then any other top-level value of a registered type (a C-level
         # check finds none in an event from the API; orjson's ``default`` would transcode a
-        # datetime anywhere, but it writes a UUID itself, untagged).
+        # datetime anywhere, but it writes a UUID itself, untagged). The events of one
+        # transaction share their ``timestamp`` (``domain.base.recording_at``): its tagged form
+        # is made once and reused while the same object comes.
         state: dict[str, Any] = vars(domain_event).copy()
         del state["originator_id"], state["originator_version"]
-        for key in _EVENT_TAGGED:
-            if type(state.get(key)) in encoders:
-                state[key] = _tagged(encoders, state[key])
+        stamp = state.get("timestamp")
+        if type(stamp) in encoders:
+            last = self._last_stamp
+            if last is not None and last[0] is stamp:
+                state["timestamp"] = last[1]
+            else:
+                state["timestamp"] = tagged = _tagged(encoders, stamp)
+                self._last_stamp = (stamp, tagged)
+        if type(state.get("occurred_at")) in encoders:
+            state["occurred_at"] = _tagged(encoders, state["occurred_at"])
         if not encoders.keys().isdisjoint(map(type, state.values())):
             for key, value in list(state.items()):
                 if type(value) in encoders:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -132,6 +133,30 @@ def test_the_one_pass_mapper_writes_the_library_mappers_bytes() -> None:
         assert reader.to_domain_event(ours) == item
 
 
+def test_a_timestamp_shared_by_a_transactions_events_is_written_as_each_events_own() -> None:
+    """The mapper tags a transaction's shared ``timestamp`` once and reuses it only for the very
+    same object: events that carry another instant (an equal one included) get their own."""
+    from eventsourcing.persistence import Mapper
+
+    ledger = orjson_ledger()
+    record_messages(ledger, 3, role="assistant", message_kind="text", content="hi")
+    events: list[Any] = [
+        ledger.mapper.to_domain_event(s) for s in ledger.recorder.select_notifications(1, 3)
+    ]
+    first, second, third = events
+    assert first.timestamp is not second.timestamp and first.timestamp == second.timestamp
+    _, fast = transcoders()
+    library: Mapper[UUID] = Mapper(transcoder=fast)
+    # Events read back hold equal but distinct datetimes; give two of them one object, as the
+    # writer's events of one transaction have, and one a later instant.
+    later = first.timestamp + timedelta(microseconds=1)
+    object.__setattr__(second, "timestamp", first.timestamp)
+    object.__setattr__(third, "timestamp", later)
+    for event in (first, second, third, first):
+        assert ledger.mapper.to_stored_event(event) == library.to_stored_event(event)
+    assert later.isoformat().encode() in ledger.mapper.to_stored_event(third).state
+
+
 @pytest.mark.parametrize(
     "occurred_at",
     [
@@ -165,7 +190,7 @@ def test_an_events_datetimes_are_written_as_the_library_mapper_writes_them(
 
 def test_the_lean_decoder_gives_the_library_mappers_objects_and_errors() -> None:
     from dataclasses import replace
-    from typing import Any, ClassVar
+    from typing import ClassVar
 
     from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent
     from eventsourcing.utils import get_topic

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -550,6 +551,28 @@ def test_state_as_of_a_time_is_a_bounded_binary_search(
         ledger.version_as_of("session", "s1", stamps[0] - timedelta(microseconds=1))
     with pytest.raises(errors.StreamNotFoundError):
         ledger.version_as_of("session", "nope", stamps[0])
+
+
+def test_the_events_of_one_transaction_share_their_recorded_at(ledger: Ledger) -> None:
+    """``recorded_at`` is one instant per ``handle`` (the events it commits together), later
+    calls take their own; the state as of that instant is the transaction's last version."""
+    outcomes = ledger.handle(
+        [
+            message_cmd("m0"),
+            message_cmd("m1"),
+            message_cmd("m2"),
+            chain_cmd("create", "c", title="t"),
+        ]
+    )
+    assert [o.status for o in outcomes] == ["created"] * 4, outcomes
+    time.sleep(0.001)
+    [outcome] = ledger.handle([message_cmd("m3")])
+    assert outcome.status == "created", outcome
+    *first, last = [e.timestamp for e in ledger.history("session", "s1")]
+    [chain_stamp] = [e.timestamp for e in ledger.history("chain", "c1")]
+    assert len(first) >= 3 and set(first) == {chain_stamp}
+    assert last > chain_stamp
+    assert ledger.version_as_of("session", "s1", chain_stamp) == len(first)
 
 
 def test_recorded_at_never_goes_back_within_a_stream(
