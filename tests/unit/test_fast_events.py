@@ -295,3 +295,19 @@ def test_an_integer_beyond_64_bits_in_a_free_form_value_is_read_exactly() -> Non
     assert fast is not None and not isinstance(full, Exception)
     _same(fast, full)
     assert fast[0][0].args["tool_input"] == {"n": 2**70 + 1, "m": -(2**64) - 3}
+
+
+def test_fields_are_read_by_name_from_a_model_or_a_struct_and_only_by_identifiers() -> None:
+    from types import SimpleNamespace
+
+    from api.schemas import _fields
+
+    holder = SimpleNamespace(a=1, b=None, m=[2], class_=3)
+    assert _fields(holder, "b", "a") == {"b": None, "a": 1}
+    assert _fields(holder, "m") == {"m": [2]}  # one name: a dict too, not the bare value
+    assert _fields(holder, "m")["m"] is holder.m
+    for names in [(), ("a", "b.c"), ("class",), ("a", "1a")]:
+        with pytest.raises(ValueError, match="identifiers"):
+            _fields(holder, *names)
+    with pytest.raises(AttributeError):
+        _fields(holder, "missing")
