@@ -339,3 +339,25 @@ def test_only_a_closed_or_lost_connection_counts_as_lost() -> None:
     assert [connection_lost(_raised_from(e)) for e in lost] == [True] * len(lost)
     assert [connection_lost(_raised_from(e)) for e in not_lost] == [False] * len(not_lost)
     assert connection_lost(OperationalError("no cause")) is False
+
+
+def test_dicts_with_keys_that_are_not_strings_are_written_as_before() -> None:
+    """String keys are tried first (faster); a dict with another key is written as orjson's
+    ``OPT_NON_STR_KEYS`` writes it, which both writers used for every dict before."""
+    import orjson
+
+    from domain.base import canonical_json
+    from infra.codec import _OPTIONS
+
+    at = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    value = {"s": {10: "ten", 9: "nine"}, 1: [{"at": "x"}]}
+    _, fast = transcoders()
+    encoded = fast.encode({**value, "t": at})
+    assert encoded == orjson.dumps({**value, "t": at}, default=fast._encode_obj, option=_OPTIONS)
+    assert fast.decode(encoded) == {"s": {"10": "ten", "9": "nine"}, "1": [{"at": "x"}], "t": at}
+    sort = orjson.OPT_SORT_KEYS
+    assert canonical_json(value) == orjson.dumps(value, option=sort | orjson.OPT_NON_STR_KEYS)
+    assert canonical_json(value) == b'{"1":[{"at":"x"}],"s":{"10":"ten","9":"nine"}}'
+    plain = {"b": [1, {"d": None, "c": 2.5}], "a": "é"}
+    assert canonical_json(plain) == b'{"a":"\xc3\xa9","b":[1,{"c":2.5,"d":null}]}'
+    assert canonical_json({"big": 2**70, "a": 1}) == b'{"a":1,"big":1180591620717411303424}'
