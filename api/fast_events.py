@@ -61,6 +61,7 @@ class _Layout(typing.NamedTuple):
     checks: tuple[tuple[int, Check], ...]  # (index in ``names``, check)
     containers: tuple[int, ...]  # indexes of fields that may hold a dict or a list
     tag: str
+    body: Callable[[list[Any]], dict[str, Any]]  # the hashed body of the values (``_body``)
 
 
 def _pattern_check(pattern: str) -> Check:
@@ -221,7 +222,24 @@ def _struct(model: type[EventBody]) -> tuple[type[msgspec.Struct], _Layout] | No
         gc=False,  # holds no reference cycles; not tracked by the collector
     )
     indexed = tuple((names.index(n), c) for n, cs in field_checks.items() for c in cs)
-    return struct, _Layout(model, names, indexed, tuple(containers), tag)
+    return struct, _Layout(model, names, indexed, tuple(containers), tag, _body(names, tag))
+
+
+def _body(names: tuple[str, ...], tag: str) -> Callable[[list[Any]], dict[str, Any]]:
+    """A function of a struct's values (in ``names``' order) returning the hashed body:
+    ``{name: value}`` of the values that are not None, then ``"type": tag`` (what
+    ``model_dump(mode="json", exclude_none=True)`` gives once the values are JSON's). Compiled
+    once per event type (as ``dataclasses`` make their methods): one test and one store per
+    field, instead of a comprehension over ``zip`` (callgrind: 211,223 -> 204,776 instructions
+    per event of the batched path)."""
+    lines = [f"def body(values):\n    {''.join(f'v{i}, ' for i in range(len(names)))}= values"]
+    lines.append("    d = {}")
+    lines += [f"    if v{i} is not None:\n        d[{n!r}] = v{i}" for i, n in enumerate(names)]
+    lines.append(f"    d['type'] = {tag!r}\n    return d")
+    namespace: dict[str, Any] = {}
+    exec("\n".join(lines), namespace)  # names and tag are repr()ed: no code comes from them
+    body: Callable[[list[Any]], dict[str, Any]] = namespace["body"]
+    return body
 
 
 def _decoders() -> tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any], dict[type, _Layout]]:
@@ -305,8 +323,7 @@ def event_commands(
             for index in layout.containers:
                 if nests_too_deep(values[index], depth):
                     return None
-            fields = {n: v for n, v in zip(layout.names, values, strict=True) if v is not None}
-            fields["type"] = layout.tag
+            fields = layout.body(values)
             if event.occurred_at is not None:
                 stamps.append((event, fields))
             bodies.append(fields)
