@@ -356,7 +356,8 @@ def _timestamps(stamps: list[tuple[Any, dict[str, Any]]]) -> None:
             continue
         instant = datetime.fromisoformat(text)  # ValueError: no such date or time
         micro = instant.microsecond
-        fields["occurred_at"] = f"{text[:19]}.{micro:06d}Z" if micro else f"{text[:19]}Z"
+        if not micro or len(text) != 27:  # 27: six digits of fraction, the text is the form
+            fields["occurred_at"] = f"{text[:19]}.{micro:06d}Z" if micro else f"{text[:19]}Z"
         event.occurred_at = instant
     if others:
         instants = _STAMPS.validate_python([event.occurred_at for event, _ in others])
