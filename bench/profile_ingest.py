@@ -7,8 +7,8 @@ structs made from the models, their checks, the commands; with ``--full-path`` t
 other path, which every batch took before: ``_parse_json``, orjson and the nesting check,
 ``validate_python`` of ``TypedEvent | EventBatch``, ``to_commands``), ``Ledger.handle`` (load
 streams, domain commands, ``save()``: mapper/transcoder and recorder; the API's group-commit
-writer hands a whole 1,000-event batch to one ``handle`` call as well) and the answer (the route's own ``event_results``). Batches of 1,000 mixed typed
-events (``bench.workload``).
+writer hands a whole 1,000-event batch to one ``handle`` call as well) and the answer (the
+route's own ``event_results``). Batches of 1,000 mixed typed events (``bench.workload``).
 
 First an unprofiled pass (events/s without profiler overhead), then the same amount of work
 under ``cProfile`` (``pyinstrument`` is used instead when installed and ``--pyinstrument`` is

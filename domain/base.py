@@ -64,19 +64,29 @@ def stream_id(project: str, kind: str, external_id: str) -> UUID:
     return uuid5(NAMESPACE, f"{project}/{kind}/{external_id}")
 
 
+def dumps_json(value: Any, option: int, default: Callable[[Any], Any] | None = None) -> bytes:
+    """``orjson.dumps(value, default=default, option=option | orjson.OPT_NON_STR_KEYS)``: the
+    same bytes, tried with string keys only first (orjson's non-string keys cost ~25 % more on
+    every dict, and parsed JSON has none), with them only when a dict has another key.
+
+    Raises:
+        TypeError: what orjson raises with ``OPT_NON_STR_KEYS`` (e.g. an integer beyond 64 bits).
+    """
+    try:
+        return orjson.dumps(value, default=default, option=option & ~orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return orjson.dumps(value, default=default, option=option | orjson.OPT_NON_STR_KEYS)
+
+
 def canonical_json(value: Any) -> bytes:
     """Sorted-key compact UTF-8 JSON: the bytes a content hash is taken over.
 
-    orjson with sorted keys; values orjson cannot encode (integers beyond 64 bits) fall back
-    to the standard library's encoder with the same layout, deterministically per input. (The
-    API refuses NaN and infinities, which orjson would write as ``null``.)
+    orjson with sorted keys (``dumps_json``); values orjson cannot encode (integers beyond 64
+    bits) fall back to the standard library's encoder with the same layout, deterministically
+    per input. (The API refuses NaN and infinities, which orjson would write as ``null``.)
     """
     try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # a key that is not a string (never in parsed JSON) or a big integer
-        pass
-    try:  # (orjson's non-string keys cost ~25 % more on every dict: asked for only when needed)
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        return dumps_json(value, orjson.OPT_SORT_KEYS)
     except TypeError:
         return json.dumps(
             value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
@@ -122,10 +132,14 @@ _CLOCK = _RecordingClock()
 def recording_at(now: datetime | None = None) -> Iterator[datetime]:
     """Within the block, events triggered on this thread are recorded at ``now`` (tz-aware UTC;
     default ``utcnow()`` on entry; a stream whose last event is later keeps that one's instant:
-    ``recorded_at`` never goes back within a stream). ``Ledger.handle`` takes one instant per transaction: the events committed
-    together carry the same ``recorded_at``, which is what a reader can tell of them (none of
-    them is visible before the others), and the stored form of that instant is made once per
-    transaction instead of once per event (``infra.codec``)."""
+    ``recorded_at`` never goes back within a stream). ``Ledger.handle`` takes one instant per
+    transaction: the events committed together carry the same ``recorded_at``, which is what a
+    reader can tell of them (none of them is visible before the others), and the stored form of
+    that instant is made once per transaction instead of once per event (``infra.codec``).
+
+    Yields:
+        The instant (``now``).
+    """
     if now is None:
         now = utcnow()
     previous, _CLOCK.now = _CLOCK.now, now

@@ -87,13 +87,10 @@ from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Composable, Composed, Identifier
 from psycopg_pool import PoolTimeout
 
-from domain.base import may_hold_big_int
+from domain.base import dumps_json, may_hold_big_int
 
 log = logging.getLogger("runledger.codec")
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
-#: ``_OPTIONS`` but string keys only: orjson's non-string keys cost ~25 % more on every dict, so
-#: they are asked for only when a dict has such a key (``_dumps``).
-_STR_KEYS_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
 _TAG = b'"_type_"'
 #: The top-level keys of a runledger event holding tagged values (``LedgerEvent``'s datetimes).
 _EVENT_TAGGED = ("timestamp", "occurred_at")
@@ -111,7 +108,7 @@ class OrjsonTranscoder(JSONTranscoder):
         if isinstance(obj, dict) and UUID in map(type, obj.values()):
             obj = {k: self._encode_obj(v) if isinstance(v, UUID) else v for k, v in obj.items()}
         try:
-            return _dumps(obj, self._encode_obj)
+            return dumps_json(obj, _OPTIONS, self._encode_obj)
         except TypeError:  # e.g. an int beyond 64 bits: the stdlib encoder takes it
             return super().encode(obj)
 
@@ -256,25 +253,12 @@ class OrjsonMapper(Mapper[UUID]):
         if class_version > 1:
             state["class_version"] = class_version
         try:
-            data = _dumps(state, transcoder._encode_obj)
+            data = dumps_json(state, _OPTIONS, transcoder._encode_obj)
         except TypeError:  # e.g. an int beyond 64 bits: the library's path takes it
             return super().to_stored_event(domain_event)
         return _stored_event(
             domain_event.originator_id, domain_event.originator_version, get_topic(cls), data
         )
-
-
-def _dumps(obj: Any, default: Callable[[Any], Any]) -> bytes:
-    """``orjson.dumps(obj, default=default, option=_OPTIONS)``, tried with string keys only first
-    (the same bytes when every key is a string).
-
-    Raises:
-        TypeError: what orjson raises with ``_OPTIONS`` (e.g. an integer beyond 64 bits).
-    """
-    try:
-        return orjson.dumps(obj, default=default, option=_STR_KEYS_OPTIONS)
-    except TypeError:
-        return orjson.dumps(obj, default=default, option=_OPTIONS)
 
 
 def _tagged(encoders: dict[type, tuple[str, Callable[[Any], Any]]], value: Any) -> dict[str, Any]:
